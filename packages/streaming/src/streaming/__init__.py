@@ -1,4 +1,28 @@
-"""streaming: not built yet; this is the package's skeleton (see its README)."""
+"""streaming: deterministic, elastic streaming datasets over MDS shards.
 
-__version__ = "0.0.1"
-__all__: list[str] = []
+A drop-in for the core of mosaicml-streaming: the same MDS format (version 2) and the same core
+names. `MDSWriter` writes shards locally or to an object store; `StreamingDataset` reads them back
+in a global order that does not depend on how the work is split over nodes, ranks and dataloader
+workers, and resumes mid-epoch; `StreamingDataLoader` (torch) records how far it got.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streaming.dataset import StreamingDataset
+from streaming.stream import Stream
+from streaming.world import World
+from streaming.writer import MDSWriter
+
+__version__ = "0.1.0"
+__all__ = ["MDSWriter", "Stream", "StreamingDataLoader", "StreamingDataset", "World"]
+
+
+def __getattr__(name: str) -> Any:
+    # StreamingDataLoader needs torch, an optional dependency: import it only when asked for.
+    if name == "StreamingDataLoader":
+        from streaming.dataloader import StreamingDataLoader
+
+        return StreamingDataLoader
+    raise AttributeError(f"module 'streaming' has no attribute {name!r}")

@@ -1,0 +1,74 @@
+"""The local shard cache: size limits and least-recently-used eviction.
+
+Only shards of streams with a remote are ever evicted (a local-only stream *is* the dataset).
+Several processes may share a cache folder: a shard is deleted only by unlinking a complete file,
+which leaves any process that already opened or mapped it unaffected, and a reader that finds it
+gone downloads it again. Recency is the file's mtime, which readers touch when they open a shard.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+__all__ = ["enforce_cache_limit", "parse_bytes", "touch"]
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(value: int | str | None) -> int | None:
+    """`1000`, `"64mb"`, `"2GiB"`, `"1.5gb"` -> bytes; None stays None."""
+    if value is None or isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match[2].lower() not in _UNITS:
+        raise ValueError(f"cannot read {value!r} as a size; expected e.g. 1000, '64mb', '2GiB'")
+    return int(float(match[1]) * _UNITS[match[2].lower()])
+
+
+def touch(path: str) -> None:
+    """Mark a cached file as just used (for LRU eviction); missing files are ignored."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def enforce_cache_limit(paths: Iterable[str], limit: int, keep: set[str]) -> list[str]:
+    """Delete the least recently used of `paths` until their total size is at most `limit`.
+
+    `keep` (paths in use now) are never deleted. Returns the deleted paths.
+    """
+    present = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        present.append((st.st_mtime, st.st_size, path))
+    total = sum(size for _, size, _ in present)
+    deleted = []
+    for _, size, path in sorted(present):
+        if total <= limit:
+            break
+        if path in keep:
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        total -= size
+        deleted.append(path)
+    return deleted

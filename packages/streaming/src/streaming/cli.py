@@ -1,0 +1,280 @@
+"""Command line: `python -m streaming {inspect,verify,convert}`.
+
+  inspect DATASET            shards, samples, columns, sizes and compression of a dataset
+  verify DATASET             re-hash every shard; report the bad ones; exit 1 if any is bad
+  convert INPUT... --out DIR jsonl or text files to MDS
+
+DATASET is a local folder or a remote URL (`s3://bucket/prefix`); remote shards are fetched into
+`--cache` (default: a temporary folder removed at exit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from streaming.errors import StreamingError
+from streaming.format import INDEX_NAME, ShardInfo, parse_index
+
+__all__ = ["main"]
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+class _Dataset:
+    """A dataset folder or remote, with its index read and a way to get each shard's local file."""
+
+    def __init__(self, where: str, cache: str | None) -> None:
+        from streaming.storage import is_remote
+
+        self.where = where
+        self.remote = where if is_remote(where) else None
+        self._tmp = None
+        if self.remote:
+            if cache is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="streaming-cli-")
+                cache = self._tmp.name
+            from streaming.storage import open_dataset_index
+
+            self.local = cache
+            data = open_dataset_index(self.remote, cache)
+            self.index_where = f"{self.remote.rstrip('/')}/{INDEX_NAME}"
+        else:
+            self.local = where
+            self.index_where = os.path.join(where, INDEX_NAME)
+            try:
+                with open(self.index_where, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                raise StreamingError(
+                    f"no MDS dataset at {where}: {self.index_where} does not exist"
+                ) from None
+        self.shards = parse_index(data, self.index_where)
+
+    def local_file(self, info: ShardInfo) -> str:
+        path = os.path.join(self.local, info.basename)
+        if self.remote and not os.path.exists(path):
+            from streaming.storage import download
+
+            download(f"{self.remote.rstrip('/')}/{info.basename}", path)
+        return path
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    ds = _Dataset(args.dataset, args.cache)
+    rows = [
+        {
+            "shard": s.basename,
+            "samples": s.samples,
+            "raw_bytes": s.raw_data.bytes,
+            "stored_bytes": (s.zip_data or s.raw_data).bytes,
+            "compression": s.compression,
+            "hashes": list(s.hashes),
+        }
+        for s in ds.shards
+    ]
+    columns = {}
+    if ds.shards:
+        first = ds.shards[0]
+        columns = dict(zip(first.column_names, first.column_encodings, strict=True))
+    total = {
+        "shards": len(rows),
+        "samples": sum(r["samples"] for r in rows),
+        "raw_bytes": sum(r["raw_bytes"] for r in rows),
+        "stored_bytes": sum(r["stored_bytes"] for r in rows),
+        "compression": sorted({str(r["compression"]) for r in rows}),
+        "columns": columns,
+    }
+    if args.json:
+        print(json.dumps({"dataset": args.dataset, "total": total, "shards": rows}, indent=2))
+        return 0
+    print(f"dataset      {args.dataset}")
+    print(f"shards       {total['shards']}")
+    print(f"samples      {total['samples']:,}")
+    print(f"size         {_human(total['raw_bytes'])} raw, {_human(total['stored_bytes'])} stored")
+    print(f"compression  {', '.join(total['compression'])}")
+    print("columns      " + ", ".join(f"{k}: {v}" for k, v in columns.items()))
+    if args.shards:
+        print(f"\n{'shard':28s} {'samples':>9s} {'raw':>10s} {'stored':>10s}  compression")
+        for r in rows:
+            print(
+                f"{r['shard']:28s} {r['samples']:9,d} {_human(r['raw_bytes']):>10s} {_human(r['stored_bytes']):>10s}  {r['compression']}"
+            )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from streaming.shard import Shard
+
+    ds = _Dataset(args.dataset, args.cache)
+    bad = []
+    for n, info in enumerate(ds.shards, 1):
+        try:
+            shard = Shard.open(ds.local_file(info), info, verify=True)
+            shard.close()
+            status = "ok"
+        except (StreamingError, OSError) as err:
+            bad.append(info.basename)
+            status = f"BAD: {err}"
+        if status != "ok" or args.verbose:
+            print(f"[{n}/{len(ds.shards)}] {info.basename}: {status}")
+    hashed = sorted({h for s in ds.shards for h in s.hashes})
+    checked = (
+        f"hashes {', '.join(hashed)}" if hashed else "no hashes recorded; sizes and layout only"
+    )
+    print(f"{len(ds.shards) - len(bad)}/{len(ds.shards)} shards ok ({checked})")
+    if bad:
+        print("bad shards: " + ", ".join(bad))
+    return 1 if bad else 0
+
+
+def _read_inputs(paths: list[str], fmt: str, text_key: str, unit: str) -> Iterator[dict[str, Any]]:
+    for path in paths:
+        kind = fmt if fmt != "auto" else ("jsonl" if path.endswith((".jsonl", ".json")) else "text")
+        with open(path, encoding="utf-8") as f:
+            if kind == "jsonl":
+                for line_no, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise StreamingError(
+                            f"{path}:{line_no}: not valid JSON ({err.msg})"
+                        ) from None
+                    if not isinstance(record, dict):
+                        raise StreamingError(
+                            f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"
+                        )
+                    yield record
+            elif unit == "file":
+                yield {text_key: f.read()}
+            else:
+                for line in f:
+                    if line.strip():
+                        yield {text_key: line.rstrip("\n")}
+
+
+def _infer_columns(record: dict[str, Any]) -> dict[str, str]:
+    kinds = {bool: "json", int: "int", float: "float64", str: "str"}
+    return {k: kinds.get(type(v), "json") for k, v in record.items()}
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from streaming.writer import MDSWriter
+
+    for path in args.inputs:
+        if not os.path.isfile(path):
+            raise StreamingError(f"input file {path} does not exist")
+    records = _read_inputs(args.inputs, args.format, args.text_key, args.unit)
+    first = next(records, None)
+    if first is None:
+        raise StreamingError(f"no samples in {', '.join(args.inputs)}")
+    columns = (
+        dict(c.split(":", 1) for c in args.columns.split(","))
+        if args.columns
+        else _infer_columns(first)
+    )
+    start, count = time.perf_counter(), 0
+    with MDSWriter(
+        out=args.out,
+        columns=columns,
+        compression=args.compression or None,
+        hashes=args.hashes.split(",") if args.hashes else None,
+        size_limit=args.size_limit,
+        exist_ok=args.overwrite,
+    ) as writer:
+        for record in _chain(first, records):
+            writer.write(record)
+            count += 1
+            if count % 10_000 == 0 and sys.stderr.isatty():
+                print(f"\r{count:,} samples", end="", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - start
+    print(f"\rwrote {count:,} samples to {args.out} in {seconds:.1f} s (columns: {columns})")
+    return 0
+
+
+def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    yield first
+    yield from rest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m streaming",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="shards, samples, columns, sizes and compression")
+    p.add_argument("dataset", help="local folder or remote URL holding index.json")
+    p.add_argument("--shards", action="store_true", help="also list every shard")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--cache", help="local folder for a remote dataset's index")
+    p.set_defaults(run=cmd_inspect)
+    p = sub.add_parser("verify", help="re-hash every shard; exit 1 if any is bad")
+    p.add_argument("dataset", help="local folder or remote URL holding index.json")
+    p.add_argument(
+        "--cache", help="local folder for a remote dataset's shards (default: temporary)"
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="print every shard, not only bad ones"
+    )
+    p.set_defaults(run=cmd_verify)
+    p = sub.add_parser("convert", help="jsonl or text files to MDS")
+    p.add_argument(
+        "inputs", nargs="+", help="input files (.jsonl: one JSON object per line; other: text)"
+    )
+    p.add_argument("--out", required=True, help="output folder or remote URL")
+    p.add_argument(
+        "--format",
+        choices=["auto", "jsonl", "text"],
+        default="auto",
+        help="input format (default: by extension)",
+    )
+    p.add_argument("--columns", help="name:encoding,... (default: inferred from the first record)")
+    p.add_argument("--text-key", default="text", help="column name for text inputs (default: text)")
+    p.add_argument(
+        "--unit",
+        choices=["line", "file"],
+        default="line",
+        help="text inputs: one sample per non-empty line or per file",
+    )
+    p.add_argument(
+        "--compression",
+        default="zstd",
+        help="zstd[:level], gz, bz2, br, snappy, or '' for none (default: zstd)",
+    )
+    p.add_argument(
+        "--hashes", default="xxh64", help="comma-separated hash algorithms (default: xxh64)"
+    )
+    p.add_argument(
+        "--size-limit",
+        default=1 << 26,
+        help="shard size limit in bytes or e.g. 64mb (default: 64 MiB)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    p.set_defaults(run=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (StreamingError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,178 @@
+"""Shard compression, named and levelled as mosaicml-streaming names them in `index.json`.
+
+A dataset's `compression` is `None`, a family (`"zstd"`, `"gz"`, `"bz2"`, `"br"`, `"snappy"`) or
+`"family:level"` (`"zstd:7"`). The string is recorded verbatim in `index.json`, and the family is
+the compressed shard's filename extension (`shard.00000.mds.zstd`). A family alone means its
+default level, as in mosaicml-streaming:
+
+| family | module (pip package)              | levels | default |
+| ------ | --------------------------------- | ------ | ------- |
+| zstd   | zstandard (a hard dependency)     | 1..22  | 3       |
+| gz     | gzip (standard library)           | 0..9   | 9       |
+| bz2    | bz2 (standard library)            | 1..9   | 9       |
+| br     | brotli (`streaming[brotli]`)      | 0..11  | 11      |
+| snappy | snappy (`streaming[snappy]`)      | none   |         |
+
+Compressed bytes may differ from mosaicml-streaming's (we use `zstandard`, not `zstd`, and gzip
+with a zero mtime so output is reproducible); decompressed bytes are identical, and either side
+reads the other's files.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CODECS",
+    "Codec",
+    "check_compression",
+    "compress",
+    "compression_extension",
+    "decompress",
+    "parse_compression",
+]
+
+
+def _module(name: str, pip_name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"compression needs the Python module {name!r}, which is not installed; "
+            f"install it with `pip install {pip_name}`"
+        ) from err
+
+
+def _zstd_compress(data: Any, level: int) -> bytes:
+    zstandard = _module("zstandard", "zstandard")
+    return zstandard.ZstdCompressor(level=level).compress(data)
+
+
+def _zstd_decompress(data: Any, size: int | None) -> bytes:
+    zstandard = _module("zstandard", "zstandard")
+    # max_output_size lets frames written without a content size decompress too.
+    return zstandard.ZstdDecompressor().decompress(data, max_output_size=size or 0)
+
+
+def _br_compress(data: Any, level: int) -> bytes:
+    return _module("brotli", "brotli").compress(bytes(data), quality=level)
+
+
+def _br_decompress(data: Any, size: int | None) -> bytes:
+    return _module("brotli", "brotli").decompress(bytes(data))
+
+
+def _snappy_compress(data: Any, level: int) -> bytes:
+    return _module("snappy", "python-snappy").compress(bytes(data))
+
+
+def _snappy_decompress(data: Any, size: int | None) -> bytes:
+    return bytes(_module("snappy", "python-snappy").decompress(bytes(data)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Codec:
+    """One compression family: its levels, default level and functions."""
+
+    levels: range | None  # None: the family takes no level
+    default: int  # the level that the bare family name means (ignored without levels)
+    compress: Callable[[Any, int], bytes]
+    decompress: Callable[[Any, int | None], bytes]  # (data, expected size or None)
+
+
+CODECS: dict[str, Codec] = {
+    "br": Codec(levels=range(0, 12), default=11, compress=_br_compress, decompress=_br_decompress),
+    "bz2": Codec(
+        levels=range(1, 10),
+        default=9,
+        compress=lambda data, level: bz2.compress(data, level),
+        decompress=lambda data, size: bz2.decompress(data),
+    ),
+    "gz": Codec(
+        levels=range(0, 10),
+        default=9,
+        # mtime=0: the same shard always compresses to the same bytes (and zip hashes).
+        compress=lambda data, level: gzip.compress(data, level, mtime=0),
+        decompress=lambda data, size: gzip.decompress(data),
+    ),
+    "snappy": Codec(
+        levels=None, default=0, compress=_snappy_compress, decompress=_snappy_decompress
+    ),
+    "zstd": Codec(
+        levels=range(1, 23), default=3, compress=_zstd_compress, decompress=_zstd_decompress
+    ),
+}
+
+
+def _expected() -> str:
+    forms = []
+    for name, codec in CODECS.items():
+        if codec.levels is None:
+            forms.append(name)
+        else:
+            forms.append(f"{name}[:{codec.levels.start}..{codec.levels.stop - 1}]")
+    return ", ".join(forms)
+
+
+def parse_compression(algo: str) -> tuple[str, int]:
+    """Split `"family[:level]"` into (family, level), applying the family's default level.
+
+    Only the spellings mosaicml-streaming accepts are valid (`"zstd:7"`, not `"zstd:07"`).
+    """
+    if not isinstance(algo, str):
+        raise TypeError(f"compression must be a string such as 'zstd' or None, got {algo!r}")
+    family, sep, level_text = algo.partition(":")
+    codec = CODECS.get(family)
+    if codec is None:
+        raise ValueError(f"unknown compression {algo!r}; expected one of {_expected()}")
+    if not sep:
+        return family, codec.default
+    if codec.levels is None:
+        raise ValueError(f"compression {family!r} takes no level, got {algo!r}")
+    if not level_text.isdigit() or str(int(level_text)) != level_text:
+        raise ValueError(f"compression level in {algo!r} must be a plain integer")
+    level = int(level_text)
+    if level not in codec.levels:
+        raise ValueError(
+            f"compression level {level} of {family!r} is out of range; expected "
+            f"{codec.levels.start}..{codec.levels.stop - 1}"
+        )
+    return family, level
+
+
+def compression_extension(algo: str) -> str:
+    """The filename extension of shards compressed with `algo` (its family name)."""
+    return parse_compression(algo)[0]
+
+
+def check_compression(algo: str | None) -> str | None:
+    """Validate a writer's `compression` and check that its module is importable.
+
+    Returns the value to record in `index.json` (`None` for no compression; `""` counts as none).
+    """
+    if not algo:
+        return None
+    family, level = parse_compression(algo)
+    CODECS[family].compress(b"", level)  # raises ModuleNotFoundError naming what to install
+    return algo
+
+
+def compress(algo: str | None, data: Any) -> bytes:
+    """Compress `data` (bytes-like) with `algo`; `None` returns the bytes unchanged."""
+    if algo is None:
+        return bytes(data)
+    family, level = parse_compression(algo)
+    return CODECS[family].compress(data, level)
+
+
+def decompress(algo: str | None, data: Any, *, size: int | None = None) -> bytes:
+    """Decompress `data` that `compress(algo, ...)` made; `size` is the expected result size."""
+    if algo is None:
+        return bytes(data)
+    family, _ = parse_compression(algo)
+    return CODECS[family].decompress(data, size)

@@ -1,0 +1,58 @@
+"""`StreamingDataLoader`: a torch DataLoader that records how far it got, for exact resumption.
+
+It counts the samples it has yielded; `state_dict()` turns that into the dataset's position
+(summed over all ranks), and `load_state_dict()` hands it back to the dataset, which then starts
+its next pass there, whatever the number of ranks or workers of the resumed run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from streaming.dataset import StreamingDataset
+from streaming.world import World
+
+__all__ = ["StreamingDataLoader"]
+
+
+class StreamingDataLoader(DataLoader):
+    """A DataLoader over a `StreamingDataset` with `state_dict()` / `load_state_dict()`.
+
+    `batch_size` defaults to the dataset's per-device batch size; giving another is an error
+    (the dataset lays out global batches by its own).
+    """
+
+    def __init__(self, dataset: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(dataset, StreamingDataset):
+            size = kwargs.setdefault("batch_size", dataset.batch_size)
+            if size != dataset.batch_size:
+                raise ValueError(
+                    f"StreamingDataLoader batch_size={size} differs from the dataset's batch_size="
+                    f"{dataset.batch_size}; set it once, on the dataset"
+                )
+        super().__init__(dataset, *args, **kwargs)
+        self.num_samples_yielded = 0
+
+    def __iter__(self):
+        self.num_samples_yielded = 0
+        if isinstance(self.dataset, StreamingDataset):
+            self.dataset.begin_pass()
+        for batch in super().__iter__():
+            self.num_samples_yielded += self.batch_size or 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The dataset's position after the samples yielded so far (None for other datasets)."""
+        if not isinstance(self.dataset, StreamingDataset):
+            return None
+        world = World.detect()
+        return self.dataset.state_dict(
+            self.num_samples_yielded * world.num_ranks, from_beginning=False
+        )
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        if isinstance(self.dataset, StreamingDataset):
+            self.dataset.load_state_dict(obj)
+        self.num_samples_yielded = 0

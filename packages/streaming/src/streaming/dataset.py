@@ -1,0 +1,423 @@
+"""`StreamingDataset`: samples from MDS shards on local disk or object stores, deterministically
+partitioned over nodes, ranks and dataloader workers, resumable mid-epoch.
+
+With torch installed it is a `torch.utils.data.IterableDataset`; without, it is still iterable and
+indexable (`dataset[i]` is sample i of the streams concatenated in order).
+
+One pass (epoch) in one worker:
+
+    epoch, start = which pass this is (shared by all workers; a resumed run starts mid-epoch)
+    sequence     = epoch_sequence(...)             # same in every process: mix, shuffle, interleave
+    for each of this worker's batches (rank slice of global batches t with t % workers == worker):
+        for position in the batch:
+            yield sample sequence[position % len(sequence)]    # shards fetched once per node
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from streaming.cache import enforce_cache_limit, parse_bytes, touch
+from streaming.format import INDEX_NAME, ShardInfo, parse_index
+from streaming.iteration import PassCounter
+from streaming.partition import num_global_batches, rank_worker_positions
+from streaming.plan import PlanConfig, epoch_sequence
+from streaming.shard import Shard
+from streaming.stream import Stream, epoch_counts
+from streaming.world import World
+
+try:
+    from torch.utils.data import IterableDataset as _Base
+except ImportError:  # torch is optional
+    _Base = object
+
+__all__ = ["StreamingDataset"]
+
+log = logging.getLogger(__name__)
+STATE_KEYS = {"epoch", "sample_in_epoch", "num_canonical_nodes", "shuffle_seed", "interleave_chunk"}
+
+
+class StreamingDataset(_Base):
+    """Stream samples from one or more MDS datasets. See the module docstring for the pass.
+
+    Give either `streams=[Stream(...), ...]` or a single `remote=`/`local=` (+ `split=`).
+    batch_size:          per-device batch (as in mosaicml-streaming); the global batch is this
+                         times the number of ranks, and fixes the global order together with the
+                         seed and `num_canonical_nodes`.
+    epoch_size:          samples per epoch (default: what the stream weights give).
+    shuffle, shuffle_algo ('py1e', 'py1s', 'naive'), shuffle_seed, shuffle_block_size.
+    num_canonical_nodes: default: the number of physical nodes of the first run (kept on resume).
+    cache_limit:         bytes (or '10gb') of shards to keep per remote stream's cache folder.
+    predownload:         samples to fetch ahead of reading (default 8 x batch_size).
+    validate_hash:       check the hashes recorded in index.json when a shard is first opened.
+    allow_pickle:        decode `pkl` columns (executes code from the data: only for trusted data).
+    max_open_shards:     shards each process keeps decoded in memory at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        streams: Sequence[Stream] | None = None,
+        remote: str | None = None,
+        local: str | None = None,
+        split: str | None = None,
+        batch_size: int = 1,
+        epoch_size: int | None = None,
+        shuffle: bool = False,
+        shuffle_algo: str = "py1e",
+        shuffle_seed: int = 9176,
+        shuffle_block_size: int | None = None,
+        num_canonical_nodes: int | None = None,
+        cache_limit: int | str | None = None,
+        predownload: int | None = None,
+        download_retry: int = 2,
+        download_timeout: float | None = 60.0,
+        validate_hash: bool = True,
+        allow_pickle: bool = False,
+        max_open_shards: int = 64,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if streams and (remote or local):
+            raise ValueError("give either streams=[...] or remote=/local=, not both")
+        if not streams:
+            if remote is None and local is None:
+                raise ValueError(
+                    "StreamingDataset needs streams=[Stream(...)] or remote= and/or local="
+                )
+            streams = [
+                Stream(
+                    remote=remote,
+                    local=local,
+                    split=split,
+                    download_retry=download_retry,
+                    download_timeout=download_timeout,
+                    storage_options=dict(storage_options or {}),
+                )
+            ]
+        if batch_size < 1:
+            raise ValueError(
+                f"batch_size must be a positive per-device batch size, got {batch_size}"
+            )
+        self.streams = list(streams)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.validate_hash = validate_hash
+        self.allow_pickle = allow_pickle
+        self.max_open_shards = max(1, max_open_shards)
+        self.cache_limit = parse_bytes(cache_limit)
+        self.predownload = 8 * batch_size if predownload is None else predownload
+
+        self._shards: list[tuple[int, ShardInfo]] = []
+        sizes_per_stream = []
+        for index, stream in enumerate(self.streams):
+            infos = self._load_index(stream)
+            self._shards += [(index, info) for info in infos]
+            sizes_per_stream.append(np.array([info.samples for info in infos], np.int64))
+        self._shard_sizes = sizes_per_stream
+        self._shard_ends = np.cumsum([info.samples for _, info in self._shards]).astype(np.int64)
+        self.num_samples = int(self._shard_ends[-1]) if len(self._shard_ends) else 0
+        self._counts = epoch_counts(
+            self.streams, [int(s.sum()) for s in sizes_per_stream], epoch_size
+        )
+        self.epoch_size = int(self._counts.sum())
+        if self.cache_limit is not None:
+            biggest = max((info.zip_data or info.raw_data).bytes for _, info in self._shards)
+            if self.cache_limit < 2 * biggest:
+                raise ValueError(
+                    f"cache_limit {self.cache_limit} bytes is below twice the largest shard ({biggest} bytes)"
+                )
+
+        world = World.detect()
+        canonical = num_canonical_nodes or world.num_nodes
+        self._plan_args = dict(
+            shuffle=shuffle,
+            shuffle_algo=shuffle_algo,
+            shuffle_seed=shuffle_seed,
+            shuffle_block_size=shuffle_block_size or max(4_000_000 // canonical, 1 << 18),
+        )
+        self._set_plan(canonical, max(1, batch_size * world.num_ranks // canonical))
+        self._resume: tuple[int, int] = (0, 0)  # (epoch, sample in epoch) of the first pass
+        self._passes = PassCounter()
+        self._open: OrderedDict[int, Shard] = OrderedDict()
+        self._verified: set[int] = set()  # shards this process has checked already
+        self._sequence_cache: tuple[int, np.ndarray] | None = None
+
+    # -- index and shards -------------------------------------------------------------------
+    def _load_index(self, stream: Stream) -> list[ShardInfo]:
+        path = os.path.join(stream.local, INDEX_NAME)
+        if stream.remote is not None:
+            from streaming.storage import open_dataset_index
+
+            data = open_dataset_index(stream.remote, stream.local, **stream.storage_options)
+            where = f"{stream.remote.rstrip('/')}/{INDEX_NAME}"
+        else:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"no MDS dataset at {stream.local}: {path} does not exist"
+                ) from None
+            where = path
+        return parse_index(data, where)
+
+    def _shard_path(self, shard_id: int, raw: bool = False) -> str:
+        stream_index, info = self._shards[shard_id]
+        name = info.raw_data.basename if raw else info.basename
+        return os.path.join(self.streams[stream_index].local, name)
+
+    def _fetch(self, shard_id: int) -> tuple[str, bool]:
+        """A local file of the shard to open, and whether it still needs its hashes checked.
+
+        Remote shards are downloaded once per node. A compressed shard is decompressed once per
+        node into its raw file beside it (hashes checked then), which every process maps from
+        the page cache; its compressed copy is dropped when it came from a remote. If the folder
+        is not writable, the compressed file is opened and decompressed in memory instead.
+        """
+        stream_index, info = self._shards[shard_id]
+        stream = self.streams[stream_index]
+        raw_path, stored_path = self._shard_path(shard_id, raw=True), self._shard_path(shard_id)
+        if info.zip_data is not None and os.path.exists(raw_path):
+            return raw_path, False
+        if not os.path.exists(stored_path):
+            if stream.remote is None:
+                raise FileNotFoundError(
+                    f"shard {info.basename} of {stream.local} is missing: {stored_path}"
+                )
+            from streaming.storage import download
+
+            download(
+                f"{stream.remote.rstrip('/')}/{info.basename}",
+                stored_path,
+                retries=stream.download_retry,
+                timeout=stream.download_timeout,
+                **stream.storage_options,
+            )
+            if self.cache_limit is not None:
+                self._evict(keep={stored_path})
+        if info.zip_data is None:
+            return stored_path, True
+        if not os.access(stream.local, os.W_OK):
+            return stored_path, True
+        from streaming.storage import produce_once
+
+        produce_once(
+            raw_path, lambda tmp: _decompress_shard(stored_path, info, tmp, self.validate_hash)
+        )
+        if stream.remote is not None:
+            try:
+                os.unlink(stored_path)
+            except FileNotFoundError:
+                pass
+        if self.cache_limit is not None:
+            self._evict(keep={raw_path})
+        return raw_path, False
+
+    def _evict(self, keep: set[str]) -> None:
+        keep = keep | {self._shard_path(i, raw) for i in list(self._open) for raw in (False, True)}
+        for index, stream in enumerate(self.streams):
+            if stream.remote is not None:
+                ids = [i for i, (s, _) in enumerate(self._shards) if s == index]
+                paths = {self._shard_path(i, raw) for i in ids for raw in (False, True)}
+                enforce_cache_limit(sorted(paths), self.cache_limit, keep)
+
+    def _get_shard(self, shard_id: int) -> Shard:
+        shard = self._open.get(shard_id)
+        if shard is not None:
+            self._open.move_to_end(shard_id)
+            return shard
+        info = self._shards[shard_id][1]
+        for attempt in range(2):
+            path, unchecked = self._fetch(shard_id)
+            verify = self.validate_hash and unchecked and shard_id not in self._verified
+            try:
+                shard = Shard.open(path, info, verify=verify, allow_pickle=self.allow_pickle)
+                break
+            except FileNotFoundError:
+                if attempt:  # evicted by another process between fetch and open: fetch again once
+                    raise
+        self._verified.add(shard_id)
+        touch(path)
+        self._open[shard_id] = shard
+        while len(self._open) > self.max_open_shards:
+            self._open.popitem(last=False)[1].close()
+        return shard
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if not -self.num_samples <= index < self.num_samples:
+            raise IndexError(
+                f"sample {index} out of range for a dataset of {self.num_samples} samples"
+            )
+        index %= self.num_samples
+        shard_id = int(np.searchsorted(self._shard_ends, index, side="right"))
+        start = int(self._shard_ends[shard_id - 1]) if shard_id else 0
+        return self._get_shard(shard_id)[index - start]
+
+    # -- the epoch's order ------------------------------------------------------------------
+    def _set_plan(self, canonical: int, chunk: int) -> None:
+        self._plan = PlanConfig(num_canonical_nodes=canonical, chunk=chunk, **self._plan_args)
+
+    @property
+    def num_canonical_nodes(self) -> int:
+        return self._plan.num_canonical_nodes
+
+    def epoch_sequence(self, epoch: int) -> np.ndarray:
+        """Global sample ids of one epoch in global reading order (the same in every process)."""
+        if self._sequence_cache is None or self._sequence_cache[0] != epoch:
+            self._sequence_cache = (
+                epoch,
+                epoch_sequence(self._shard_sizes, self._counts, self._plan, epoch),
+            )
+        return self._sequence_cache[1]
+
+    def __len__(self) -> int:
+        """Samples this rank reads per epoch (padded to whole global batches)."""
+        world = World.detect()
+        return (
+            num_global_batches(self.epoch_size, self.batch_size * world.num_ranks) * self.batch_size
+        )
+
+    # -- iteration ----------------------------------------------------------------------------
+    def begin_pass(self) -> None:
+        """Called by StreamingDataLoader in the main process before each pass (see iteration.py)."""
+        self._passes.begin()
+
+    def _pass_to_epoch(self, n: int) -> tuple[int, int]:
+        """Epoch and starting sample of pass n of this run (pass 0 may resume mid-epoch)."""
+        epoch, start = self._resume
+        return (epoch, start) if n == 0 else (epoch + n, 0)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        world = World.detect()
+        epoch, start = self._pass_to_epoch(self._passes.claim(world.worker))
+        sequence = self.epoch_sequence(epoch)
+        positions = rank_worker_positions(
+            epoch_len=len(sequence),
+            start=start,
+            global_batch=self.batch_size * world.num_ranks,
+            rank=world.rank,
+            num_ranks=world.num_ranks,
+            worker=world.worker,
+            num_workers=world.num_workers,
+        ).reshape(-1)
+        ids = sequence[positions % len(sequence)] if len(sequence) else positions
+        prefetch = _Prefetcher(self, ids) if self.predownload and self._has_remote() else None
+        try:
+            for i, sample_id in enumerate(ids):
+                if prefetch is not None:
+                    prefetch.advance(i)
+                yield self[sample_id]
+        finally:
+            if prefetch is not None:
+                prefetch.stop()
+
+    def _has_remote(self) -> bool:
+        return any(stream.remote is not None for stream in self.streams)
+
+    # -- resumption ---------------------------------------------------------------------------
+    def state_dict(self, num_samples: int, from_beginning: bool) -> dict[str, Any]:
+        """Where the run is, as a small JSON-serializable dict.
+
+        num_samples:    samples consumed by all ranks together in the current epoch;
+        from_beginning: True if they count from the epoch's start, False if from where this
+                        run resumed (the resumed offset is then added).
+        """
+        n = max(self._passes.current(), 0)
+        epoch, start = self._pass_to_epoch(n)
+        offset = 0 if from_beginning else start
+        return {
+            "epoch": epoch,
+            "sample_in_epoch": offset + int(num_samples),
+            "num_canonical_nodes": self._plan.num_canonical_nodes,
+            "shuffle_seed": self._plan.shuffle_seed,
+            "interleave_chunk": self._plan.chunk,
+        }
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        """Resume at the position a `state_dict` recorded (possibly with other ranks/workers)."""
+        missing, unknown = STATE_KEYS - set(obj), set(obj) - STATE_KEYS
+        if missing or unknown:
+            raise ValueError(
+                f"not a StreamingDataset state dict: missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
+        if obj["shuffle_seed"] != self._plan.shuffle_seed:
+            log.warning(
+                "resuming with shuffle_seed %s from the checkpoint (was %s)",
+                obj["shuffle_seed"],
+                self._plan.shuffle_seed,
+            )
+            self._plan_args["shuffle_seed"] = obj["shuffle_seed"]
+        self._set_plan(int(obj["num_canonical_nodes"]), int(obj["interleave_chunk"]))
+        epoch, sample = int(obj["epoch"]), int(obj["sample_in_epoch"])
+        # A checkpoint taken at the very end of an epoch resumes at the start of the next.
+        self._resume = (epoch + 1, 0) if sample >= self.epoch_size else (epoch, sample)
+        self._sequence_cache = None
+        self._passes.reset()
+
+
+class _Prefetcher:
+    """Downloads the shards of upcoming samples in a background thread, `predownload` ahead."""
+
+    def __init__(self, dataset: StreamingDataset, ids: np.ndarray) -> None:
+        shard_of = np.searchsorted(dataset._shard_ends, ids, side="right")
+        first = (
+            np.concatenate([[True], shard_of[1:] != shard_of[:-1]])
+            if len(ids)
+            else np.zeros(0, bool)
+        )
+        self._needed = list(
+            zip(np.flatnonzero(first).tolist(), shard_of[first].tolist(), strict=True)
+        )
+        self._dataset, self._ahead = dataset, dataset.predownload
+        self._cursor, self._stopped = 0, False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="streaming-predownload")
+        self._thread.start()
+
+    def advance(self, position: int) -> None:
+        with self._cond:
+            self._cursor = position
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        seen: set[int] = set()
+        for position, shard_id in self._needed:
+            with self._cond:
+                while not self._stopped and position > self._cursor + self._ahead:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+            if shard_id in seen:
+                continue
+            seen.add(shard_id)
+            try:
+                self._dataset._fetch(shard_id)
+            except Exception as err:  # the reader fetches again and raises the error itself
+                log.debug("predownload of shard %s failed: %s", shard_id, err)
+
+
+def _decompress_shard(stored_path: str, info: ShardInfo, tmp: str, verify: bool) -> None:
+    """Write the raw shard of a compressed one to `tmp`, checking sizes and (if asked) hashes."""
+    with open(stored_path, "rb") as f:
+        data = f.read()
+    shard = Shard.from_bytes(data, info, where=stored_path, verify=verify)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(shard.get_raw_shard())
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        shard.close()

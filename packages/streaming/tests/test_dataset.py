@@ -1,0 +1,298 @@
+"""StreamingDataset over real MDS shards: order, mixing, elasticity, resumption, caching."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader
+
+from streaming import MDSWriter, Stream, StreamingDataLoader, StreamingDataset
+from streaming.partition import num_global_batches
+
+COLUMNS = {"id": "int", "tokens": "ndarray:int32:4"}
+
+
+def write_dataset(out: Path, ids: range, compression=None, size_limit=200) -> Path:
+    with MDSWriter(
+        out=str(out),
+        columns=COLUMNS,
+        compression=compression,
+        hashes=["xxh64"],
+        size_limit=size_limit,
+    ) as w:
+        for i in ids:
+            w.write({"id": i, "tokens": np.arange(i, i + 4, dtype=np.int32)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_streams(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    a = write_dataset(root / "a", range(0, 57), compression="zstd")
+    b = write_dataset(root / "b", range(1000, 1023))
+    return a, b
+
+
+def make(two_streams, **kwargs):
+    a, b = two_streams
+    streams = [Stream(local=str(a), proportion=0.6), Stream(local=str(b), proportion=0.4)]
+    defaults = dict(
+        streams=streams,
+        epoch_size=71,
+        shuffle=True,
+        shuffle_block_size=8,
+        num_canonical_nodes=4,
+        shuffle_seed=5,
+    )
+    defaults.update(kwargs)
+    return StreamingDataset(**defaults)
+
+
+def set_world(monkeypatch, rank: int, num_ranks: int, per_node: int | None = None):
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(num_ranks))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(per_node or num_ranks))
+
+
+def ids_of(batch) -> list[int]:
+    return [int(x) for x in batch["id"]]
+
+
+def global_batches(
+    two_streams, monkeypatch, num_ranks: int, workers: int, global_batch: int = 12, **kwargs
+):
+    """Run every rank's DataLoader (real worker processes) and assemble the global batches."""
+    per_rank = []
+    for rank in range(num_ranks):
+        set_world(monkeypatch, rank, num_ranks)
+        ds = make(two_streams, batch_size=global_batch // num_ranks, **kwargs)
+        loader = DataLoader(ds, batch_size=ds.batch_size, num_workers=workers)
+        per_rank.append([ids_of(b) for b in loader])
+    assert len({len(r) for r in per_rank}) == 1
+    return [sum((per_rank[k][t] for k in range(num_ranks)), []) for t in range(len(per_rank[0]))]
+
+
+def test_reads_every_sample_in_order_without_shuffle(tmp_path):
+    out = write_dataset(tmp_path / "d", range(30))
+    ds = StreamingDataset(local=str(out), batch_size=4)
+    assert ds.num_samples == 30 and len(ds) == 32  # padded to whole global batches
+    got = [s["id"] for s in ds]
+    assert got == list(range(30)) + [0, 1]
+    assert ds[7]["id"] == 7 and ds[-1]["id"] == 29
+    np.testing.assert_array_equal(ds[7]["tokens"], np.arange(7, 11, dtype=np.int32))
+    with pytest.raises(IndexError, match="sample 30 out of range for a dataset of 30 samples"):
+        ds[30]
+
+
+def test_weighted_streams_give_their_proportions(two_streams):
+    ds = make(two_streams, batch_size=71)
+    ids = [s["id"] for s in ds]
+    assert len(ids) == 71
+    assert sum(i >= 1000 for i in ids) == round(71 * 0.4)
+    assert len(set(i for i in ids if i >= 1000)) == 23  # 28 drawn from 23: all of them, some twice
+
+
+def test_global_batches_are_identical_for_every_split(two_streams, monkeypatch):
+    reference = global_batches(two_streams, monkeypatch, num_ranks=1, workers=0)
+    assert len(reference) == num_global_batches(71, 12)
+    flat = sum(reference, [])
+    ds = make(two_streams, batch_size=12)
+    assert flat[:71] == [ds[int(i)]["id"] for i in ds.epoch_sequence(0)]
+    assert flat[71:] == flat[: len(flat) - 71]  # padding repeats the epoch's start
+    for num_ranks, workers in [(2, 2), (3, 1), (4, 3), (6, 2)]:
+        assert global_batches(two_streams, monkeypatch, num_ranks, workers) == reference, (
+            num_ranks,
+            workers,
+        )
+
+
+def test_epochs_differ_and_plain_dataloader_advances_epochs(two_streams):
+    ds = make(two_streams, batch_size=6)
+    loader = DataLoader(ds, batch_size=6, num_workers=2)
+    first = [ids_of(b) for b in loader]
+    second = [ids_of(b) for b in loader]
+    assert first != second
+    fresh = make(two_streams, batch_size=6)
+    assert [ids_of(b) for b in DataLoader(fresh, batch_size=6, num_workers=1)] == first
+
+
+def test_resume_mid_epoch_with_other_ranks_and_workers(two_streams, monkeypatch):
+    set_world(monkeypatch, 0, 1)
+    ds = make(two_streams, batch_size=12)
+    uninterrupted = [ids_of(b) for b in StreamingDataLoader(ds, num_workers=2)]
+    ds = make(two_streams, batch_size=12)
+    loader = StreamingDataLoader(ds, num_workers=2)
+    seen = []
+    for batch in loader:
+        seen.append(ids_of(batch))
+        if len(seen) == 2:
+            break
+    state = loader.state_dict()
+    assert state == json.loads(json.dumps(state)) and state["sample_in_epoch"] == 24
+    # Resume on 3 ranks with 2 workers each; global batches continue exactly.
+    per_rank = []
+    for rank in range(3):
+        set_world(monkeypatch, rank, 3)
+        resumed = make(two_streams, batch_size=4)
+        rl = StreamingDataLoader(resumed, num_workers=2)
+        rl.load_state_dict(state)
+        per_rank.append([ids_of(b) for b in rl])
+    rest = [sum((per_rank[k][t] for k in range(3)), []) for t in range(len(per_rank[0]))]
+    assert seen + rest == uninterrupted
+
+
+def test_resume_skips_without_reading_skipped_samples(two_streams, monkeypatch):
+    from streaming import shard as shard_module
+
+    ds = make(two_streams, batch_size=4)
+    total_shards = len(ds._shards)
+    ds.load_state_dict(
+        {
+            "epoch": 0,
+            "sample_in_epoch": 64,
+            "num_canonical_nodes": 4,
+            "shuffle_seed": 5,
+            "interleave_chunk": 1,
+        }
+    )
+    opened = []
+    real_open = shard_module.Shard.open
+    monkeypatch.setattr(
+        shard_module.Shard,
+        "open",
+        classmethod(lambda cls, *a, **k: opened.append(a[0]) or real_open(*a, **k)),
+    )
+    samples = [s["id"] for s in ds]
+    # Positions 64..71 remain (two global batches of 4, the last padded with the epoch's start).
+    sequence = ds.epoch_sequence(0)
+    assert samples == [make(two_streams)[int(sequence[p % 71])]["id"] for p in range(64, 72)]
+    assert len(set(opened)) <= 8 < total_shards
+
+
+def test_state_dict_at_epoch_end_resumes_next_epoch(two_streams):
+    ds = make(two_streams, batch_size=71)
+    ds.load_state_dict(
+        {
+            "epoch": 3,
+            "sample_in_epoch": 71,
+            "num_canonical_nodes": 4,
+            "shuffle_seed": 5,
+            "interleave_chunk": 17,
+        }
+    )
+    assert ds.state_dict(0, from_beginning=False)["epoch"] == 4
+    expected = make(two_streams, batch_size=71).epoch_sequence(4)
+    assert [s["id"] for s in ds] == [make(two_streams)[int(i)]["id"] for i in expected]
+
+
+def test_bad_state_dict_is_rejected(two_streams):
+    with pytest.raises(ValueError, match=r"missing \['interleave_chunk'.*unknown \['bogus'\]"):
+        make(two_streams).load_state_dict({"epoch": 0, "sample_in_epoch": 0, "bogus": 1})
+
+
+def test_missing_local_dataset_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"no MDS dataset at {tmp_path}"):
+        StreamingDataset(local=str(tmp_path))
+
+
+def test_works_without_torch(tmp_path):
+    out = write_dataset(tmp_path / "d", range(10))
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from streaming import StreamingDataset\n"
+        f"ds = StreamingDataset(local={str(out)!r}, batch_size=5, shuffle=True)\n"
+        "assert type(ds).__mro__[1] is object\n"
+        "print(sorted(s['id'] for s in ds), ds[3]['id'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{list(range(10))} 3"
+
+
+def test_two_processes_share_one_remote_cache(tmp_path, s3_bucket):
+    remote = f"{s3_bucket}/ds"
+    write_dataset(tmp_path / "src", range(40), compression="zstd", size_limit=150)
+    from streaming.storage import Uploader
+
+    up = Uploader(remote)
+    for name in sorted(os.listdir(tmp_path / "src")):
+        up.upload(str(tmp_path / "src" / name), name)
+    up.wait()
+    up.close()
+    cache = tmp_path / "cache"
+    code = (
+        "import sys, json\nfrom streaming import StreamingDataset\n"
+        f"ds = StreamingDataset(remote={remote!r}, local={str(cache)!r}, shuffle=True, batch_size=8)\n"
+        "print(json.dumps(sorted(s['id'] for s in ds)))\n"
+    )
+    env = {**os.environ}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        assert json.loads(out) == list(range(40))
+    leftovers = [n for n in os.listdir(cache) if not (n == "index.json" or n.startswith("shard."))]
+    assert not [n for n in leftovers if not n.endswith(".lock")], leftovers
+
+
+def test_cache_limit_evicts_least_recently_used(tmp_path, s3_bucket):
+    remote = f"{s3_bucket}/ds"
+    write_dataset(tmp_path / "src", range(60), size_limit=120)
+    from streaming.storage import Uploader
+
+    up = Uploader(remote)
+    for name in sorted(os.listdir(tmp_path / "src")):
+        up.upload(str(tmp_path / "src" / name), name)
+    up.wait()
+    up.close()
+    shard_bytes = max(
+        os.path.getsize(tmp_path / "src" / n)
+        for n in os.listdir(tmp_path / "src")
+        if n.startswith("shard")
+    )
+    limit = 3 * shard_bytes
+    ds = StreamingDataset(
+        remote=remote,
+        local=str(tmp_path / "cache"),
+        cache_limit=limit,
+        max_open_shards=1,
+        predownload=0,
+    )
+    assert [s["id"] for s in ds] == list(range(60))
+    cached = [
+        n
+        for n in os.listdir(tmp_path / "cache")
+        if n.startswith("shard.") and not n.endswith(".lock")
+    ]
+    assert sum(os.path.getsize(tmp_path / "cache" / n) for n in cached) <= limit
+    assert len(cached) < len([n for n in os.listdir(tmp_path / "src") if n.startswith("shard.")])
+    with pytest.raises(ValueError, match="cache_limit 10 bytes is below twice the largest shard"):
+        StreamingDataset(remote=remote, local=str(tmp_path / "cache2"), cache_limit=10)
+
+
+def test_spawned_workers_agree_on_the_epoch(two_streams):
+    """Workers started with spawn share the pass counter too (it travels with the dataset)."""
+    ds = make(two_streams, batch_size=6)
+    loader = DataLoader(ds, batch_size=6, num_workers=2, multiprocessing_context="spawn")
+    first = [ids_of(b) for b in loader]
+    second = [ids_of(b) for b in loader]
+    reference = make(two_streams, batch_size=6)
+    assert first == [ids_of(b) for b in DataLoader(reference, batch_size=6)]
+    assert second == [ids_of(b) for b in DataLoader(reference, batch_size=6)]

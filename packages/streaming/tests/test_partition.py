@@ -1,0 +1,251 @@
+"""Elastic determinism, computed without processes: every split of the work into
+nodes x ranks x dataloader workers reads the same sequence of global batches."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streaming.partition import interleave_canonical, num_global_batches, rank_worker_positions
+from streaming.plan import PlanConfig, epoch_sequence
+from streaming.shuffle import SHUFFLES, canonical_bounds
+from streaming.stream import Stream, epoch_counts
+
+
+def simulate(
+    seq: np.ndarray,
+    global_batch: int,
+    nodes: int,
+    ranks_per_node: int,
+    workers: int,
+    start: int = 0,
+):
+    """The global batches a job of this shape reads, assembled the way torch's DataLoader and
+    the ranks would: rank batch t comes from worker t % W; global batch t concatenates ranks."""
+    num_ranks = nodes * ranks_per_node
+    epoch_len = len(seq)
+    total = num_global_batches(epoch_len, global_batch, start)
+    ranks = []
+    for rank in range(num_ranks):
+        per_worker = [
+            rank_worker_positions(
+                epoch_len=epoch_len,
+                start=start,
+                global_batch=global_batch,
+                rank=rank,
+                num_ranks=num_ranks,
+                worker=w,
+                num_workers=workers,
+            )
+            for w in range(workers)
+        ]
+        ranks.append([per_worker[t % workers][t // workers] for t in range(total)])
+    return [
+        seq[np.concatenate([ranks[k][t] for k in range(num_ranks)]) % epoch_len]
+        for t in range(total)
+    ]
+
+
+def splits(global_batch: int, max_ranks: int = 16):
+    """(nodes, ranks per node, workers) with nodes * ranks dividing the global batch."""
+    for nodes, ranks, workers in itertools.product([1, 2, 4], [1, 2, 3, 8], [1, 2, 4]):
+        if nodes * ranks <= max_ranks and global_batch % (nodes * ranks) == 0:
+            yield nodes, ranks, workers
+
+
+def two_stream_sequence(seed, epoch, algo, canonical, global_batch, block=16):
+    streams = [Stream(local="/a", proportion=0.7), Stream(local="/b", proportion=0.3)]
+    shard_sizes = [np.array([13, 13, 13, 5]), np.array([9, 9, 4])]
+    counts = epoch_counts(streams, [44, 22], epoch_size=101)
+    config = PlanConfig(
+        num_canonical_nodes=canonical,
+        chunk=max(1, global_batch // canonical),
+        shuffle=True,
+        shuffle_algo=algo,
+        shuffle_seed=seed,
+        shuffle_block_size=block,
+    )
+    return epoch_sequence(shard_sizes, counts, config, epoch), counts
+
+
+@pytest.mark.parametrize("algo", sorted(SHUFFLES))
+@pytest.mark.parametrize("canonical,global_batch", [(1, 12), (4, 24), (8, 24), (3, 6)])
+def test_every_split_reads_the_same_global_batches(algo, canonical, global_batch):
+    seq, counts = two_stream_sequence(
+        seed=17, epoch=2, algo=algo, canonical=canonical, global_batch=global_batch
+    )
+    assert len(seq) == 101 == counts.sum()
+    reference = simulate(seq, global_batch, 1, 1, 1)
+    tried = 0
+    for nodes, ranks, workers in splits(global_batch):
+        got = simulate(seq, global_batch, nodes, ranks, workers)
+        assert len(got) == len(reference)
+        for a, b in zip(got, reference, strict=True):
+            np.testing.assert_array_equal(a, b)
+        tried += 1
+    assert tried >= 6
+    # Each epoch entry appears exactly once before the padding; the padding repeats the epoch's start.
+    flat = np.concatenate(reference)
+    np.testing.assert_array_equal(flat[:101], seq)
+    np.testing.assert_array_equal(flat[101:], seq[: len(flat) - 101])
+    assert len(flat) % global_batch == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.lists(st.integers(1, 30), min_size=1, max_size=5), min_size=2, max_size=3),
+    weights=st.lists(st.floats(0.1, 5.0), min_size=3, max_size=3),
+    epoch_size=st.integers(1, 300),
+    seed=st.integers(0, 2**31 - 1),
+    epoch=st.integers(0, 5),
+    canonical=st.integers(1, 9),
+    per_device=st.integers(1, 5),
+    algo=st.sampled_from(sorted(SHUFFLES)),
+    block=st.integers(1, 40),
+)
+def test_property_elastic_determinism(
+    sizes, weights, epoch_size, seed, epoch, canonical, per_device, algo, block
+):
+    streams = [
+        Stream(local=f"/s{i}", proportion=w)
+        for i, w in zip(range(len(sizes)), weights, strict=False)
+    ]
+    shard_sizes = [np.array(s) for s in sizes]
+    counts = epoch_counts(streams, [sum(s) for s in sizes], epoch_size)
+    assert counts.sum() == epoch_size
+    global_batch = per_device * 12  # divisible by 1, 2, 3, 4, 6, 12 ranks
+    config = PlanConfig(
+        num_canonical_nodes=canonical,
+        chunk=max(1, global_batch // canonical),
+        shuffle=True,
+        shuffle_algo=algo,
+        shuffle_seed=seed,
+        shuffle_block_size=block,
+    )
+    seq = epoch_sequence(shard_sizes, counts, config, epoch)
+    # The epoch holds exactly what the weights ask of each stream.
+    offsets = np.cumsum([0] + [sum(s) for s in sizes])
+    per_stream = np.searchsorted(offsets, seq, side="right") - 1
+    np.testing.assert_array_equal(np.bincount(per_stream, minlength=len(sizes)), counts)
+    reference = simulate(seq, global_batch, 1, 1, 1)
+    for nodes, ranks, workers in [
+        (1, 12, 4),
+        (4, 3, 1),
+        (2, 2, 3),
+        (3, 4, 2),
+        (12, 1, 1),
+        (1, 1, 5),
+    ]:
+        got = simulate(seq, global_batch, nodes, ranks, workers)
+        assert len(got) == len(reference)
+        for a, b in zip(got, reference, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    total=st.integers(0, 200),
+    canonical=st.integers(1, 12),
+    chunk=st.integers(1, 9),
+    seed=st.integers(0, 100),
+)
+def test_interleave_is_a_permutation(total, canonical, chunk, seed):
+    order = np.random.default_rng(seed).permutation(total)
+    out = interleave_canonical(order, canonical, chunk)
+    assert sorted(out.tolist()) == list(range(total))
+
+
+@pytest.mark.parametrize("algo", sorted(SHUFFLES))
+def test_shuffles_are_permutations_and_keep_canonical_ranges(algo):
+    spans = np.array([[0, 40], [40, 70], [70, 71], [71, 130]])
+    for canonical in (1, 3, 8):
+        order = SHUFFLES[algo](spans, canonical, 5, 1, 16)
+        assert sorted(order.tolist()) == list(range(130))
+        assert not np.array_equal(order, np.arange(130))
+        if algo != "naive":
+            # The assignment of samples to canonical nodes is fixed over the run (cache-friendly).
+            bounds = canonical_bounds(130, canonical)
+            other = SHUFFLES[algo](spans, canonical, 5, 2, 16)
+            for c in range(canonical):
+                lo, hi = bounds[c], bounds[c + 1]
+                assert set(order[lo:hi]) == set(other[lo:hi])
+            assert not np.array_equal(order, other)
+
+
+def test_block_shuffles_keep_locality():
+    """With small blocks, a window of consecutive reads touches few shards."""
+    sizes = np.full(64, 100)
+    ends = np.cumsum(sizes)
+    spans = np.stack([ends - sizes, ends], axis=1)
+    for algo in ("py1s", "py1e"):
+        order = SHUFFLES[algo](spans, 1, 3, 0, 100)
+        shard = np.searchsorted(ends, order, side="right")
+        windows = [len(set(shard[i : i + 100])) for i in range(0, 6400, 100)]
+        assert max(windows) <= 4, (algo, max(windows))
+    shard = np.searchsorted(ends, SHUFFLES["naive"](spans, 1, 3, 0, 100), side="right")
+    assert np.mean([len(set(shard[i : i + 100])) for i in range(0, 6400, 100)]) > 30
+
+
+def test_locality_of_physical_nodes():
+    """With G % C == 0 and C % P == 0, each physical node reads only its canonical nodes' ranges."""
+    total, canonical, global_batch = 960, 8, 32
+    order = np.arange(total)
+    seq = interleave_canonical(order, canonical, global_batch // canonical)
+    bounds = canonical_bounds(total, canonical)
+    for nodes in (1, 2, 4, 8):
+        per_node = global_batch // nodes
+        for node in range(nodes):
+            positions = np.concatenate(
+                [
+                    np.arange(
+                        b * global_batch + node * per_node, b * global_batch + (node + 1) * per_node
+                    )
+                    for b in range(total // global_batch)
+                ]
+            )
+            owners = set((np.searchsorted(bounds, seq[positions], side="right") - 1).tolist())
+            assert owners == set(range(node * canonical // nodes, (node + 1) * canonical // nodes))
+
+
+def test_resuming_at_any_position_continues_the_same_sequence():
+    seq, _ = two_stream_sequence(seed=3, epoch=0, algo="py1e", canonical=4, global_batch=12)
+    full = np.concatenate(simulate(seq, 12, 1, 2, 2))
+    for start in (12, 36, 84):
+        for nodes, ranks, workers in [(1, 1, 1), (2, 3, 2), (1, 4, 3)]:
+            resumed = np.concatenate(simulate(seq, 12, nodes, ranks, workers, start=start))
+            np.testing.assert_array_equal(resumed, full[start:])
+
+
+def test_mixing_rules():
+    a, b = Stream(local="/a", repeat=2), Stream(local="/b", choose=3)
+    np.testing.assert_array_equal(epoch_counts([a, b], [10, 20], None), [20, 3])
+    np.testing.assert_array_equal(epoch_counts([a, b], [10, 20], 46), [40, 6])
+    plain = [Stream(local="/a"), Stream(local="/b")]
+    np.testing.assert_array_equal(epoch_counts(plain, [10, 20], None), [10, 20])
+    with pytest.raises(ValueError, match="mix relative and absolute"):
+        epoch_counts([Stream(local="/a", proportion=1), b], [10, 20], None)
+    with pytest.raises(ValueError, match="at most one of proportion, repeat, choose"):
+        Stream(local="/a", proportion=1, repeat=2)
+    with pytest.raises(ValueError, match="non-negative"):
+        Stream(local="/a", choose=-1)
+
+
+@pytest.mark.parametrize("algo", sorted(SHUFFLES))
+def test_shuffles_mix_well_when_the_block_covers_the_data(algo):
+    """With blocks as large as the dataset, reading order is unrelated to dataset order."""
+    sizes = np.full(8, 2500)
+    ends = np.cumsum(sizes)
+    spans = np.stack([ends - sizes, ends], axis=1)
+    for canonical in (1, 2):
+        order = SHUFFLES[algo](spans, canonical, 11, 0, 1 << 18)
+        bounds = canonical_bounds(len(order), canonical)
+        for c in range(canonical):
+            part = order[bounds[c] : bounds[c + 1]].astype(np.float64)
+            rank_corr = np.corrcoef(np.arange(len(part)), part)[0, 1]
+            assert abs(rank_corr) < 0.1, (algo, canonical, rank_corr)
+            # and consecutive reads rarely come from consecutive samples
+            assert np.mean(np.abs(np.diff(part)) == 1) < 0.01
