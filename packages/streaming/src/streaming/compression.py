@@ -34,6 +34,7 @@ __all__ = [
     "compress",
     "compression_extension",
     "decompress",
+    "decompress_stream",
     "parse_compression",
 ]
 
@@ -176,3 +177,43 @@ def decompress(algo: str | None, data: Any, *, size: int | None = None) -> bytes
         return bytes(data)
     family, _ = parse_compression(algo)
     return CODECS[family].decompress(data, size)
+
+
+_CHUNK = 1 << 20  # output bytes per step of an incremental decompression
+
+
+def decompress_stream(algo: str, data: Any, write: Callable[[memoryview], None]) -> int:
+    """Decompress `data` (bytes-like, e.g. a memory map of the compressed file) and pass the
+    output to `write` about 1 MB at a time, so a reader can use the start of a shard while the
+    rest is still being decompressed (and the caller can pause between chunks). zstd, gz and bz2
+    go incrementally; br and snappy decompress at once and write once. Returns the size.
+    """
+    family, _ = parse_compression(algo)
+    view = memoryview(data)
+    total = 0
+    if family == "zstd":
+        zstandard = _module("zstandard", "zstandard")
+        buf = memoryview(bytearray(_CHUNK))
+        with zstandard.ZstdDecompressor().stream_reader(view, read_across_frames=True) as reader:
+            while n := reader.readinto(buf):
+                write(buf[:n])
+                total += n
+        return total
+    if family in ("gz", "bz2"):
+        import zlib
+
+        stepper = (
+            zlib.decompressobj(16 + zlib.MAX_WBITS) if family == "gz" else bz2.BZ2Decompressor()
+        )
+        step = _CHUNK // 4
+        for begin in range(0, len(view), step):
+            out = stepper.decompress(view[begin : begin + step])
+            if out:
+                write(memoryview(out))
+                total += len(out)
+        if family == "gz" and not stepper.eof:
+            raise ValueError("compressed data ends before the end of its gzip stream")
+        return total
+    out = decompress(algo, view)
+    write(memoryview(out))
+    return len(out)

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from streaming.cache import enforce_cache_limit, parse_bytes, touch
+from streaming.cache import parse_bytes
 from streaming.format import INDEX_NAME, ShardInfo, parse_index
 from streaming.iteration import PassCounter
 from streaming.partition import num_global_batches, rank_worker_positions
 from streaming.plan import PlanConfig, epoch_sequence
-from streaming.shard import Shard
+from streaming.shardcache import ShardCache
 from streaming.stream import Stream, epoch_counts
 from streaming.world import World
 
@@ -55,10 +53,16 @@ class StreamingDataset(_Base):
     shuffle, shuffle_algo ('py1e', 'py1s', 'naive'), shuffle_seed, shuffle_block_size.
     num_canonical_nodes: default: the number of physical nodes of the first run (kept on resume).
     cache_limit:         bytes (or '10gb') of shards to keep per remote stream's cache folder.
-    predownload:         samples to fetch ahead of reading (default 8 x batch_size).
-    validate_hash:       check the hashes recorded in index.json when a shard is first opened.
-    allow_pickle:        decode `pkl` columns (executes code from the data: only for trusted data).
-    max_open_shards:     shards each process keeps decoded in memory at once.
+    predownload:         samples ahead of reading whose shards are fetched and decompressed in the
+                         background (default 8 x batch_size; 0 turns it off).
+    validate_hash:       check every hash recorded in index.json when a shard is first read on a
+                         node (a mosaicml-style algorithm name also turns it on; None/False off).
+    allow_pickle:        decode `pkl` columns (executes code from the data: only for trusted data);
+                         `allow_unsafe_types` is mosaicml-streaming's name for it.
+    keep_zip:            keep a remote stream's compressed shards after decompressing them.
+    max_open_shards:     shards each process keeps open at once.
+    shard_threads:       threads per process that download and decompress shards ahead of need
+                         (default: up to 4).
     """
 
     def __init__(
@@ -79,9 +83,12 @@ class StreamingDataset(_Base):
         predownload: int | None = None,
         download_retry: int = 2,
         download_timeout: float | None = 60.0,
-        validate_hash: bool = True,
+        validate_hash: bool | str | None = True,
         allow_pickle: bool = False,
+        allow_unsafe_types: bool | None = None,
+        keep_zip: bool = False,
         max_open_shards: int = 64,
+        shard_threads: int | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         if streams and (remote or local):
@@ -108,8 +115,8 @@ class StreamingDataset(_Base):
         self.streams = list(streams)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.validate_hash = validate_hash
-        self.allow_pickle = allow_pickle
+        self.validate_hash = validate_hash = bool(validate_hash)
+        self.allow_pickle = allow_pickle = bool(allow_pickle or allow_unsafe_types)
         self.max_open_shards = max(1, max_open_shards)
         self.cache_limit = parse_bytes(cache_limit)
         self.predownload = 8 * batch_size if predownload is None else predownload
@@ -123,6 +130,9 @@ class StreamingDataset(_Base):
         self._shard_sizes = sizes_per_stream
         self._shard_ends = np.cumsum([info.samples for _, info in self._shards]).astype(np.int64)
         self.num_samples = int(self._shard_ends[-1]) if len(self._shard_ends) else 0
+        if self.num_samples == 0:
+            where = ", ".join(s.remote or s.local for s in self.streams)
+            raise ValueError(f"no samples to stream: the index of {where} lists no samples")
         self._counts = epoch_counts(
             self.streams, [int(s.sum()) for s in sizes_per_stream], epoch_size
         )
@@ -145,8 +155,11 @@ class StreamingDataset(_Base):
         self._set_plan(canonical, max(1, batch_size * world.num_ranks // canonical))
         self._resume: tuple[int, int] = (0, 0)  # (epoch, sample in epoch) of the first pass
         self._passes = PassCounter()
-        self._open: OrderedDict[int, Shard] = OrderedDict()
-        self._verified: set[int] = set()  # shards this process has checked already
+        self._cache = ShardCache(
+            [(self.streams[s], info) for s, info in self._shards], validate_hash=validate_hash,
+            allow_pickle=allow_pickle, max_open=max_open_shards, cache_limit=self.cache_limit, keep_zip=keep_zip,
+            threads=shard_threads or min(4, os.cpu_count() or 1),
+        )  # fmt: skip
         self._sequence_cache: tuple[int, np.ndarray] | None = None
 
     # -- index and shards -------------------------------------------------------------------
@@ -168,88 +181,6 @@ class StreamingDataset(_Base):
             where = path
         return parse_index(data, where)
 
-    def _shard_path(self, shard_id: int, raw: bool = False) -> str:
-        stream_index, info = self._shards[shard_id]
-        name = info.raw_data.basename if raw else info.basename
-        return os.path.join(self.streams[stream_index].local, name)
-
-    def _fetch(self, shard_id: int) -> tuple[str, bool]:
-        """A local file of the shard to open, and whether it still needs its hashes checked.
-
-        Remote shards are downloaded once per node. A compressed shard is decompressed once per
-        node into its raw file beside it (hashes checked then), which every process maps from
-        the page cache; its compressed copy is dropped when it came from a remote. If the folder
-        is not writable, the compressed file is opened and decompressed in memory instead.
-        """
-        stream_index, info = self._shards[shard_id]
-        stream = self.streams[stream_index]
-        raw_path, stored_path = self._shard_path(shard_id, raw=True), self._shard_path(shard_id)
-        if info.zip_data is not None and os.path.exists(raw_path):
-            return raw_path, False
-        if not os.path.exists(stored_path):
-            if stream.remote is None:
-                raise FileNotFoundError(
-                    f"shard {info.basename} of {stream.local} is missing: {stored_path}"
-                )
-            from streaming.storage import download
-
-            download(
-                f"{stream.remote.rstrip('/')}/{info.basename}",
-                stored_path,
-                retries=stream.download_retry,
-                timeout=stream.download_timeout,
-                **stream.storage_options,
-            )
-            if self.cache_limit is not None:
-                self._evict(keep={stored_path})
-        if info.zip_data is None:
-            return stored_path, True
-        if not os.access(stream.local, os.W_OK):
-            return stored_path, True
-        from streaming.storage import produce_once
-
-        produce_once(
-            raw_path, lambda tmp: _decompress_shard(stored_path, info, tmp, self.validate_hash)
-        )
-        if stream.remote is not None:
-            try:
-                os.unlink(stored_path)
-            except FileNotFoundError:
-                pass
-        if self.cache_limit is not None:
-            self._evict(keep={raw_path})
-        return raw_path, False
-
-    def _evict(self, keep: set[str]) -> None:
-        keep = keep | {self._shard_path(i, raw) for i in list(self._open) for raw in (False, True)}
-        for index, stream in enumerate(self.streams):
-            if stream.remote is not None:
-                ids = [i for i, (s, _) in enumerate(self._shards) if s == index]
-                paths = {self._shard_path(i, raw) for i in ids for raw in (False, True)}
-                enforce_cache_limit(sorted(paths), self.cache_limit, keep)
-
-    def _get_shard(self, shard_id: int) -> Shard:
-        shard = self._open.get(shard_id)
-        if shard is not None:
-            self._open.move_to_end(shard_id)
-            return shard
-        info = self._shards[shard_id][1]
-        for attempt in range(2):
-            path, unchecked = self._fetch(shard_id)
-            verify = self.validate_hash and unchecked and shard_id not in self._verified
-            try:
-                shard = Shard.open(path, info, verify=verify, allow_pickle=self.allow_pickle)
-                break
-            except FileNotFoundError:
-                if attempt:  # evicted by another process between fetch and open: fetch again once
-                    raise
-        self._verified.add(shard_id)
-        touch(path)
-        self._open[shard_id] = shard
-        while len(self._open) > self.max_open_shards:
-            self._open.popitem(last=False)[1].close()
-        return shard
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         if not -self.num_samples <= index < self.num_samples:
@@ -259,7 +190,7 @@ class StreamingDataset(_Base):
         index %= self.num_samples
         shard_id = int(np.searchsorted(self._shard_ends, index, side="right"))
         start = int(self._shard_ends[shard_id - 1]) if shard_id else 0
-        return self._get_shard(shard_id)[index - start]
+        return self._cache.get(shard_id)[index - start]
 
     # -- the epoch's order ------------------------------------------------------------------
     def _set_plan(self, canonical: int, chunk: int) -> None:
@@ -309,18 +240,14 @@ class StreamingDataset(_Base):
             num_workers=world.num_workers,
         ).reshape(-1)
         ids = sequence[positions % len(sequence)] if len(sequence) else positions
-        prefetch = _Prefetcher(self, ids) if self.predownload and self._has_remote() else None
-        try:
-            for i, sample_id in enumerate(ids):
-                if prefetch is not None:
-                    prefetch.advance(i)
-                yield self[sample_id]
-        finally:
-            if prefetch is not None:
-                prefetch.stop()
-
-    def _has_remote(self) -> bool:
-        return any(stream.remote is not None for stream in self.streams)
+        shard_of = np.searchsorted(self._shard_ends, ids, side="right")
+        ahead = 0  # samples [i, ahead) have had their shards asked for in advance
+        for i, sample_id in enumerate(ids):
+            while ahead < len(ids) and ahead <= i + self.predownload:
+                if ahead == 0 or shard_of[ahead] != shard_of[ahead - 1]:
+                    self._cache.prefetch(int(shard_of[ahead]))
+                ahead += 1
+            yield self[sample_id]
 
     # -- resumption ---------------------------------------------------------------------------
     def state_dict(self, num_samples: int, from_beginning: bool) -> dict[str, Any]:
@@ -361,63 +288,3 @@ class StreamingDataset(_Base):
         self._resume = (epoch + 1, 0) if sample >= self.epoch_size else (epoch, sample)
         self._sequence_cache = None
         self._passes.reset()
-
-
-class _Prefetcher:
-    """Downloads the shards of upcoming samples in a background thread, `predownload` ahead."""
-
-    def __init__(self, dataset: StreamingDataset, ids: np.ndarray) -> None:
-        shard_of = np.searchsorted(dataset._shard_ends, ids, side="right")
-        first = (
-            np.concatenate([[True], shard_of[1:] != shard_of[:-1]])
-            if len(ids)
-            else np.zeros(0, bool)
-        )
-        self._needed = list(
-            zip(np.flatnonzero(first).tolist(), shard_of[first].tolist(), strict=True)
-        )
-        self._dataset, self._ahead = dataset, dataset.predownload
-        self._cursor, self._stopped = 0, False
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="streaming-predownload")
-        self._thread.start()
-
-    def advance(self, position: int) -> None:
-        with self._cond:
-            self._cursor = position
-            self._cond.notify()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-
-    def _run(self) -> None:
-        seen: set[int] = set()
-        for position, shard_id in self._needed:
-            with self._cond:
-                while not self._stopped and position > self._cursor + self._ahead:
-                    self._cond.wait()
-                if self._stopped:
-                    return
-            if shard_id in seen:
-                continue
-            seen.add(shard_id)
-            try:
-                self._dataset._fetch(shard_id)
-            except Exception as err:  # the reader fetches again and raises the error itself
-                log.debug("predownload of shard %s failed: %s", shard_id, err)
-
-
-def _decompress_shard(stored_path: str, info: ShardInfo, tmp: str, verify: bool) -> None:
-    """Write the raw shard of a compressed one to `tmp`, checking sizes and (if asked) hashes."""
-    with open(stored_path, "rb") as f:
-        data = f.read()
-    shard = Shard.from_bytes(data, info, where=stored_path, verify=verify)
-    try:
-        with open(tmp, "wb") as out:
-            out.write(shard.get_raw_shard())
-            out.flush()
-            os.fsync(out.fileno())
-    finally:
-        shard.close()

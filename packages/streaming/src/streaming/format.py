@@ -361,12 +361,16 @@ def encode_shard(samples: Sequence[bytes], config: bytes) -> bytes:
     return b"".join([head, config, *samples])
 
 
-def read_shard_table(data: Any, *, info: ShardInfo, where: str) -> np.ndarray:
+def read_shard_table(
+    data: Any, *, info: ShardInfo, where: str, size: int | None = None
+) -> np.ndarray:
     """Check a raw shard's header against its index entry; return its N+1 offsets (uint32).
 
-    Raises `ShardCorruptError` naming `where` when the count, offsets or embedded config are wrong.
+    `data` is the raw shard, or a prefix of it that holds the whole header (count, offset table
+    and embedded config) when `size` gives the full size. Raises `ShardCorruptError` naming
+    `where` when the count, offsets or embedded config are wrong.
     """
-    size = len(data)
+    size = len(data) if size is None else size
     if size < 8:
         raise ShardCorruptError(f"{where}: {size} bytes is too short for an MDS shard")
     (count,) = struct.unpack_from("<I", data)
@@ -375,7 +379,7 @@ def read_shard_table(data: Any, *, info: ShardInfo, where: str) -> np.ndarray:
             f"{where}: holds {count} samples, but index.json says {info.samples}"
         )
     table_end = 4 + 4 * (count + 1)
-    if size < table_end:
+    if min(size, len(data)) < table_end:
         raise ShardCorruptError(
             f"{where}: {size} bytes cannot hold an offset table of {count} samples"
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 import xxhash
 
-__all__ = ["HASHES", "check_hash_names", "get_hash"]
+__all__ = ["hash_file", "HASHES", "check_hash_names", "get_hash"]
 
 # name -> constructor called as `constructor(data)`, whose result has `.hexdigest()`.
 HASHES: dict[str, Callable[[Any], Any]] = {
@@ -71,3 +71,18 @@ def check_hash_names(algos: Iterable[str] | None) -> list[str]:
     if names != sorted(set(names)):
         raise ValueError(f"hashes must be unique and in sorted order, got {names}")
     return names
+
+
+def hash_file(algos: Iterable[str], path: str, chunk: int = 1 << 22) -> dict[str, str]:
+    """Hex digests of the file at `path` under each algorithm, reading it once in chunks."""
+    hashers = {}
+    for algo in algos:
+        func = HASHES.get(algo)
+        if func is None:
+            raise _unknown(algo)
+        hashers[algo] = func()
+    with open(path, "rb") as file:
+        while block := file.read(chunk):
+            for hasher in hashers.values():
+                hasher.update(block)
+    return {algo: hasher.hexdigest() for algo, hasher in hashers.items()}

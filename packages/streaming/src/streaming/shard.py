@@ -3,7 +3,8 @@
 This is a data loader's hot path, so the work is done once, at `Shard.open`:
 
 - a compressed shard is read and decompressed once and its raw bytes are kept in memory; an
-  uncompressed one is memory-mapped (read-only, shared through the page cache);
+  uncompressed (raw) file is read sample by sample with `os.pread`, through the page cache that
+  every process on the node shares (no per-process copy, and no mapped pages inflating RSS);
 - every hash recorded in the index is checked (those of `zip_data` over the stored compressed
   bytes, those of `raw_data` over the raw bytes), and so are the file size, the sample count, the
   offset table and the column layout embedded in the shard;
@@ -18,9 +19,9 @@ few bytes (torch refuses to share read-only arrays, and copies never pin the sha
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
+import threading
 from typing import Any
 
 from streaming.compression import decompress
@@ -34,7 +35,7 @@ from streaming.errors import (
 from streaming.format import FileInfo, ShardInfo, read_shard_table
 from streaming.hashing import get_hash
 
-__all__ = ["Shard", "verify_hashes"]
+__all__ = ["GrowingRaw", "Shard", "verify_hashes"]
 
 
 def verify_hashes(data: Any, info: FileInfo, *, where: str) -> None:
@@ -58,22 +59,153 @@ def _check_size(actual: int, info: FileInfo, where: str) -> None:
         )
 
 
+class _Memory:
+    """A raw shard held in memory (a decompressed shard)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.view = memoryview(raw)
+        self.size = len(self.view)
+
+    def read(self, begin: int, end: int) -> memoryview:
+        return self.view[begin:end]
+
+    def whole(self) -> memoryview:
+        return self.view
+
+    def close(self) -> None:
+        self.view.release()
+
+
+class _File:
+    """A raw shard file read with `pread` (thread-safe; shared through the page cache)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.size = os.fstat(self.fd).st_size
+
+    def read(self, begin: int, end: int) -> bytes:
+        data = os.pread(self.fd, end - begin, begin)
+        if len(data) != end - begin:
+            raise ShardTruncatedError(f"{self.path}: shard file shrank while being read")
+        return data
+
+    def whole(self) -> bytes:
+        return self.read(0, self.size)
+
+    def header(self) -> bytes:
+        """The bytes up to the first sample (count, offset table, embedded config)."""
+        head = os.pread(self.fd, 8, 0)
+        if len(head) < 8:
+            return head
+        count, first = struct.unpack("<II", head)
+        # A corrupt count or first offset is caught by read_shard_table; read no more than the file.
+        return os.pread(self.fd, min(max(first, 4 + 4 * (count + 1)), self.size), 0)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:  # a shard dropped (not closed) by a cache closes its file here
+        self.close()
+
+
+class GrowingRaw:
+    """A raw shard file that another thread is still writing (decompressing into).
+
+    The writer appends with `append(chunk)` and ends with `fail(err)` if it cannot finish; reads
+    wait until the bytes they need are in the file (or raise the writer's error), then `pread`
+    them like `_File`, so no copy of the shard is held in memory. The file may be renamed while
+    being read: reads use the descriptor, not the name.
+    """
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self.filled = 0
+        self.waiting = 0  # readers blocked on this shard right now (decompression priority)
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+
+    def append(self, chunk: memoryview) -> None:
+        if self.filled + len(chunk) > self.size:
+            raise ShardCorruptError(
+                f"{self.path}: decompresses to more than the expected {self.size} bytes"
+            )
+        written = 0
+        while written < len(chunk):
+            written += os.pwrite(self.fd, chunk[written:], self.filled + written)
+        with self._cond:
+            self.filled += len(chunk)
+            self._cond.notify_all()
+
+    def fail(self, err: BaseException) -> None:
+        with self._cond:
+            self.error = err
+            self._cond.notify_all()
+
+    def _wait(self, end: int) -> None:
+        if self.filled >= end:
+            return
+        with self._cond:
+            self.waiting += 1
+            try:
+                while self.filled < end and self.error is None:
+                    self._cond.wait()
+            finally:
+                self.waiting -= 1
+        if self.filled < end:
+            raise self.error  # type: ignore[misc]
+
+    def read(self, begin: int, end: int) -> bytes:
+        self._wait(end)
+        return os.pread(self.fd, end - begin, begin)
+
+    def whole(self) -> bytes:
+        return self.read(0, self.size)
+
+    def header(self) -> bytes:
+        """The bytes up to the first sample, as soon as they have arrived."""
+        self._wait(min(8, self.size))
+        if self.size < 8:
+            return os.pread(self.fd, self.size, 0)
+        count, first = struct.unpack("<II", os.pread(self.fd, 8, 0))
+        return self.read(0, min(max(first, 4 + 4 * (count + 1)), self.size))
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class Shard:
     """The samples of one MDS shard, checked and ready for random access.
 
     Build it with `Shard.open(path, info)` (a file) or `Shard.from_bytes(data, info)` (the stored
     file's bytes); `info` is the shard's entry of `index.json`. Close it (or use `with`) to drop
-    the bytes; arrays already returned stay valid.
+    the bytes; arrays already returned stay valid (they are copies).
     """
 
-    def __init__(self, raw: Any, info: ShardInfo, *, where: str, allow_pickle: bool) -> None:
-        """Use `open` or `from_bytes`; `raw` is the checked raw shard (bytes or an mmap)."""
+    def __init__(
+        self, backing: _Memory | _File, info: ShardInfo, *, where: str, allow_pickle: bool
+    ) -> None:
+        """Use `open` or `from_bytes`; `backing` holds the checked raw shard."""
         self.info = info
         self.where = where
         self.allow_pickle = allow_pickle
-        self._raw = raw
-        self._view: memoryview | None = memoryview(raw)
-        self._offsets: list[int] = read_shard_table(raw, info=info, where=where).tolist()
+        self._backing: _Memory | _File | GrowingRaw | None = backing
+        head = backing.whole() if isinstance(backing, _Memory) else backing.header()
+        self._offsets: list[int] = read_shard_table(
+            head, info=info, where=where, size=backing.size
+        ).tolist()
         self._columns = [
             (name, get_encoding(enc), size)
             for name, enc, size in zip(
@@ -97,22 +229,33 @@ class Shard:
         size or layout is wrong, `HashMismatchError` (when `verify`) if a digest differs.
         """
         compressed = info.zip_data is not None and os.path.basename(path) != info.raw_data.basename
-        stored = info.zip_data if compressed and info.zip_data is not None else info.raw_data
-        with open(path, "rb") as file:
-            _check_size(os.fstat(file.fileno()).st_size, stored, path)
-            if compressed:
-                data: Any = file.read()
-            elif stored.bytes:
-                data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-            else:  # an empty file cannot be mapped; the layout check rejects it below
-                data = b""
         if compressed:
+            with open(path, "rb") as file:
+                _check_size(os.fstat(file.fileno()).st_size, info.stored, path)
+                data = file.read()
             return cls._from_stored(
                 data, info, where=path, verify=verify, allow_pickle=allow_pickle
             )
-        if verify:
-            verify_hashes(data, info.raw_data, where=path)
-        return cls(data, info, where=path, allow_pickle=allow_pickle)
+        backing = _File(path)
+        try:
+            _check_size(backing.size, info.raw_data, path)
+            if verify:
+                verify_hashes(backing.whole(), info.raw_data, where=path)
+            return cls(backing, info, where=path, allow_pickle=allow_pickle)
+        except BaseException:
+            backing.close()
+            raise
+
+    @classmethod
+    def growing(
+        cls, raw: GrowingRaw, info: ShardInfo, *, where: str, allow_pickle: bool = False
+    ) -> Shard:
+        """A shard over a raw shard file still being written (waits for its header only).
+
+        The compressed bytes' hashes must have been checked already; each read then waits for
+        the bytes it needs.
+        """
+        return cls(raw, info, where=where, allow_pickle=allow_pickle)
 
     @classmethod
     def from_bytes(
@@ -148,9 +291,10 @@ class Shard:
                     f"{where}: decompresses to {len(data)} bytes, index.json expects "
                     f"{info.raw_data.bytes}"
                 )
-        if verify:
+        if verify and not (info.zip_data is not None and info.zip_data.hashes):
+            # Decompression is deterministic: the compressed bytes' hashes vouch for the raw ones.
             verify_hashes(data, info.raw_data, where=where)
-        return cls(data, info, where=where, allow_pickle=allow_pickle)
+        return cls(_Memory(data), info, where=where, allow_pickle=allow_pickle)
 
     # ---- access --------------------------------------------------------------------------
 
@@ -170,38 +314,38 @@ class Shard:
             index += count
         return self._offsets[index], self._offsets[index + 1]
 
-    def get_raw(self, index: int) -> memoryview:
-        """The encoded bytes of sample `index` (a view into the shard, not a copy)."""
-        view = self._view
-        if view is None:
+    def _backing_or_raise(self) -> _Memory | _File | GrowingRaw:
+        if self._backing is None:
             raise ValueError(f"{self.where}: shard is closed")
-        begin, end = self._span(index)
-        return view[begin:end]
+        return self._backing
 
-    def get_raw_shard(self) -> memoryview:
+    def get_raw(self, index: int) -> memoryview | bytes:
+        """The encoded bytes of sample `index` (a view when in memory, a read when on disk)."""
+        backing = self._backing_or_raise()
+        return backing.read(*self._span(index))
+
+    def get_raw_shard(self) -> memoryview | bytes:
         """The whole raw (decompressed) shard, checked (e.g. to cache it as a raw file)."""
-        if self._view is None:
-            raise ValueError(f"{self.where}: shard is closed")
-        return self._view
+        return self._backing_or_raise().whole()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Sample `index`, decoded: {column name: value}."""
-        view = self._view
-        if view is None:
-            raise ValueError(f"{self.where}: shard is closed")
+        backing = self._backing_or_raise()
         begin, end = self._span(index)
+        data = backing.read(begin, end)
         lengths: Any = ()
-        pos = begin
+        pos = 0
         if self._lengths is not None:
             if end - begin < self._lengths.size:
                 raise ShardCorruptError(f"{self.where}: sample {index} is too short")
-            lengths = self._lengths.unpack_from(view, begin)
-            pos += self._lengths.size
-        if begin + self._fixed_bytes + sum(lengths) != end:
+            lengths = self._lengths.unpack_from(data, 0)
+            pos = self._lengths.size
+        if self._fixed_bytes + sum(lengths) != end - begin:
             raise ShardCorruptError(
                 f"{self.where}: sample {index} is {end - begin} bytes, but its columns need "
                 f"{self._fixed_bytes + sum(lengths)}"
             )
+        view = memoryview(data)
         sample = {}
         var = 0
         for name, encoding, size in self._columns:
@@ -229,16 +373,10 @@ class Shard:
     # ---- lifetime ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Drop the shard's bytes. Arrays returned earlier keep what they point to alive."""
-        view, self._view = self._view, None
-        raw, self._raw = self._raw, None
-        if view is not None:
-            view.release()
-        if isinstance(raw, mmap.mmap):
-            try:
-                raw.close()
-            except BufferError:  # decoded arrays still view the map: it closes when they go
-                pass
+        """Drop the shard's bytes (or close its file). Arrays returned earlier stay valid."""
+        backing, self._backing = self._backing, None
+        if backing is not None:
+            backing.close()
 
     def __enter__(self) -> Shard:
         return self
@@ -247,12 +385,11 @@ class Shard:
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle (e.g. into spawned data loader workers): a mapped file is mapped again there;
-        the raw bytes of a decompressed shard travel along. Already checked: no re-verification."""
-        if self._view is None:
-            raise ValueError(f"{self.where}: shard is closed")
-        mapped = isinstance(self._raw, mmap.mmap)
-        data = None if mapped else bytes(self._raw)
+        """Pickle (e.g. into spawned data loader workers): a file-backed shard opens its file
+        again there; the raw bytes of a decompressed shard travel along. Already checked: no
+        re-verification."""
+        backing = self._backing_or_raise()
+        data = None if isinstance(backing, _File) else bytes(backing.whole())  # growing: waits
         return (_rebuild, (data, self.info, self.where, self.allow_pickle))
 
     def __repr__(self) -> str:
@@ -260,7 +397,5 @@ class Shard:
 
 
 def _rebuild(data: bytes | None, info: ShardInfo, where: str, allow_pickle: bool) -> Shard:
-    if data is None:  # a memory-mapped raw file: `where` is its path
-        with open(where, "rb") as file:
-            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)  # type: ignore[assignment]
-    return Shard(data, info, where=where, allow_pickle=allow_pickle)
+    backing = _File(where) if data is None else _Memory(data)  # None: a raw file at `where`
+    return Shard(backing, info, where=where, allow_pickle=allow_pickle)

@@ -1,0 +1,373 @@
+"""One process's view of a dataset's shards: fetched, decompressed, checked and opened on demand,
+and prepared ahead of need by a few background threads.
+
+Getting shard s (in the reader's thread, or ahead of time in a pool thread):
+
+    raw file present (decompressed earlier, by any process)  -> open it (samples read with pread)
+    stored file missing                                      -> download it, once per node
+    stored file uncompressed                                 -> open it (hashes checked once)
+    stored file compressed                                   -> once per node, under a lock:
+        decompress in memory, check hashes, hand the shard to readers at once, then write the raw
+        file beside it (atomically) so that every later open on the node skips decompression
+
+Readers never wait for the raw file to be written, only for the decompression, and preparing
+several shards at once uses every core (zstandard and file I/O release the GIL). Evicted or
+superseded shards are dropped, not closed, so a reader still holding one keeps a valid shard.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import mmap
+import os
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from streaming.cache import enforce_cache_limit, touch
+from streaming.compression import decompress_stream
+from streaming.errors import ShardCorruptError, ShardTruncatedError
+from streaming.format import ShardInfo
+from streaming.shard import GrowingRaw, Shard, verify_hashes
+from streaming.stream import Stream
+
+__all__ = ["ShardCache"]
+
+log = logging.getLogger(__name__)
+
+
+class _Pending:
+    """A shard being prepared: readers wait on it until it is published or fails."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.shard: Shard | None = None
+        self.error: BaseException | None = None
+        self.waiting = 0  # readers blocked until it is published (decompression priority)
+
+    def wait(self) -> Shard:
+        if not self.event.is_set():
+            self.waiting += 1
+            try:
+                self.event.wait()
+            finally:
+                self.waiting -= 1
+        if self.error is not None:
+            raise self.error
+        assert self.shard is not None
+        return self.shard
+
+
+class _Gate:
+    """Lets at most `slots` decompressions run a chunk at once; a shard that a reader is waiting
+    for goes first, then shards in the order they were asked for. Chunks are ~1 MB, so a reader's
+    shard gets the CPU within a few milliseconds, and the first batch needs only the prefixes of
+    its shards that hold its samples."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.busy = 0
+        self.queue: list[tuple[int, Callable[[], bool]]] = []
+        self.cond = threading.Condition()
+
+    def _admitted(self, entry: tuple[int, Callable[[], bool]]) -> bool:
+        free = self.slots - self.busy
+        if free <= 0:
+            return False
+        ranked = sorted(self.queue, key=lambda e: (not e[1](), e[0]))
+        return entry in ranked[:free]
+
+    def acquire(self, order: int, urgent: Callable[[], bool]) -> None:
+        entry = (order, urgent)
+        with self.cond:
+            self.queue.append(entry)
+            while not self._admitted(entry):
+                self.cond.wait(0.05)  # a reader may start waiting on a queued shard meanwhile
+            self.queue.remove(entry)
+            self.busy += 1
+
+    def release(self) -> None:
+        with self.cond:
+            self.busy -= 1
+            self.cond.notify_all()
+
+
+class ShardCache:
+    """The shards of one dataset, in one process (see the module docstring)."""
+
+    def __init__(
+        self,
+        shards: Sequence[tuple[Stream, ShardInfo]],
+        *,
+        validate_hash: bool,
+        allow_pickle: bool,
+        max_open: int,
+        cache_limit: int | None,
+        threads: int,
+        keep_zip: bool = False,
+    ) -> None:
+        self.shards = list(shards)
+        self.validate_hash = validate_hash
+        self.allow_pickle = allow_pickle
+        self.max_open = max(1, max_open)
+        self.cache_limit = cache_limit
+        self.keep_zip = keep_zip
+        self.threads = max(1, threads)
+        self._lock = threading.Lock()
+        self._open: OrderedDict[int, Shard] = OrderedDict()
+        self._pending: dict[int, _Pending] = {}
+        self._verified: set[int] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = -1
+        self._gate = _Gate(os.cpu_count() or 1)
+        self._order = itertools.count()
+
+    def __getstate__(self) -> dict:
+        # A copy in another process (a dataloader worker) starts with nothing open or pending.
+        state = self.__dict__.copy()
+        for key in ("_lock", "_open", "_pending", "_pool", "_verified", "_gate", "_order"):
+            del state[key]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._open, self._pending, self._verified = OrderedDict(), {}, set()
+        self._pool, self._pool_pid = None, -1
+        self._gate, self._order = _Gate(os.cpu_count() or 1), itertools.count()
+
+    # -- public -------------------------------------------------------------------------------
+    def get(self, shard_id: int) -> Shard:
+        """The open shard, preparing it in this thread if nobody is preparing it yet."""
+        with self._lock:
+            shard = self._open.get(shard_id)
+            if shard is not None:
+                self._open.move_to_end(shard_id)
+                return shard
+            pending, mine = self._claim(shard_id)
+        if mine:
+            self._prepare(shard_id, pending)
+        return pending.wait()
+
+    def prefetch(self, shard_id: int) -> None:
+        """Start preparing a shard in a background thread (no-op if open or under way)."""
+        with self._lock:
+            if shard_id in self._open or shard_id in self._pending:
+                return
+            pending, _ = self._claim(shard_id)
+        self._executor().submit(self._prepare, shard_id, pending)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._open.clear()
+        if pool is not None and self._pool_pid == os.getpid():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _claim(self, shard_id: int) -> tuple[_Pending, bool]:
+        pending = self._pending.get(shard_id)
+        if pending is not None:
+            return pending, False
+        pending = self._pending[shard_id] = _Pending()
+        return pending, True
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None or self._pool_pid != os.getpid():  # none yet, or forked since
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="streaming-shards")
+            self._pool_pid = os.getpid()
+        return self._pool
+
+    def _publish(self, shard_id: int, shard: Shard, pending: _Pending | None) -> None:
+        with self._lock:
+            self._open[shard_id] = shard
+            self._open.move_to_end(shard_id)
+            while len(self._open) > self.max_open:
+                self._open.popitem(last=False)  # dropped, not closed: a reader may hold it
+            if pending is not None:
+                self._pending.pop(shard_id, None)
+        if pending is not None:
+            pending.shard = shard
+            pending.event.set()
+
+    def _prepare(self, shard_id: int, pending: _Pending) -> None:
+        try:
+            self._make_ready(shard_id, pending)
+        except BaseException as err:
+            with self._lock:
+                self._pending.pop(shard_id, None)
+            if not pending.event.is_set():
+                pending.error = err
+                pending.event.set()
+            else:  # readers already have the shard in memory; only the raw file is missing
+                log.warning(
+                    "could not cache shard %s as a raw file: %s",
+                    self.shards[shard_id][1].basename,
+                    err,
+                )
+
+    def _paths(self, shard_id: int) -> tuple[Stream, ShardInfo, str, str]:
+        stream, info = self.shards[shard_id]
+        return (
+            stream,
+            info,
+            os.path.join(stream.local, info.raw_data.basename),
+            os.path.join(stream.local, info.basename),
+        )
+
+    def _make_ready(self, shard_id: int, pending: _Pending) -> None:
+        stream, info, raw_path, stored_path = self._paths(shard_id)
+        compressed = info.zip_data is not None
+        if compressed and os.path.exists(raw_path):
+            return self._open_file(shard_id, raw_path, pending, verify=False)
+        if not os.path.exists(stored_path):
+            if stream.remote is None:
+                raise FileNotFoundError(
+                    f"shard {info.basename} of {stream.local} is missing: {stored_path}"
+                )
+            from streaming.storage import download
+
+            download(
+                f"{stream.remote.rstrip('/')}/{info.basename}",
+                stored_path,
+                retries=stream.download_retry,
+                timeout=stream.download_timeout,
+                **stream.storage_options,
+            )
+            self._evict(keep={stored_path})
+        if not compressed:
+            verify = self.validate_hash and shard_id not in self._verified
+            return self._open_file(shard_id, stored_path, pending, verify=verify)
+        if not os.access(stream.local, os.W_OK):  # read-only dataset folder: decompress in memory
+            return self._publish(shard_id, self._decompress(stored_path, info), pending)
+
+        self._decompress_once(shard_id, pending, stored_path, raw_path)
+
+    def _decompress_once(
+        self, shard_id: int, pending: _Pending, stored_path: str, raw_path: str
+    ) -> None:
+        """Decompress a shard once per node into its raw file, letting readers in as it grows.
+
+        A filler thread takes the node lock for the raw file and, if no process made the file
+        yet, checks the compressed file's hashes and decompresses it chunk by chunk into the
+        raw file's temporary name (a `GrowingRaw`), over which this shard is published at once:
+        each read waits only for the bytes it needs. Decompressions share the CPU through the
+        gate, readers' shards first. Once complete, the file is renamed into place and the
+        shard swapped over to it.
+        """
+        from streaming.storage import produce_once
+
+        stream, info = self.shards[shard_id]
+        handoff: queue.Queue = queue.Queue()
+
+        def make(tmp: str) -> None:
+            order = next(self._order)
+            raw = GrowingRaw(tmp, info.raw_data.bytes)
+
+            def urgent() -> bool:
+                return bool(raw.waiting or pending.waiting)
+
+            self._gate.acquire(order, urgent)
+            try:
+                with open(stored_path, "rb") as f:  # mapped: hashed and read without copies
+                    size = os.fstat(f.fileno()).st_size
+                    if size != info.zip_data.bytes:
+                        raise ShardTruncatedError(
+                            f"{stored_path}: shard is {size} bytes, index.json expects {info.zip_data.bytes}"
+                        )
+                    zipped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+                try:
+                    if self.validate_hash and info.zip_data.hashes:
+                        verify_hashes(zipped, info.zip_data, where=stored_path)
+                    handoff.put(raw)  # checked: readers may start on the prefix
+
+                    def write(
+                        chunk: memoryview,
+                    ) -> None:  # between chunks, a more urgent shard may run
+                        raw.append(chunk)
+                        self._gate.release()
+                        self._gate.acquire(order, urgent)
+
+                    try:
+                        size = decompress_stream(info.compression, zipped, write)
+                    except (ModuleNotFoundError, ShardCorruptError):
+                        raise
+                    except Exception as err:  # each codec raises its own error type
+                        raise ShardCorruptError(
+                            f"{stored_path}: cannot decompress with {info.compression}: {err}"
+                        ) from err
+                finally:
+                    if isinstance(zipped, mmap.mmap):
+                        zipped.close()
+                if size != raw.size:
+                    raise ShardCorruptError(
+                        f"{stored_path}: decompresses to {size} bytes, index.json expects {raw.size}"
+                    )
+                if self.validate_hash and not info.zip_data.hashes:
+                    verify_hashes(raw.whole(), info.raw_data, where=stored_path)
+            except BaseException as err:
+                raw.fail(err)
+                raise
+            finally:
+                self._gate.release()
+            raw.sync()  # outside the gate: waiting on the disk must not hold up decompression
+
+        def fill() -> None:
+            try:
+                produce_once(raw_path, make)
+                if (
+                    stream.remote is not None and not self.keep_zip
+                ):  # the raw file replaces the download
+                    try:
+                        os.unlink(stored_path)
+                    except FileNotFoundError:
+                        pass
+                handoff.put(None)  # unless make() ran, readers open the file another process made
+                self._evict(keep={raw_path})
+                if pending.event.is_set():  # swap the in-memory shard for the shared raw file
+                    self._open_file(shard_id, raw_path, None, verify=False)
+            except BaseException as err:
+                handoff.put(err)
+
+        threading.Thread(target=fill, daemon=True, name="streaming-decompress").start()
+        got = handoff.get()
+        if isinstance(got, BaseException):
+            raise got
+        if got is None:
+            return self._open_file(shard_id, raw_path, pending, verify=False)
+        shard = Shard.growing(got, info, where=stored_path, allow_pickle=self.allow_pickle)
+        self._publish(shard_id, shard, pending)
+
+    def _decompress(self, stored_path: str, info: ShardInfo) -> Shard:
+        with open(stored_path, "rb") as f:
+            data = f.read()
+        return Shard.from_bytes(
+            data, info, where=stored_path, verify=self.validate_hash, allow_pickle=self.allow_pickle
+        )
+
+    def _open_file(
+        self, shard_id: int, path: str, pending: _Pending | None, *, verify: bool
+    ) -> None:
+        shard = Shard.open(
+            path, self.shards[shard_id][1], verify=verify, allow_pickle=self.allow_pickle
+        )
+        self._verified.add(shard_id)
+        touch(path)
+        self._publish(shard_id, shard, pending)
+
+    def _evict(self, keep: set[str]) -> None:
+        if self.cache_limit is None:
+            return
+        with self._lock:
+            in_use = set(self._open) | set(self._pending)
+        for shard_id in in_use:
+            keep |= set(self._paths(shard_id)[2:])
+        by_stream: dict[str, set[str]] = {}
+        for shard_id, (stream, _) in enumerate(self.shards):
+            if stream.remote is not None:
+                by_stream.setdefault(stream.local, set()).update(self._paths(shard_id)[2:])
+        for paths in by_stream.values():
+            enforce_cache_limit(sorted(paths), self.cache_limit, keep)
