@@ -310,24 +310,23 @@ def test_predownload_fetches_ahead_in_the_background(tmp_path, s3_bucket):
     import time
 
     remote = f"{s3_bucket}/ds"
-    write_dataset(tmp_path / "src", range(60), compression="zstd", size_limit=120)
+    write_dataset(tmp_path / "src", range(100), compression="zstd", size_limit=120)
     upload_dataset(tmp_path / "src", remote)
     cache = tmp_path / "cache"
     ds = StreamingDataset(remote=remote, local=str(cache), predownload=30, keep_zip=True)
     it = iter(ds)
-    assert next(it)["id"] == 0
-    wanted = {
-        ds._shards[int(s)][1].basename
-        for s in np.searchsorted(ds._shard_ends, np.arange(31), side="right")
-    }
+    assert [next(it)["id"] for _ in range(30)] == list(range(30))
+    # The look-ahead window has grown to 29 samples by now: samples up to 58 are asked for.
+    shard_of = np.searchsorted(ds._shard_ends, np.arange(100), side="right")
+    wanted = {ds._shards[int(s)][1].basename for s in shard_of[30:59]}
     deadline = time.time() + 20
     while time.time() < deadline and not wanted <= set(os.listdir(cache)):
         time.sleep(0.05)
     assert wanted <= set(os.listdir(cache))  # fetched before the reader got there
     assert len(wanted) >= 4
-    later = {ds._shards[-1][1].basename}
+    later = {ds._shards[int(s)][1].basename for s in shard_of[75:]}
     assert not later & set(os.listdir(cache))  # but not the whole dataset
-    assert [s["id"] for s in it] == list(range(1, 60))
+    assert [s["id"] for s in it] == list(range(30, 100))
 
 
 def test_corrupt_compressed_shard_is_named_and_leaves_no_raw_file(tmp_path):

@@ -241,11 +241,20 @@ class StreamingDataset(_Base):
         ).reshape(-1)
         ids = sequence[positions % len(sequence)] if len(sequence) else positions
         shard_of = np.searchsorted(self._shard_ends, ids, side="right")
+        # How far into its shard each sample lies (a fraction), to prefetch just what is needed.
+        starts = np.concatenate([[0], self._shard_ends[:-1]])
+        depth = (ids - starts[shard_of] + 1) / (self._shard_ends[shard_of] - starts[shard_of])
         ahead = 0  # samples [i, ahead) have had their shards asked for in advance
+        asked: dict[int, float] = {}
         for i, sample_id in enumerate(ids):
-            while ahead < len(ids) and ahead <= i + self.predownload:
-                if ahead == 0 or shard_of[ahead] != shard_of[ahead - 1]:
-                    self._cache.prefetch(int(shard_of[ahead]))
+            # The window grows from one batch to `predownload` samples, so that the first batch
+            # is not held up by work for later ones.
+            window = min(self.predownload, max(self.batch_size, i))
+            while ahead < len(ids) and ahead <= i + window:
+                shard_id, need = int(shard_of[ahead]), float(depth[ahead])
+                if need > asked.get(shard_id, 0.0):
+                    asked[shard_id] = need
+                    self._cache.prefetch(shard_id, need)
                 ahead += 1
             yield self[sample_id]
 

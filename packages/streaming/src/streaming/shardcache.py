@@ -62,25 +62,27 @@ class _Pending:
 
 
 class _Gate:
-    """Lets at most `slots` decompressions run a chunk at once; a shard that a reader is waiting
-    for goes first, then shards in the order they were asked for. Chunks are ~1 MB, so a reader's
-    shard gets the CPU within a few milliseconds, and the first batch needs only the prefixes of
-    its shards that hold its samples."""
+    """Lets at most `slots` decompressions run a chunk at once: first a shard a reader is waiting
+    for, then the parts of shards that upcoming reads need, then the rest, each in the order the
+    shards were asked for. Chunks are ~1 MB, so a reader's shard gets the CPU within a few
+    milliseconds, and the first batch waits only for the prefixes of its shards that hold its
+    samples, not for whole shards."""
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.busy = 0
-        self.queue: list[tuple[int, Callable[[], bool]]] = []
+        self.queue: list[tuple[int, Callable[[], int]]] = []
         self.cond = threading.Condition()
 
-    def _admitted(self, entry: tuple[int, Callable[[], bool]]) -> bool:
+    def _admitted(self, entry: tuple[int, Callable[[], int]]) -> bool:
         free = self.slots - self.busy
         if free <= 0:
             return False
-        ranked = sorted(self.queue, key=lambda e: (not e[1](), e[0]))
+        ranked = sorted(self.queue, key=lambda e: (e[1](), e[0]))
         return entry in ranked[:free]
 
-    def acquire(self, order: int, urgent: Callable[[], bool]) -> None:
+    def acquire(self, order: int, urgent: Callable[[], int]) -> None:
+        """Wait for a slot; `urgent()` ranks the caller (lower first), then `order`."""
         entry = (order, urgent)
         with self.cond:
             self.queue.append(entry)
@@ -124,11 +126,12 @@ class ShardCache:
         self._pool_pid = -1
         self._gate = _Gate(os.cpu_count() or 1)
         self._order = itertools.count()
+        self._need: dict[int, float] = {}  # shard -> fraction upcoming reads need (see prefetch)
 
     def __getstate__(self) -> dict:
         # A copy in another process (a dataloader worker) starts with nothing open or pending.
         state = self.__dict__.copy()
-        for key in ("_lock", "_open", "_pending", "_pool", "_verified", "_gate", "_order"):
+        for key in ("_lock", "_open", "_pending", "_pool", "_verified", "_gate", "_order", "_need"):
             del state[key]
         return state
 
@@ -137,7 +140,7 @@ class ShardCache:
         self._lock = threading.Lock()
         self._open, self._pending, self._verified = OrderedDict(), {}, set()
         self._pool, self._pool_pid = None, -1
-        self._gate, self._order = _Gate(os.cpu_count() or 1), itertools.count()
+        self._gate, self._order, self._need = _Gate(os.cpu_count() or 1), itertools.count(), {}
 
     # -- public -------------------------------------------------------------------------------
     def get(self, shard_id: int) -> Shard:
@@ -152,9 +155,16 @@ class ShardCache:
             self._prepare(shard_id, pending)
         return pending.wait()
 
-    def prefetch(self, shard_id: int) -> None:
-        """Start preparing a shard in a background thread (no-op if open or under way)."""
+    def prefetch(self, shard_id: int, need: float = 1.0) -> None:
+        """Start preparing a shard in a background thread (no-op if open or under way).
+
+        `need` is the fraction of the shard (from its start) that upcoming reads will use: a
+        shard being decompressed gets the CPU first up to that point, and the rest of it after
+        the other shards' needed parts.
+        """
         with self._lock:
+            if need > self._need.get(shard_id, 0.0):
+                self._need[shard_id] = need
             if shard_id in self._open or shard_id in self._pending:
                 return
             pending, _ = self._claim(shard_id)
@@ -267,8 +277,10 @@ class ShardCache:
             order = next(self._order)
             raw = GrowingRaw(tmp, info.raw_data.bytes)
 
-            def urgent() -> bool:
-                return bool(raw.waiting or pending.waiting)
+            def urgent() -> int:  # 0: a reader waits; 1: upcoming reads need more; 2: no hurry
+                if raw.waiting or pending.waiting:
+                    return 0
+                return 1 if raw.filled < self._need.get(shard_id, 1.0) * raw.size else 2
 
             self._gate.acquire(order, urgent)
             try:
