@@ -182,38 +182,41 @@ def decompress(algo: str | None, data: Any, *, size: int | None = None) -> bytes
 _CHUNK = 1 << 20  # output bytes per step of an incremental decompression
 
 
-def decompress_stream(algo: str, data: Any, write: Callable[[memoryview], None]) -> int:
+def decompress_stream(
+    algo: str,
+    data: Any,
+    write: Callable[[memoryview], None],
+    consumed: Callable[[int], None] | None = None,
+) -> int:
     """Decompress `data` (bytes-like, e.g. a memory map of the compressed file) and pass the
-    output to `write` about 1 MB at a time, so a reader can use the start of a shard while the
-    rest is still being decompressed (and the caller can pause between chunks). zstd, gz and bz2
-    go incrementally; br and snappy decompress at once and write once. Returns the size.
+    output to `write` piece by piece (about a megabyte at a time), so a reader can use the start
+    of a shard while the rest is still being decompressed, and the caller can pause between
+    pieces. `consumed(n)` is told when the first n input bytes are no longer needed (to drop them
+    from memory). zstd, gz and bz2 go incrementally; br and snappy decompress at once.
+    Returns the decompressed size.
     """
     family, _ = parse_compression(algo)
     view = memoryview(data)
-    total = 0
     if family == "zstd":
-        zstandard = _module("zstandard", "zstandard")
-        buf = memoryview(bytearray(_CHUNK))
-        with zstandard.ZstdDecompressor().stream_reader(view, read_across_frames=True) as reader:
-            while n := reader.readinto(buf):
-                write(buf[:n])
-                total += n
-        return total
-    if family in ("gz", "bz2"):
+        stepper = _module("zstandard", "zstandard").ZstdDecompressor().decompressobj()
+    elif family == "gz":
         import zlib
 
-        stepper = (
-            zlib.decompressobj(16 + zlib.MAX_WBITS) if family == "gz" else bz2.BZ2Decompressor()
-        )
-        step = _CHUNK // 4
-        for begin in range(0, len(view), step):
-            out = stepper.decompress(view[begin : begin + step])
-            if out:
-                write(memoryview(out))
-                total += len(out)
-        if family == "gz" and not stepper.eof:
-            raise ValueError("compressed data ends before the end of its gzip stream")
-        return total
-    out = decompress(algo, view)
-    write(memoryview(out))
-    return len(out)
+        stepper = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif family == "bz2":
+        stepper = bz2.BZ2Decompressor()
+    else:
+        out = decompress(algo, view)
+        write(memoryview(out))
+        return len(out)
+    total, step = 0, _CHUNK // 4
+    for begin in range(0, len(view), step):
+        out = stepper.decompress(view[begin : begin + step])
+        if out:
+            write(memoryview(out))
+            total += len(out)
+        if consumed is not None:
+            consumed(min(begin + step, len(view)))
+    if family == "gz" and not stepper.eof:
+        raise ValueError("compressed data ends before the end of its gzip stream")
+    return total

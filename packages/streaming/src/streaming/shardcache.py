@@ -37,6 +37,7 @@ from streaming.stream import Stream
 __all__ = ["ShardCache"]
 
 log = logging.getLogger(__name__)
+_PAGE = mmap.PAGESIZE
 
 
 class _Pending:
@@ -303,8 +304,12 @@ class ShardCache:
                         self._gate.release()
                         self._gate.acquire(order, urgent)
 
+                    def drop(upto: int) -> None:  # input already decompressed leaves our RSS
+                        if isinstance(zipped, mmap.mmap) and upto >= _PAGE:
+                            zipped.madvise(mmap.MADV_DONTNEED, 0, upto - upto % _PAGE)
+
                     try:
-                        size = decompress_stream(info.compression, zipped, write)
+                        size = decompress_stream(info.compression, zipped, write, drop)
                     except (ModuleNotFoundError, ShardCorruptError):
                         raise
                     except Exception as err:  # each codec raises its own error type
