@@ -198,8 +198,8 @@ def decompress_stream(
     family, _ = parse_compression(algo)
     view = memoryview(data)
     if family == "zstd":
-        stepper = _module("zstandard", "zstandard").ZstdDecompressor().decompressobj()
-    elif family == "gz":
+        return _zstd_stream(view, write, consumed)
+    if family == "gz":
         import zlib
 
         stepper = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -219,4 +219,34 @@ def decompress_stream(
             consumed(min(begin + step, len(view)))
     if family == "gz" and not stepper.eof:
         raise ValueError("compressed data ends before the end of its gzip stream")
+    return total
+
+
+class _Source:
+    """A file-like view of compressed bytes that reports how far it has been read."""
+
+    def __init__(self, view: memoryview, consumed: Callable[[int], None] | None) -> None:
+        self.view, self.pos, self.consumed = view, 0, consumed
+
+    def read(self, size: int = -1) -> memoryview:
+        end = len(self.view) if size < 0 else min(len(self.view), self.pos + size)
+        piece, self.pos = self.view[self.pos : end], end
+        if self.consumed is not None and self.pos > _CHUNK // 4:
+            self.consumed(self.pos - _CHUNK // 4)  # keep the last piece: the decoder may hold it
+        return piece
+
+
+def _zstd_stream(
+    view: memoryview, write: Callable[[memoryview], None], consumed: Callable[[int], None] | None
+) -> int:
+    zstandard = _module("zstandard", "zstandard")
+    buf = memoryview(bytearray(_CHUNK // 2))
+    total = 0
+    source = _Source(view, consumed)
+    with zstandard.ZstdDecompressor().stream_reader(
+        source, read_size=_CHUNK // 4, read_across_frames=True
+    ) as reader:
+        while n := reader.readinto(buf):
+            write(buf[:n])
+            total += n
     return total

@@ -63,39 +63,52 @@ class _Pending:
 
 
 class _Gate:
-    """Lets at most `slots` decompressions run a chunk at once: first a shard a reader is waiting
+    """Lets at most `slots` decompressions run a piece at once: first a shard a reader is waiting
     for, then the parts of shards that upcoming reads need, then the rest, each in the order the
-    shards were asked for. Chunks are ~1 MB, so a reader's shard gets the CPU within a few
-    milliseconds, and the first batch waits only for the prefixes of its shards that hold its
-    samples, not for whole shards."""
+    shards were asked for. Pieces are small (a few hundred KB), so a reader's shard gets the CPU
+    within a few milliseconds, and the first batch waits only for the prefixes of its shards that
+    hold its samples, not for whole shards. A release hands its slot straight to the best waiter
+    (no thundering herd of waiters re-ranking the queue).
+    """
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.busy = 0
-        self.queue: list[tuple[int, Callable[[], int]]] = []
-        self.cond = threading.Condition()
+        self.queue: list[tuple[int, Callable[[], int], threading.Event]] = []
+        self.lock = threading.Lock()
 
-    def _admitted(self, entry: tuple[int, Callable[[], int]]) -> bool:
-        free = self.slots - self.busy
-        if free <= 0:
-            return False
-        ranked = sorted(self.queue, key=lambda e: (e[1](), e[0]))
-        return entry in ranked[:free]
+    def _dispatch(self) -> None:  # with self.lock held
+        while self.busy < self.slots and self.queue:
+            best = min(self.queue, key=lambda e: (e[1](), e[0]))
+            self.queue.remove(best)
+            self.busy += 1
+            best[2].set()
 
     def acquire(self, order: int, urgent: Callable[[], int]) -> None:
         """Wait for a slot; `urgent()` ranks the caller (lower first), then `order`."""
-        entry = (order, urgent)
-        with self.cond:
-            self.queue.append(entry)
-            while not self._admitted(entry):
-                self.cond.wait(0.05)  # a reader may start waiting on a queued shard meanwhile
-            self.queue.remove(entry)
-            self.busy += 1
+        with self.lock:
+            if self.busy < self.slots and not self.queue:
+                self.busy += 1
+                return
+            admitted = threading.Event()
+            self.queue.append((order, urgent, admitted))
+        while not admitted.wait(0.05):  # also re-rank now and then: readers start waiting
+            with self.lock:
+                self._dispatch()
 
     def release(self) -> None:
-        with self.cond:
+        with self.lock:
             self.busy -= 1
-            self.cond.notify_all()
+            self._dispatch()
+
+    def pause(self, order: int, urgent: Callable[[], int]) -> None:
+        """Between pieces: keep the slot unless a waiter ranks before the caller."""
+        with self.lock:
+            if not self.queue or min((e[1](), e[0]) for e in self.queue) > (urgent(), order):
+                return
+            self.busy -= 1
+            self._dispatch()
+        self.acquire(order, urgent)
 
 
 class ShardCache:
@@ -301,8 +314,7 @@ class ShardCache:
                         chunk: memoryview,
                     ) -> None:  # between chunks, a more urgent shard may run
                         raw.append(chunk)
-                        self._gate.release()
-                        self._gate.acquire(order, urgent)
+                        self._gate.pause(order, urgent)
 
                     def drop(upto: int) -> None:  # input already decompressed leaves our RSS
                         if isinstance(zipped, mmap.mmap) and upto >= _PAGE:
