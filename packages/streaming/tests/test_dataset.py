@@ -365,3 +365,31 @@ def test_readers_wait_only_for_the_bytes_they_need(tmp_path, monkeypatch):
     while time.time() < deadline and not os.path.exists(out / "shard.00000.mds"):
         time.sleep(0.05)
     assert os.path.exists(out / "shard.00000.mds")
+
+
+def test_missing_remote_index_and_missing_remote_shard_name_the_url(tmp_path, s3_bucket):
+    from streaming.errors import RemoteNotFoundError
+    from streaming.storage import delete_object
+
+    with pytest.raises(RemoteNotFoundError, match=f"{s3_bucket}/nothing/index.json"):
+        StreamingDataset(remote=f"{s3_bucket}/nothing", local=str(tmp_path / "c0"))
+    remote = f"{s3_bucket}/ds"
+    write_dataset(tmp_path / "src", range(30), size_limit=150)
+    upload_dataset(tmp_path / "src", remote)
+    delete_object(f"{remote}/shard.00001.mds")
+    ds = StreamingDataset(remote=remote, local=str(tmp_path / "c1"), predownload=0)
+    assert ds[0]["id"] == 0
+    with pytest.raises(RemoteNotFoundError, match=f"{remote}/shard.00001.mds"):
+        ds[int(ds._shard_ends[0])]
+
+
+def test_two_datasets_in_one_process_over_one_folder_do_not_collide(two_streams):
+    a, b = make(two_streams, batch_size=4), make(two_streams, batch_size=4, shuffle_seed=99)
+    ia, ib = iter(a), iter(b)
+    got_a, got_b = [], []
+    for _ in range(a.epoch_size):  # interleaved reads, separate pass counters and shard caches
+        got_a.append(next(ia)["id"])
+        got_b.append(next(ib)["id"])
+    assert got_a == [s["id"] for s in make(two_streams, batch_size=4)][: a.epoch_size]
+    assert got_b == [s["id"] for s in make(two_streams, batch_size=4, shuffle_seed=99)][: b.epoch_size]
+    assert got_a != got_b
