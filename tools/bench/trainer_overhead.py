@@ -60,7 +60,14 @@ def trainer_loop(batches) -> list[float]:
         batch_size = len(batches[0]["input_ids"])
 
     model, opt = make()
-    trainer = Trainer(model, Loader(batches), opt, max_duration=f"{len(batches)}ba", callbacks=[Clock()], handle_signals=False)
+    trainer = Trainer(
+        model,
+        Loader(batches),
+        opt,
+        max_duration=f"{len(batches)}ba",
+        callbacks=[Clock()],
+        handle_signals=False,
+    )
     trainer.fit()
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
@@ -80,7 +87,13 @@ def main() -> int:
         hand += hand_loop(batches)[5:]  # the first steps warm up allocators and kernels
         trained += trainer_loop(batches)[5:]
     h, t = statistics.median(hand), statistics.median(trained)
-    result = {"hand_ms": h * 1e3, "trainer_ms": t * 1e3, "overhead": t / h - 1, "steps_each": len(hand), "config": vars(args)}
+    result = {
+        "hand_ms": h * 1e3,
+        "trainer_ms": t * 1e3,
+        "overhead": t / h - 1,
+        "steps_each": len(hand),
+        "config": vars(args),
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(f"{'loop':10s} {'median ms/step':>15s}")

@@ -391,5 +391,7 @@ def test_two_datasets_in_one_process_over_one_folder_do_not_collide(two_streams)
         got_a.append(next(ia)["id"])
         got_b.append(next(ib)["id"])
     assert got_a == [s["id"] for s in make(two_streams, batch_size=4)][: a.epoch_size]
-    assert got_b == [s["id"] for s in make(two_streams, batch_size=4, shuffle_seed=99)][: b.epoch_size]
+    assert (
+        got_b == [s["id"] for s in make(two_streams, batch_size=4, shuffle_seed=99)][: b.epoch_size]
+    )
     assert got_a != got_b

@@ -1,9 +1,16 @@
 """composer_lite: a small trainer with FSDP2, two-way callbacks and graceful resumption.
 
-So far this package holds its contracts with models and data (`composer_lite.protocols`);
-the Trainer itself is not built yet.
+    from composer_lite import Trainer
+    Trainer(model, train_dataloader, optimizer, max_duration="1ep").fit()
+
+The model follows the trainable-model contract (`composer_lite.protocols`); callbacks and
+algorithms see and change the run's `State` at the events of `composer_lite.events`.
 """
 
+from composer_lite.config import GuardConfig, TrainerConfig
+from composer_lite.core import Algorithm, Callback, Logger, State
+from composer_lite.events import Event
+from composer_lite.parallel import ParallelConfig
 from composer_lite.protocols import (
     LMBatch,
     SupportsBlocks,
@@ -12,13 +19,29 @@ from composer_lite.protocols import (
     check_lm_batch,
     check_trainable_model,
 )
+from composer_lite.schedulers import Schedule
+from composer_lite.time import Time, Timestamp, TimeUnit
+from composer_lite.trainer import Trainer
 
-__version__ = "0.0.1"
+__version__ = "0.1.0"
 __all__ = [
+    "Algorithm",
+    "Callback",
+    "Event",
+    "GuardConfig",
     "LMBatch",
+    "Logger",
+    "ParallelConfig",
+    "Schedule",
+    "State",
     "SupportsBlocks",
     "SupportsFlops",
+    "Time",
+    "TimeUnit",
+    "Timestamp",
     "TrainableModel",
+    "Trainer",
+    "TrainerConfig",
     "check_lm_batch",
     "check_trainable_model",
 ]

@@ -36,10 +36,15 @@ class StreamingDataLoader(DataLoader):
         self.num_samples_yielded = 0
 
     def __iter__(self):
+        # Eager, like DataLoader.__iter__: the pass begins (and torch's iterator is made, which
+        # may draw from the global RNG) when iter() is called, not at the first batch.
         self.num_samples_yielded = 0
         if isinstance(self.dataset, StreamingDataset):
             self.dataset.begin_pass()
-        for batch in super().__iter__():
+        return self._counted(super().__iter__())
+
+    def _counted(self, batches):
+        for batch in batches:
             self.num_samples_yielded += self.batch_size or 1
             yield batch
 

@@ -80,7 +80,7 @@ class _File:
     """A raw shard file read with `pread` (thread-safe; shared through the page cache)."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        self.path, self.fd = path, -1  # set first: __del__ runs even if the open fails
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.size = os.fstat(self.fd).st_size
 
@@ -121,8 +121,7 @@ class GrowingRaw:
     """
 
     def __init__(self, path: str, size: int) -> None:
-        self.path = path
-        self.size = size
+        self.path, self.size, self.fd = path, size, -1  # set first: __del__ runs even if the open fails
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         self.filled = 0
         self.waiting = 0  # readers blocked on this shard right now (decompression priority)

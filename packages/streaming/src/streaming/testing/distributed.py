@@ -8,7 +8,9 @@ package's distributed tests use (an explicit world size, 127.0.0.1, a free port)
     results = run_distributed(body, world_size=2, args=("shared_arg",))   # [result of rank 0, 1]
 
 Processes are forked, so `body` may be defined in a test module (nothing needs to import it by
-name). Each rank gets `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR` and
+name); each rank runs torch with one thread (forked OpenMP pools hang otherwise). On a GPU machine
+the parent must not have initialized CUDA before forking (run such tests with
+`CUDA_VISIBLE_DEVICES=` or under torchrun). Each rank gets `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR` and
 `MASTER_PORT` in its environment, as torchrun sets them. A rank that raises makes the whole call
 raise with that rank's traceback; a hung rank is killed after `timeout` seconds.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
+import queue as queue_module
 import socket
 import traceback
 from collections.abc import Callable, Sequence
@@ -41,12 +45,18 @@ def _entry(fn, rank, world_size, local_world_size, port, args, queue) -> None:
         RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank % local_world_size),
         LOCAL_WORLD_SIZE=str(local_world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
+    import torch
     import torch.distributed as dist
 
+    # A forked child inherits a parent's OpenMP thread pool in a broken state: once the parent has
+    # run a parallel torch op, the child would hang in its first one. One thread per rank avoids it.
+    torch.set_num_threads(1)
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         try:
-            queue.put((rank, "ok", fn(rank, world_size, *args)))
+            # Pickled here, by value: a queue would share tensors through file descriptors that
+            # die with this process before the parent reads them.
+            queue.put((rank, "ok", pickle.dumps(fn(rank, world_size, *args))))
         finally:
             dist.destroy_process_group()
     except BaseException:
@@ -80,15 +90,17 @@ def run_distributed(
             # moment to report their own errors, then stop them all.
             try:
                 rank, status, value = queue.get(timeout=3 if errors else timeout)
-            except Exception:
+            except queue_module.Empty:
                 if errors:
                     break
+                silent = sorted(set(range(world_size)) - set(results))
+                exits = {r: procs[r].exitcode for r in silent}
                 raise DistributedTestError(
-                    f"ranks {sorted(set(range(world_size)) - set(results))} gave no result "
-                    f"within {timeout:.0f} s"
+                    f"ranks {silent} gave no result within {timeout:.0f} s (exit codes, None if "
+                    f"still running: {exits})"
                 ) from None
             if status == "ok":
-                results[rank] = value
+                results[rank] = pickle.loads(value)
             else:
                 errors[rank] = value
     finally:

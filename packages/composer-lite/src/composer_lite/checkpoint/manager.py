@@ -1,0 +1,352 @@
+"""`CheckpointManager`: sharded, atomic, resumable checkpoints in a local folder or an object store.
+
+Saving (collective: every rank calls `save`):
+
+    local folder                                  object store (s3://...)
+    ranks write DCP shards + their files          ranks write into a local staging folder
+      into <folder>/.<name>.tmp-<hex>/            and upload them to <folder>/<name>/...
+    -- every rank done (error or not) --          -- every rank done (error or not) --
+    rank 0 writes manifest.json into it,          rank 0 uploads manifest.json
+      renames it to <folder>/<name>
+    rank 0 moves `latest`, then deletes checkpoints past `keep` (never a protected one)
+
+A checkpoint without a manifest is never listed by `latest()` nor loaded by `load()`. Loading
+(collective) reshards to the current world size and sharding; a remote checkpoint is first
+downloaded, once per node, into `cache_dir`. One job saves into a folder at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+
+from composer_lite.checkpoint.collective import (
+    broadcast_from_zero,
+    on_all_ranks,
+    single_process_quiet,
+)
+from composer_lite.checkpoint.format import (
+    MANIFEST_NAME,
+    OBJECTS_NAME,
+    STATE_DIR,
+    Manifest,
+    check_name,
+    rank_objects_name,
+)
+from composer_lite.checkpoint.locations import (
+    check_files,
+    complete_checkpoints,
+    delete_checkpoint,
+    fsync_folder,
+    read_manifest,
+    walk_files,
+    write_bytes_atomic,
+    write_pointer,
+)
+from composer_lite.checkpoint.state import load_state, save_state, to_bytes
+from composer_lite.dist import barrier, get_rank, get_world_size
+from streaming.storage import download, is_remote, join_url, local_path_of, upload_file
+
+__all__ = ["CheckpointManager"]
+
+log = logging.getLogger(__name__)
+
+_THREADS = 8  # parallel uploads and downloads per rank
+_LEFTOVER = re.compile(r"^\..+\.(tmp|deleting)-[0-9a-f]{8}$")  # folders of a crashed save/delete
+
+
+class CheckpointManager:
+    """Saves, finds and loads the checkpoints of one save folder (a local path or a URL).
+
+    keep: how many of the newest complete checkpoints to keep (None or -1: all of them); a
+    checkpoint passed in `save(protect=...)` is never deleted. storage_options: endpoint and
+    credentials for `streaming.storage`. cache_dir: the local folder where remote checkpoints are
+    staged before upload and downloaded before loading (default: `<tmp>/composer-lite-checkpoints`).
+
+    A local folder must be the same folder for every rank (one node, or a shared filesystem);
+    object stores have no such need. `latest()` decides by the manifests; the `latest` pointer
+    file is for people and other tools.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        keep: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        text = os.fspath(folder)
+        if not text:
+            raise ValueError("the checkpoint folder is empty: expected a local path or a URL")
+        if keep is not None and (
+            isinstance(keep, bool) or not isinstance(keep, int) or (keep < 1 and keep != -1)
+        ):
+            raise ValueError(f"keep={keep!r}: expected None or -1 (keep all) or an int >= 1")
+        self.folder = _normalize(text)
+        self.remote = is_remote(self.folder)
+        self.keep = None if keep in (None, -1) else keep
+        self.storage_options = dict(storage_options or {})
+        self.cache_dir = cache_dir or os.path.join(
+            tempfile.gettempdir(), "composer-lite-checkpoints"
+        )
+
+    def __repr__(self) -> str:
+        return f"CheckpointManager({self.folder!r}, keep={self.keep})"
+
+    # -- finding -------------------------------------------------------------------------------
+    def checkpoints(self) -> list[str]:
+        """The paths or URLs of the complete checkpoints in the folder, newest first."""
+        return [location for location, _ in complete_checkpoints(self.folder, self.storage_options)]
+
+    def latest(self) -> str | None:
+        """The newest complete checkpoint (its manifest written), or None; not collective."""
+        found = self.checkpoints()
+        return found[0] if found else None
+
+    def inspect(self, path: str | os.PathLike[str]) -> Manifest:
+        """The manifest of a complete checkpoint; raises `CheckpointNotFoundError` (nothing there)
+        or `IncompleteCheckpointError` (no manifest, or files missing) naming it. Not collective."""
+        location = _normalize(os.fspath(path))
+        manifest = read_manifest(location, self.storage_options)
+        check_files(location, manifest, self.storage_options)
+        return manifest
+
+    # -- saving --------------------------------------------------------------------------------
+    def save(
+        self,
+        name: str,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        objects: dict[str, Any],
+        rank_objects: dict[str, Any] | None = None,
+        protect: Iterable[str] = frozenset(),
+    ) -> str:
+        """Write checkpoint `name` (collective); return its path or URL once it is complete.
+
+        objects: run state identical on every rank (picklable; tensors, DTensors included, inside
+        dicts, lists and tuples are saved through DCP). rank_objects: this rank's own state.
+        """
+        check_name(name)
+        rank = get_rank()
+        state, optimizer_kind, payload = save_state(model, optimizer, objects)
+        target = join_url(self.folder, name)
+        if self.remote:
+            on_all_ranks("clearing an older copy", lambda: self._clear_remote(target, rank))
+            os.makedirs(self.cache_dir, exist_ok=True)
+            root = tempfile.mkdtemp(prefix=f".save-{name}-", dir=self.cache_dir)
+        else:
+            os.makedirs(self.folder, exist_ok=True)
+            tmp = os.path.join(self.folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+            root = broadcast_from_zero(tmp if rank == 0 else None)
+        try:
+            with single_process_quiet():
+                dcp.save(state, storage_writer=dcp.FileSystemWriter(os.path.join(root, STATE_DIR)))
+            written = on_all_ranks(
+                "writing its files",
+                lambda: self._write_rank_files(root, target, payload, rank_objects, rank),
+            )
+            files = {rel: size for uploaded, _ in written for rel, size in uploaded.items()}
+            ranks = [r for r, (_, has_own) in enumerate(written) if has_own]
+            publish = self._publish_remote if self.remote else self._publish_local
+            return on_all_ranks(
+                "publishing",
+                lambda: (
+                    publish(root, name, files, optimizer_kind, ranks, set(protect))
+                    if rank == 0
+                    else None
+                ),
+            )[0]
+        except BaseException:
+            if not self.remote and rank == 0:
+                shutil.rmtree(root, ignore_errors=True)  # a crash leaves it; the next save cleans
+            raise
+        finally:
+            if self.remote:
+                shutil.rmtree(root, ignore_errors=True)
+
+    def _clear_remote(self, target: str, rank: int) -> None:
+        """Rank 0: an older checkpoint of the same name stops being complete before we overwrite."""
+        if rank == 0 and self.remote:
+            delete_checkpoint(target, self.storage_options)
+
+    def _write_rank_files(
+        self, root: str, target: str, payload: dict[str, Any], rank_objects: Any, rank: int
+    ) -> tuple[dict[str, int], bool]:
+        """objects.pt (rank 0) and this rank's objects; remote: upload everything staged here.
+        Returns ({relative path: size} of what this rank uploaded (remote) or {} (local), whether
+        this rank wrote rank objects)."""
+        if rank == 0:
+            write_bytes_atomic(os.path.join(root, OBJECTS_NAME), to_bytes(payload, "objects"))
+        if rank_objects is not None:
+            path = os.path.join(root, *rank_objects_name(rank).split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_bytes_atomic(path, to_bytes(rank_objects, "rank_objects"))
+        if not self.remote:
+            return {}, rank_objects is not None
+        files = walk_files(root)
+        with ThreadPoolExecutor(_THREADS) as pool:
+            list(
+                pool.map(
+                    lambda rel: upload_file(
+                        os.path.join(root, *rel.split("/")),
+                        join_url(target, rel),
+                        **self.storage_options,
+                    ),
+                    files,
+                )
+            )
+        return files, rank_objects is not None
+
+    def _publish_local(
+        self, tmp: str, name: str, files: dict[str, int], kind: str, ranks: list[int], protect: set
+    ) -> str:
+        existing = complete_checkpoints(self.folder, self.storage_options)
+        manifest = self._manifest(name, walk_files(tmp), kind, ranks, existing)
+        write_bytes_atomic(os.path.join(tmp, MANIFEST_NAME), manifest.to_json())
+        final = os.path.join(self.folder, name)
+        if os.path.exists(final):
+            delete_checkpoint(final, self.storage_options)
+        os.rename(tmp, final)
+        fsync_folder(self.folder)
+        self._after_publish(name, final, existing, protect)
+        for leftover in os.listdir(self.folder):  # folders of saves or deletions that crashed
+            if _LEFTOVER.match(leftover):
+                shutil.rmtree(os.path.join(self.folder, leftover), ignore_errors=True)
+        return final
+
+    def _publish_remote(
+        self, root: str, name: str, files: dict[str, int], kind: str, ranks: list[int], protect: set
+    ) -> str:
+        existing = complete_checkpoints(self.folder, self.storage_options)
+        manifest = self._manifest(name, files, kind, ranks, existing)
+        target = join_url(self.folder, name)
+        path = os.path.join(root, MANIFEST_NAME)
+        write_bytes_atomic(path, manifest.to_json())
+        upload_file(path, join_url(target, MANIFEST_NAME), **self.storage_options)
+        self._after_publish(name, target, existing, protect)
+        return target
+
+    def _manifest(
+        self, name: str, files: dict[str, int], kind: str, ranks: list[int], existing: list
+    ) -> Manifest:
+        # Newest is the greatest saved_at_ns: never below an existing one, even if the clock
+        # went back, so a new checkpoint always sorts first.
+        newest = max((m.saved_at_ns for _, m in existing if m.name != name), default=0)
+        return Manifest(
+            name=name,
+            id=uuid.uuid4().hex,
+            saved_at_ns=max(time.time_ns(), newest + 1),
+            world_size=get_world_size(),
+            files=dict(sorted(files.items())),
+            optimizer=kind,
+            rank_objects=ranks,
+            torch_version=torch.__version__,
+        )
+
+    def _after_publish(self, name: str, location: str, existing: list, protect: set) -> None:
+        """Move `latest`, then apply retention: a failure here is logged, the save stands."""
+        write_pointer(self.folder, name, self.storage_options)
+        if self.keep is None:
+            return
+        protected = {_key(p) for p in protect} | set(protect)
+        older = [(loc, m) for loc, m in existing if m.name != name]
+        for loc, manifest in older[self.keep - 1 :]:
+            if _key(loc) in protected or manifest.name in protected:
+                continue
+            try:
+                delete_checkpoint(loc, self.storage_options)
+            except Exception as err:
+                log.warning("could not delete old checkpoint %s (keep=%d): %s", loc, self.keep, err)
+
+    # -- loading -------------------------------------------------------------------------------
+    def load(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Load a complete checkpoint into `model` and `optimizer` (collective).
+
+        Returns (objects, this rank's rank_objects, or None if no rank of that number saved any).
+        Tensors in objects come back whole (unsharded) on the CPU. The checkpoint's pickles are
+        trusted: load only checkpoints you or your jobs wrote.
+        """
+        location = _normalize(os.fspath(path))
+        rank = get_rank()
+        manifest = on_all_ranks(
+            "checking the checkpoint", lambda: self.inspect(location) if rank == 0 else None
+        )[0]
+        local = location
+        if self.remote or is_remote(location):
+            local = os.path.join(self.cache_dir, f"{manifest.name}-{manifest.id[:16]}")
+            on_all_ranks("downloading", lambda: self._download(location, local, manifest))
+        payload = torch.load(
+            os.path.join(local, OBJECTS_NAME), map_location="cpu", weights_only=False
+        )
+        objects = load_state(
+            os.path.join(local, STATE_DIR),
+            model=model,
+            optimizer=optimizer,
+            optimizer_kind=manifest.optimizer,
+            payload=payload,
+            where=location,
+        )
+        rank_objects = None
+        if rank in manifest.rank_objects:
+            rank_file = os.path.join(local, *rank_objects_name(rank).split("/"))
+            rank_objects = torch.load(rank_file, map_location="cpu", weights_only=False)
+        if local != location:  # the downloaded copy has served; every rank is done with it
+            barrier()
+            if int(os.environ.get("LOCAL_RANK", rank)) == 0:
+                shutil.rmtree(local, ignore_errors=True)
+        return objects, rank_objects
+
+    def _download(self, location: str, local: str, manifest: Manifest) -> None:
+        """Fetch every file once per node (ranks of a node start at different files)."""
+        names = sorted(manifest.files)
+        local_rank = int(os.environ.get("LOCAL_RANK", get_rank()))
+        local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", get_world_size())))
+        start = local_rank * len(names) // local_world
+        order = names[start:] + names[:start]
+        with ThreadPoolExecutor(_THREADS) as pool:
+            list(
+                pool.map(
+                    lambda rel: download(
+                        join_url(location, rel),
+                        os.path.join(local, *rel.split("/")),
+                        **self.storage_options,
+                    ),
+                    order,
+                )
+            )
+        check_files(local, manifest, {})
+
+
+def _normalize(location: str) -> str:
+    """A URL without a trailing '/', or a local path (a file:// URL becomes its path)."""
+    if is_remote(location):
+        return location.rstrip("/")
+    path = local_path_of(location)
+    return path.rstrip("/") or path
+
+
+def _key(location: str) -> str:
+    """What identifies a checkpoint location when comparing with `protect`."""
+    if is_remote(location):
+        return location.rstrip("/")
+    return os.path.realpath(local_path_of(location))

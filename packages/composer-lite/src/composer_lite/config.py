@@ -1,0 +1,139 @@
+"""`TrainerConfig` (also `Trainer.Config`): every setting of a run, typed, checked before any work.
+
+Build it with keywords, or from a dict with `TrainerConfig.from_dict` (foundry's YAML), which
+names every unknown key at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from composer_lite.precision import PRECISIONS
+from composer_lite.time import Time, TimeUnit
+
+__all__ = ["GuardConfig", "TrainerConfig"]
+
+
+@dataclass(kw_only=True)
+class GuardConfig:
+    """What to do when a step goes wrong (see composer_lite.callbacks.guards).
+
+    on_nonfinite: 'skip' | 'rollback' | 'stop' for a NaN/inf loss or gradient.
+    spike_factor: a loss above this times its running mean is a spike (None: no spike check).
+    spike_window: batches in the running mean; spikes are only judged once it is full.
+    on_spike:     'skip' | 'rollback' | 'stop'.
+    """
+
+    on_nonfinite: str = "stop"
+    spike_factor: float | None = None
+    spike_window: int = 100
+    on_spike: str = "skip"
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    """Settings of a run. Times are strings like '1ep', '1000ba', '4096sp', '2e9tok', '0.1dur'.
+
+    max_duration:                 how long to train (required).
+    scheduler:                    a `Schedule` (warmup as a Time), a torch LR scheduler, or None.
+    eval_interval, eval_subset_num_batches: when to evaluate, and on how many batches (None: all).
+    device_train_microbatch_size: rows per forward/backward: an int dividing the batch, 'auto'
+                                  (halve on out-of-memory, all ranks agreeing), or None (whole).
+    precision:                    'fp32', 'amp_bf16' or 'amp_fp16' (with a gradient scaler).
+    parallelism:                  a `ParallelConfig` (FSDP2, hybrid sharding, activation
+                                  checkpointing, compile); None: plain data parallel.
+    save_folder, save_interval, save_num_checkpoints_to_keep (-1: all), save_storage_options.
+    load_path:                    a checkpoint to start from; autoresume: continue from the newest
+                                  complete checkpoint in save_folder if there is one.
+    seed, deterministic:          RNG seed (each rank derives its own) and deterministic kernels.
+    device:                       'cpu', 'cuda' or None (cuda:LOCAL_RANK when available).
+    run_name, log_interval:       naming and how often metrics are logged.
+    guard:                        a `GuardConfig` (non-finite and loss-spike policy).
+    dist_timeout:                 seconds before a hung collective fails the job.
+    hang_timeout:                 seconds a step may take before the job exits (None: no watchdog).
+    handle_signals:               on SIGTERM/SIGINT, finish the batch, save, stop cleanly.
+    default_callbacks:            add the speed and LR monitors and the progress bar.
+    """
+
+    max_duration: Time | str | int
+    scheduler: Any = None
+    eval_interval: Time | str | int = "1ep"
+    eval_subset_num_batches: int | None = None
+    device_train_microbatch_size: int | str | None = None
+    precision: str = "fp32"
+    parallelism: Any = None
+    save_folder: str | None = None
+    save_interval: Time | str | int = "1ep"
+    save_num_checkpoints_to_keep: int = -1
+    save_storage_options: dict[str, Any] = field(default_factory=dict)
+    load_path: str | None = None
+    autoresume: bool = False
+    seed: int = 17
+    deterministic: bool = False
+    device: str | None = None
+    run_name: str | None = None
+    log_interval: Time | str | int = "1ba"
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    dist_timeout: float = 600.0
+    hang_timeout: float | None = None
+    handle_signals: bool = True
+    default_callbacks: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_duration", "eval_interval", "save_interval", "log_interval"):
+            setattr(self, name, Time.coerce(getattr(self, name), TimeUnit.BATCH))
+        if self.max_duration.unit is TimeUnit.DURATION:
+            raise ValueError(
+                f"max_duration {self.max_duration} cannot be in 'dur' (a fraction of itself)"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; choose from {sorted(PRECISIONS)}"
+            )
+        mb = self.device_train_microbatch_size
+        if not (
+            mb is None
+            or mb == "auto"
+            or (isinstance(mb, int) and not isinstance(mb, bool) and mb > 0)
+        ):
+            raise ValueError(
+                f"device_train_microbatch_size must be a positive int, 'auto' or None; got {mb!r}"
+            )
+        if isinstance(self.guard, dict):
+            self.guard = GuardConfig(**self.guard)
+        if isinstance(self.parallelism, dict):
+            from composer_lite.parallel import ParallelConfig
+
+            self.parallelism = ParallelConfig.from_dict(self.parallelism)
+        if self.autoresume and not self.save_folder:
+            raise ValueError("autoresume=True needs a save_folder to find checkpoints in")
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> TrainerConfig:
+        """A config from a mapping; every unknown key is named in one error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown Trainer.Config keys {unknown}; known keys: {sorted(known)}")
+        if "max_duration" not in options:
+            raise ValueError("Trainer.Config needs max_duration (e.g. '1ep' or '1000ba')")
+        return cls(**options)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved settings, as logged once at the start of a run."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Time):
+                value = str(value)
+            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+                value = {
+                    k: str(v) if isinstance(v, Time) else v
+                    for k, v in dataclasses.asdict(value).items()
+                }
+            elif value is not None and not isinstance(value, (str, int, float, bool, dict, list)):
+                value = repr(value)
+            out[f.name] = value
+        return out

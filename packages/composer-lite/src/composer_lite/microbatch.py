@@ -1,0 +1,73 @@
+"""Splitting a batch into microbatches, and counting the tokens each one's loss averages over.
+
+The Trainer weights each microbatch's loss by its share of the global batch's loss tokens, so a
+global batch gives the same gradient whatever the microbatch size and however tokens fall between
+ranks: gradient = sum over ranks and microbatches of loss_mb * tokens_mb / tokens_global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["batch_size_of", "count_loss_tokens", "is_out_of_memory", "split_batch"]
+
+
+def batch_size_of(batch: Any) -> int:
+    """Rows in a batch: a tensor, a mapping or sequence of tensors (first one decides)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, Mapping):
+        for value in batch.values():
+            if isinstance(value, torch.Tensor):
+                return int(value.shape[0])
+    if isinstance(batch, Sequence) and not isinstance(batch, str):
+        for value in batch:
+            if isinstance(value, torch.Tensor):
+                return int(value.shape[0])
+    raise TypeError(
+        f"cannot tell the batch size of a {type(batch).__name__}: expected tensors in a dict, list or tuple"
+    )
+
+
+def split_batch(batch: Any, size: int) -> list[Any]:
+    """Consecutive microbatches of `size` rows (the last may be smaller); non-tensors are shared."""
+    total = batch_size_of(batch)
+    if size >= total:
+        return [batch]
+
+    def part(value: Any, start: int) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == total:
+            return value[start : start + size]
+        if isinstance(value, Mapping):
+            return {k: part(v, start) for k, v in value.items()}
+        if isinstance(value, (list, tuple)) and len(value) == total:
+            return type(value)(value[start : start + size])
+        if isinstance(value, (list, tuple)):
+            return type(value)(part(v, start) for v in value)
+        return value
+
+    return [part(batch, start) for start in range(0, total, size)]
+
+
+def count_loss_tokens(model: Any, batch: Any) -> int:
+    """How many targets a batch's loss averages over.
+
+    The model's own `num_loss_tokens(batch)` if it has one (a model that shifts labels inside its
+    loss should), else the labels that are not -100, else the number of rows.
+    """
+    counter = getattr(model, "num_loss_tokens", None)
+    if callable(counter):
+        return int(counter(batch))
+    if isinstance(batch, Mapping) and isinstance(batch.get("labels"), torch.Tensor):
+        return int((batch["labels"] != -100).sum())
+    return batch_size_of(batch)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A device out-of-memory error (torch.OutOfMemoryError, or CUDA's RuntimeError text)."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()

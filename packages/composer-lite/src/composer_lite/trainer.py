@@ -1,0 +1,526 @@
+"""`Trainer`: the training loop. It reads top to bottom; features beyond the loop are callbacks.
+
+    trainer = Trainer(model, train_dataloader, optimizer, max_duration="1ep",
+                      device_train_microbatch_size=4, save_folder="s3://bucket/run", autoresume=True)
+    trainer.fit()
+
+The events it fires, and where, are in `composer_lite.events`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from composer_lite import dist
+from composer_lite.config import TrainerConfig
+from composer_lite.core import Algorithm, Callback, State
+from composer_lite.events import Event
+from composer_lite.microbatch import batch_size_of, count_loss_tokens, is_out_of_memory, split_batch
+from composer_lite.precision import autocast, grad_scaler
+from composer_lite.protocols import check_trainable_model
+from composer_lite.schedulers import Schedule
+from composer_lite.training import (
+    Every,
+    device_of,
+    move_to_device,
+    rebind_optimizer,
+    seed_everything,
+    total_grad_norm,
+)
+
+__all__ = ["Trainer"]
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Trains a model that follows the trainable-model contract (`composer_lite.protocols`)."""
+
+    Config = TrainerConfig
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataloader: Iterable,
+        optimizer: torch.optim.Optimizer,
+        *,
+        eval_dataloader: Iterable | None = None,
+        callbacks: Sequence[Callback] = (),
+        algorithms: Sequence[Algorithm] = (),
+        loggers: Sequence[Any] | None = None,
+        config: TrainerConfig | None = None,
+        **options: Any,
+    ) -> None:
+        check_trainable_model(model)
+        if config is not None and options:
+            raise ValueError(
+                f"give either config= or keyword options, not both (got {sorted(options)})"
+            )
+        self.config = cfg = config or TrainerConfig.from_dict(options)
+        device = device_of(cfg.device)
+        rank, world = dist.init_distributed(device, cfg.dist_timeout)
+        seed_everything(cfg.seed + rank, deterministic=cfg.deterministic)
+        self._check_microbatch(train_dataloader)
+        model, optimizer = self._place_model(model, optimizer, device, world)
+        self.state = State(
+            model=model, optimizer=optimizer, max_duration=cfg.max_duration, train_dataloader=train_dataloader,
+            eval_dataloader=eval_dataloader, device=device, precision=cfg.precision, rank=rank, world_size=world,
+            run_name=cfg.run_name or os.environ.get("RUN_NAME", "run"),
+        )  # fmt: skip
+        self.callbacks = [*self._default_callbacks(callbacks), *callbacks]
+        self.algorithms = list(algorithms)
+        self.logger = self._make_logger(loggers, rank)
+        self.scaler = grad_scaler(cfg.precision, device)
+        self.microbatch_size = cfg.device_train_microbatch_size
+        self.state.scheduler = self._build_scheduler(cfg.scheduler)
+        self._run(Event.INIT)
+        self.checkpoints = self._checkpoint_manager()
+        self._resumed_from: str | None = None
+        self._skip_batches = 0
+        self._pending_rng: dict[str, Any] | None = None
+        self._load_start_checkpoint()
+        self._every_eval = Every(cfg.eval_interval, cfg.max_duration)
+        self._every_save = Every(cfg.save_interval, cfg.max_duration)
+        self._every_log = Every(cfg.log_interval, cfg.max_duration)
+        self._signal: int | None = None
+        self.logger.log_hyperparameters(
+            {**cfg.to_dict(), "world_size": world, "rank_device": str(device)}
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> None:
+        """Train until max_duration, a stop request, or a signal; then save and return."""
+        state = self.state
+        handlers = self._install_signal_handlers()
+        try:
+            self._run(Event.FIT_START)
+            while not self._done():
+                if state.timestamp.batch_in_epoch == 0:
+                    self._run(Event.EPOCH_START)
+                trained = 0
+                for batch in self._epoch_batches():
+                    self._train_batch(batch)
+                    trained += 1
+                    self._after_batch()
+                    if self._done():
+                        break
+                else:
+                    if trained == 0 and state.timestamp.batch_in_epoch == 0:
+                        raise RuntimeError("the train dataloader yielded no batches in an epoch")
+                    state.timestamp.advance_epoch()
+                    self._run(Event.EPOCH_END)
+                    self._after_batch(epoch_end=True)
+            if self.checkpoints is not None and self._last_saved != state.timestamp.batch:
+                self.save_checkpoint()
+            self._run(Event.FIT_END)
+        finally:
+            self._restore_signal_handlers(handlers)
+            self.logger.close()
+
+    def _train_batch(self, batch: Any) -> None:
+        """One optimizer step. The host waits for the device once, when the guard needs the step's
+        loss and gradient norm; token counts come from the batch before it is moved to the device,
+        and microbatch weights stay on the device."""
+        state = self.state
+        state.batch = batch
+        self._run(Event.BATCH_START)
+        model = state.model
+        counts = dist.all_reduce_tensor(
+            [count_loss_tokens(model, state.batch), batch_size_of(state.batch)], state.device
+        )
+        share = self._forward_backward(state.batch, counts[0].clamp(min=1.0))
+        if state.world_size > 1 and not getattr(model, "_composer_sharded", False):
+            self._sync_gradients()
+        if self.scaler is not None:
+            self.scaler.unscale_(state.optimizer)
+        reduced = dist.all_reduce_tensor([share, 1.0 if self._signal else 0.0], state.device)
+        step_loss, signalled, total_tokens, total_samples = torch.cat(
+            [reduced, counts.to(reduced.device)]
+        ).tolist()
+        if signalled:  # every rank stops after this batch if any rank was signalled
+            state.stop(
+                f"signal {signal.Signals(self._signal).name}"
+                if self._signal
+                else "signal on another rank"
+            )
+        state.extra.update(step_loss=step_loss, grad_norm=total_grad_norm(model), step_tokens=int(total_tokens),
+                           step_samples=int(total_samples), seq_len=_seq_len(state.batch))  # fmt: skip
+        self._run(Event.BEFORE_OPTIMIZER_STEP)
+        rollback = state.extra.pop("rollback", None)
+        if rollback:
+            self._rollback(rollback)
+        elif not state.skip_step:
+            self._optimizer_step()
+        elif self.scaler is not None:
+            self.scaler.update()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.skip_step = False
+        state.timestamp.advance_batch(int(total_samples), int(total_tokens))
+        state.metrics.update({"loss/train/total": step_loss, "time/batch": state.timestamp.batch})
+        self._run(Event.BATCH_END)
+
+    def _forward_backward(self, batch: Any, total_tokens: torch.Tensor) -> torch.Tensor:
+        """Forward and backward over microbatches; returns this rank's share of the step loss.
+
+        Each microbatch's loss is weighted by its tokens over the global batch's tokens (times the
+        world size, since gradients are averaged over ranks), so the gradient does not depend on
+        the microbatch size. With 'auto', an out-of-memory error halves the microbatch size on
+        every rank (they agree through one collective) and the batch starts over.
+        """
+        state = self.state
+        auto = self.microbatch_size == "auto"
+        size = self._auto_size if auto else (self.microbatch_size or batch_size_of(batch))
+        while True:
+            try:
+                share, oom = self._microbatches(batch, size, total_tokens), 0.0
+            except Exception as err:
+                if not (auto and is_out_of_memory(err)):
+                    raise
+                share, oom = None, 1.0
+                state.optimizer.zero_grad(set_to_none=True)
+                if state.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if auto:
+                (oom,) = dist.all_reduce([oom], op="max", device=state.device)
+            if not oom:
+                return share
+            if size == 1:
+                raise RuntimeError("out of memory even with a microbatch of 1 sample") from None
+            state.optimizer.zero_grad(set_to_none=True)
+            size = self._auto_size = max(1, size // 2)
+            log.warning("out of memory: device_train_microbatch_size is now %d", size)
+
+    def _microbatches(self, batch: Any, size: int, total_tokens: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        share = torch.zeros((), dtype=torch.float64, device=state.device)
+        total_tokens = total_tokens.to(state.device, torch.float32)
+        for microbatch in split_batch(batch, size):
+            tokens = count_loss_tokens(state.model, microbatch)  # on the host, before the copy
+            state.microbatch = microbatch = move_to_device(microbatch, state.device)
+            with autocast(state.precision, state.device):
+                state.outputs = state.model(microbatch)
+                self._run(Event.AFTER_FORWARD)
+                state.loss = state.model.loss(state.outputs, microbatch)
+                self._run(Event.AFTER_LOSS)
+            weight = tokens / total_tokens  # a device scalar: no wait for the host
+            scaled = state.loss * (weight * state.world_size)
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            self._run(Event.AFTER_BACKWARD)
+            share += state.loss.detach().double() * weight.double()
+        return share
+
+    def _after_batch(self, epoch_end: bool = False) -> None:
+        state = self.state
+        if self._every_log.due(state.timestamp, epoch_end):
+            self.logger.log_metrics(dict(state.metrics), step=state.timestamp.batch)
+        state.metrics.clear()
+        if state.eval_dataloader is not None and self._every_eval.due(state.timestamp, epoch_end):
+            self.evaluate()
+        if self.checkpoints is not None and (
+            self._every_save.due(state.timestamp, epoch_end) or state.stop_reason
+        ):
+            self.save_checkpoint()
+
+    def _done(self) -> bool:
+        state = self.state
+        return state.stop_reason is not None or state.timestamp.reached(
+            state.max_duration, state.max_duration
+        )
+
+    def _epoch_batches(self) -> Iterator[Any]:
+        loader = self.state.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.state.timestamp.epoch)
+        skip, self._skip_batches = self._skip_batches, 0
+        iterator = iter(loader)
+        if self._pending_rng is not None:
+            # Resumed mid-epoch: the uninterrupted run made this epoch's iterator (which may
+            # draw from the global RNG) before the checkpoint, so restore the RNG after ours.
+            from composer_lite.checkpoint import restore_rng
+
+            restore_rng(self._pending_rng)
+            self._pending_rng = None
+        for index, batch in enumerate(iterator):
+            if index >= skip:
+                yield batch
+
+    def _optimizer_step(self) -> None:
+        state = self.state
+        if self.scaler is not None:
+            self.scaler.step(state.optimizer)
+            self.scaler.update()
+        else:
+            state.optimizer.step()
+        if state.scheduler is not None:
+            state.scheduler.step()
+
+    def _sync_gradients(self) -> None:
+        """Plain data parallel: average gradients over ranks in one flat all-reduce."""
+        grads = [p.grad for p in self.state.model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads]) / self.state.world_size
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Token-weighted eval loss (and the model's optional `metrics`) over all ranks."""
+        state = self.state
+        self._run(Event.EVAL_START)
+        model = state.eval_model or state.model
+        was_training = model.training
+        model.eval()
+        sums: dict[str, float] = {}
+        with torch.no_grad():
+            for index, batch in enumerate(state.eval_dataloader):
+                if (
+                    self.config.eval_subset_num_batches is not None
+                    and index >= self.config.eval_subset_num_batches
+                ):
+                    break
+                batch = move_to_device(batch, state.device)
+                with autocast(state.precision, state.device):
+                    outputs = model(batch)
+                    values = {"loss": model.loss(outputs, batch)}
+                    metrics = getattr(model, "metrics", None)
+                    if callable(metrics):
+                        values.update(metrics(outputs, batch))
+                tokens = count_loss_tokens(model, batch)
+                sums["_tokens"] = sums.get("_tokens", 0.0) + tokens
+                for name, value in values.items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * tokens
+        names = sorted(sums)
+        totals = dict(
+            zip(names, dist.all_reduce([sums[n] for n in names], device=state.device), strict=True)
+        )
+        count = max(totals.pop("_tokens", 0.0), 1.0)
+        state.eval_metrics = {f"eval/{name}": value / count for name, value in totals.items()}
+        model.train(was_training)
+        self.logger.log_metrics(state.eval_metrics, step=state.timestamp.batch)
+        self._run(Event.EVAL_END)
+        return state.eval_metrics
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self) -> str:
+        """Save now (every rank calls it); returns the checkpoint's path or URL."""
+        from composer_lite.checkpoint import capture_rng
+
+        state, ts = self.state, self.state.timestamp
+        protect = {self._resumed_from} if self._resumed_from else set()
+        path = self.checkpoints.save(
+            f"ep{ts.epoch}-ba{ts.batch}", model=state.model, optimizer=state.optimizer,
+            objects=self._run_state(), rank_objects={"rng": capture_rng()}, protect=protect,
+        )  # fmt: skip
+        self._last_saved = ts.batch
+        self._run(Event.CHECKPOINT)
+        return path
+
+    def _run_state(self) -> dict[str, Any]:
+        state, loader = self.state, self.state.train_dataloader
+        return {
+            "timestamp": state.timestamp.state_dict(),
+            "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+            "dataloader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "algorithms": [alg.state_dict() for alg in self.algorithms],
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "microbatch_size": self._auto_size
+            if self.microbatch_size == "auto"
+            else self.microbatch_size,
+            "world_size": state.world_size,
+        }
+
+    def _load_start_checkpoint(self) -> None:
+        cfg = self.config
+        path = (
+            self.checkpoints.latest() if (cfg.autoresume and self.checkpoints is not None) else None
+        )
+        path = path or cfg.load_path
+        if path:
+            self.load_checkpoint(path)
+
+    def load_checkpoint(self, path: str, *, weights_only: bool = False) -> None:
+        """Restore a run (or only model/optimizer/scheduler for `weights_only`, as in rollback)."""
+        from composer_lite.checkpoint import CheckpointManager, restore_rng
+
+        state = self.state
+        manager = self.checkpoints or CheckpointManager(
+            os.path.dirname(path.rstrip("/")) or ".",
+            storage_options=self.config.save_storage_options,
+        )
+        objects, rank_objects = manager.load(path, model=state.model, optimizer=state.optimizer)
+        if state.scheduler is not None and objects.get("scheduler") is not None:
+            state.scheduler.load_state_dict(objects["scheduler"])
+        if weights_only:
+            return
+        state.timestamp.load_state_dict(objects["timestamp"])
+        loader = state.train_dataloader
+        if objects.get("dataloader") is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(objects["dataloader"])
+        else:
+            self._skip_batches = state.timestamp.batch_in_epoch
+            if self._skip_batches:
+                warnings.warn(
+                    f"the train dataloader has no state_dict: skipping {self._skip_batches} batches to resume mid-epoch",
+                    stacklevel=2,
+                )
+        for owner, saved in (
+            (self.callbacks, objects["callbacks"]),
+            (self.algorithms, objects["algorithms"]),
+        ):
+            for item, item_state in zip(owner, saved, strict=False):
+                item.load_state_dict(item_state)
+        if self.scaler is not None and objects.get("scaler") is not None:
+            self.scaler.load_state_dict(objects["scaler"])
+        if self.microbatch_size == "auto" and objects.get("microbatch_size"):
+            self._auto_size = objects["microbatch_size"]
+        if rank_objects is not None and state.timestamp.batch_in_epoch:
+            self._pending_rng = rank_objects["rng"]  # restored once the epoch's iterator exists
+        elif rank_objects is not None:
+            restore_rng(rank_objects["rng"])
+        self._resumed_from = path
+        self._last_saved = state.timestamp.batch
+        log.info("resumed from %s at %s", path, state.timestamp)
+
+    def _rollback(self, reason: str) -> None:
+        state = self.state
+        latest = self.checkpoints.latest() if self.checkpoints is not None else None
+        if latest is None:
+            raise RuntimeError(
+                f"rollback asked ({reason}) at batch {state.timestamp.batch}, but there is no checkpoint to roll back to"
+            )
+        log.warning("rolling back to %s: %s", latest, reason)
+        self.load_checkpoint(latest, weights_only=True)
+        if (
+            state.scheduler is not None
+        ):  # keep the schedule where the run is, not where the checkpoint was
+            state.scheduler.last_epoch = state.timestamp.batch
+            for group, lr in zip(
+                state.optimizer.param_groups, state.scheduler.get_lr(), strict=True
+            ):
+                group["lr"] = lr
+
+    # -- set-up helpers -----------------------------------------------------------------------
+    def _run(self, event: Event) -> None:
+        for algorithm in self.algorithms:
+            if algorithm.match(event, self.state):
+                algorithm.apply(event, self.state, self.logger)
+        for callback in self.callbacks:
+            callback.run_event(event, self.state, self.logger)
+
+    def _check_microbatch(self, loader: Iterable) -> None:
+        size, batch = self.config.device_train_microbatch_size, getattr(loader, "batch_size", None)
+        if isinstance(size, int) and isinstance(batch, int) and batch % size:
+            raise ValueError(
+                f"device_train_microbatch_size={size} does not divide the batch size {batch}"
+            )
+        self._auto_size = batch or 1 << 30
+
+    def _place_model(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, world: int
+    ):
+        """Move the model to its device and apply parallelism from outside (activation
+        checkpointing -> compile -> FSDP2); plain data parallel starts every rank from rank 0's
+        weights."""
+        named = dict(model.named_parameters())
+        model.to(device)
+        parallelism = self.config.parallelism
+        if parallelism is not None:
+            from composer_lite.parallel import apply_parallelism, is_sharded
+
+            model = apply_parallelism(model, parallelism, device=device)
+            if is_sharded(model):
+                model._composer_sharded = True
+                optimizer = rebind_optimizer(optimizer, named, dict(model.named_parameters()))
+        if world > 1 and not getattr(model, "_composer_sharded", False):
+            for tensor in [*model.parameters(), *model.buffers()]:
+                torch.distributed.broadcast(tensor.data, src=0)
+        return model, optimizer
+
+    def _build_scheduler(self, scheduler: Any) -> Any:
+        if not isinstance(scheduler, Schedule):
+            return scheduler
+        state, loader = self.state, self.state.train_dataloader
+        steps_per_epoch = len(loader) if hasattr(loader, "__len__") else None
+        samples = getattr(loader, "batch_size", None) or 1
+        return scheduler.build(
+            state.optimizer,
+            lambda t: state.timestamp.to_steps(
+                t, state.max_duration, steps_per_epoch, samples * state.world_size
+            ),
+            state.max_duration,
+        )
+
+    def _checkpoint_manager(self) -> Any:
+        if not self.config.save_folder:
+            self._last_saved = -1
+            return None
+        from composer_lite.checkpoint import CheckpointManager
+
+        self._last_saved = -1
+        keep = self.config.save_num_checkpoints_to_keep
+        return CheckpointManager(
+            self.config.save_folder,
+            keep=None if keep < 0 else keep,
+            storage_options=self.config.save_storage_options,
+        )
+
+    def _default_callbacks(self, given: Sequence[Callback]) -> list[Callback]:
+        """The guard (and hang watchdog) always; the monitors unless default_callbacks is off.
+        A callback of the same type that the caller gives replaces the default one."""
+        from composer_lite.callbacks import guard_callbacks, monitor_callbacks
+
+        monitors = monitor_callbacks(self.config) if self.config.default_callbacks else []
+        return [
+            cb
+            for cb in [*guard_callbacks(self.config), *monitors]
+            if not any(type(g) is type(cb) for g in given)
+        ]
+
+    def _make_logger(self, loggers: Sequence[Any] | None, rank: int) -> Any:
+        from composer_lite.loggers import ConsoleLogger, LoggerHub
+
+        return LoggerHub(
+            list(loggers) if loggers is not None else [ConsoleLogger(every=100)], rank=rank
+        )
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if not self.config.handle_signals or threading_main() is False:
+            return {}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.warning(
+                "received %s: finishing the batch, saving, stopping", signal.Signals(signum).name
+            )
+            self._signal = signum
+
+        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _seq_len(batch: Any) -> int | None:
+    ids = batch.get("input_ids") if isinstance(batch, dict) else None
+    return int(ids.shape[1]) if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None

@@ -1,0 +1,119 @@
+"""Small pieces of the training loop kept out of `trainer.py`: intervals, devices, seeding,
+gradient norms and re-binding an optimizer to sharded parameters."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from composer_lite.time import Time, Timestamp, TimeUnit
+
+__all__ = [
+    "Every",
+    "device_of",
+    "move_to_device",
+    "rebind_optimizer",
+    "seed_everything",
+    "total_grad_norm",
+]
+
+
+class Every:
+    """Whether an interval ('1ep', '100ba', '0.25dur', ...) has come round since it last did."""
+
+    def __init__(self, interval: Time, max_duration: Time) -> None:
+        if interval.value <= 0:
+            raise ValueError(f"an interval must be positive, got {interval}")
+        self.interval, self.max_duration = interval, max_duration
+        self._last: float | None = None
+
+    def _count(self, timestamp: Timestamp) -> float:
+        if self.interval.unit is TimeUnit.DURATION:
+            return timestamp.fraction_of(self.max_duration)
+        return timestamp.get(self.interval.unit)
+
+    def due(self, timestamp: Timestamp, epoch_end: bool) -> bool:
+        """Epoch intervals fire at epoch ends; the others when their count crosses a multiple."""
+        if self.interval.unit is TimeUnit.EPOCH and not epoch_end:
+            return False
+        count = self._count(timestamp)
+        last = self._last if self._last is not None else 0.0
+        fired = int(count / self.interval.value + 1e-9) > int(last / self.interval.value + 1e-9)
+        if fired:
+            self._last = count
+        elif self._last is None:
+            self._last = last
+        return fired
+
+    def reset(self, timestamp: Timestamp) -> None:
+        self._last = self._count(timestamp)
+
+
+def device_of(name: str | None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1', or None for cuda:LOCAL_RANK when CUDA is there, else cpu."""
+    if name is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def total_grad_norm(model: nn.Module) -> float:
+    """The L2 norm of all gradients (DTensor shards combined across ranks); inf/nan propagate."""
+    from composer_lite.parallel import grad_norm
+
+    return float(grad_norm(model))
+
+
+def rebind_optimizer(
+    optimizer: torch.optim.Optimizer,
+    before: dict[str, nn.Parameter],
+    after: dict[str, nn.Parameter],
+) -> torch.optim.Optimizer:
+    """Point an optimizer at the parameters that sharding put in place of the originals, matched
+    by name, keeping its groups and hyperparameters. It must not have taken a step yet."""
+    if any(optimizer.state.values()):
+        raise ValueError(
+            "the optimizer has state already: build it fresh, before the Trainer shards the model"
+        )
+    name_of = {id(p): n for n, p in before.items()}
+    for group in optimizer.param_groups:
+        missing = [p for p in group["params"] if id(p) not in name_of]
+        if missing:
+            raise ValueError(
+                f"the optimizer holds {len(missing)} parameters that are not the model's"
+            )
+        group["params"] = [after[name_of[id(p)]] for p in group["params"]]
+    return optimizer

@@ -1,0 +1,291 @@
+"""The Trainer's loop: events, microbatching, precision, eval, config errors, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from composer_lite import Callback, Event, Trainer
+from composer_lite.schedulers import Schedule
+from composer_lite.testing import TinyLM, random_lm_batch
+
+
+def batches(n: int, size: int = 8, seq: int = 6, seed: int = 0):
+    return [random_lm_batch(size, seq, seed=seed + i) for i in range(n)]
+
+
+class Loader(list):
+    """A list of batches with a batch_size, like a DataLoader."""
+
+    def __init__(self, items, batch_size):
+        super().__init__(items)
+        self.batch_size = batch_size
+
+
+def make_trainer(model=None, data=None, **options):
+    torch.manual_seed(0)
+    model = model or TinyLM()
+    data = data if data is not None else Loader(batches(4), 8)
+    options.setdefault("max_duration", "1ep")
+    options.setdefault("default_callbacks", False)
+    options.setdefault("loggers", [])
+    loggers = options.pop("loggers")
+    return Trainer(
+        model, data, torch.optim.AdamW(model.parameters(), lr=1e-2), loggers=loggers, **options
+    )
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.events = []
+        self.grads = []
+
+    def run_event(self, event, state, logger):
+        self.events.append(event)
+        if event is Event.BEFORE_OPTIMIZER_STEP:
+            self.grads.append(
+                torch.cat([p.grad.flatten() for p in state.model.parameters()]).clone()
+            )
+
+
+def test_events_fire_in_loop_order_and_time_advances():
+    rec = Recorder()
+    trainer = make_trainer(callbacks=[rec], max_duration="2ep", device_train_microbatch_size=4)
+    trainer.fit()
+    ts = trainer.state.timestamp
+    assert (ts.epoch, ts.batch, ts.sample, ts.batch_in_epoch) == (2, 8, 64, 0)
+    assert ts.token == sum(int((b["labels"] != -100).sum()) for b in batches(4)) * 2
+    first_batch = rec.events[
+        rec.events.index(Event.BATCH_START) : rec.events.index(Event.BATCH_END) + 1
+    ]
+    assert first_batch == [Event.BATCH_START] + [
+        Event.AFTER_FORWARD,
+        Event.AFTER_LOSS,
+        Event.AFTER_BACKWARD,
+    ] * 2 + [Event.BEFORE_OPTIMIZER_STEP, Event.BATCH_END]
+    assert rec.events[:3] == [Event.INIT, Event.FIT_START, Event.EPOCH_START]
+    assert rec.events[-2:] == [Event.EPOCH_END, Event.FIT_END]
+    assert rec.events.count(Event.EPOCH_END) == 2
+
+
+@pytest.mark.parametrize("micro", [1, 2, 4])
+def test_gradient_does_not_depend_on_the_microbatch_size(micro):
+    """Losses are weighted by tokens: rows with few counted tokens weigh little in any split."""
+    whole, split = Recorder(), Recorder()
+    make_trainer(callbacks=[whole], max_duration="1ba").fit()
+    make_trainer(callbacks=[split], max_duration="1ba", device_train_microbatch_size=micro).fit()
+    a, b = whole.grads[0], split.grads[0]
+    assert torch.linalg.norm(a - b) / torch.linalg.norm(a) < 1e-6
+
+
+def test_max_duration_in_batches_stops_mid_epoch():
+    trainer = make_trainer(max_duration="3ba")
+    trainer.fit()
+    assert (trainer.state.timestamp.batch, trainer.state.timestamp.epoch) == (3, 0)
+
+
+def test_loss_goes_down_and_schedule_warms_up():
+    lrs = []
+
+    class LR(Callback):
+        def batch_start(self, state, logger):
+            lrs.append(state.optimizer.param_groups[0]["lr"])
+
+    data = Loader(batches(1) * 30, 8)
+    trainer = make_trainer(
+        data=data, callbacks=[LR()], scheduler=Schedule(name="cosine", warmup="5ba")
+    )
+    losses = []
+
+    class Losses(Callback):
+        def batch_end(self, state, logger):
+            losses.append(state.extra["step_loss"])
+
+    trainer.callbacks.append(Losses())
+    trainer.fit()
+    assert losses[-1] < 0.7 * losses[0]
+    assert lrs[:5] == pytest.approx([1e-2 * (i + 1) / 5 for i in range(5)])
+    assert lrs[-1] < lrs[5]
+
+
+@pytest.mark.parametrize("precision", ["amp_bf16", "amp_fp16"])
+def test_mixed_precision_trains_on_cpu(precision):
+    trainer = make_trainer(precision=precision, max_duration="4ba")
+    trainer.fit()
+    assert trainer.state.timestamp.batch == 4
+    assert all(torch.isfinite(p).all() for p in trainer.state.model.parameters())
+    assert (trainer.scaler is not None) == (precision == "amp_fp16")
+
+
+def test_eval_reports_token_weighted_loss():
+    data = Loader(batches(2), 8)
+    trainer = make_trainer(
+        data=data, eval_dataloader=Loader(batches(2, seed=50), 8), eval_interval="1ep"
+    )
+    trainer.fit()
+    model = trainer.state.model
+    with torch.no_grad():
+        total = sum(
+            float(model.loss(model(b), b)) * int((b["labels"] != -100).sum())
+            for b in batches(2, seed=50)
+        )
+    count = sum(int((b["labels"] != -100).sum()) for b in batches(2, seed=50))
+    assert trainer.state.eval_metrics["eval/loss"] == pytest.approx(total / count, rel=1e-6)
+
+
+class OOMOver(TinyLM):
+    """Raises out-of-memory for microbatches larger than `limit` rows."""
+
+    limit = 2
+
+    def forward(self, batch):
+        if batch["input_ids"].shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return super().forward(batch)
+
+
+def test_auto_microbatch_halves_on_out_of_memory():
+    whole = Recorder()
+    make_trainer(callbacks=[whole], max_duration="2ba").fit()
+    rec = Recorder()
+    torch.manual_seed(0)  # the same initial weights as make_trainer's TinyLM
+    trainer = make_trainer(
+        model=OOMOver(), callbacks=[rec], max_duration="2ba", device_train_microbatch_size="auto"
+    )
+    trainer.fit()
+    assert trainer._auto_size == 2
+    for a, b in zip(whole.grads, rec.grads, strict=True):
+        assert torch.linalg.norm(a - b) / torch.linalg.norm(a) < 1e-6
+
+
+def test_sigterm_finishes_the_batch_saves_and_stops(tmp_path):
+    class Kill(Callback):  # the signal arrives in the middle of batch 3
+        def after_forward(self, state, logger):
+            if state.timestamp.batch == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    data = Loader(batches(10), 8)
+    trainer = make_trainer(
+        data=data, callbacks=[Kill()], save_folder=str(tmp_path / "ckpt"), save_interval="100ba"
+    )
+    trainer.fit()
+    assert trainer.state.timestamp.batch == 3
+    assert trainer.state.stop_reason == "signal SIGTERM"
+    assert trainer.checkpoints.latest().endswith("ep0-ba3")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after fit
+
+
+def test_bad_input_is_refused_before_any_work():
+    model = TinyLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"unknown Trainer.Config keys \['bogus', 'max_duraton'\]"):
+        Trainer(model, Loader(batches(1), 8), opt, max_duraton="1ep", bogus=1)
+    with pytest.raises(ValueError, match="unknown time unit 'weeks'"):
+        Trainer(model, Loader(batches(1), 8), opt, max_duration="2weeks")
+    with pytest.raises(
+        ValueError, match="device_train_microbatch_size=3 does not divide the batch size 8"
+    ):
+        Trainer(
+            model, Loader(batches(1), 8), opt, max_duration="1ep", device_train_microbatch_size=3
+        )
+    with pytest.raises(TypeError, match=r"lacks loss\(\)"):
+        Trainer(torch.nn.Linear(2, 2), Loader(batches(1), 8), opt, max_duration="1ep")
+    with pytest.raises(FileNotFoundError):
+        Trainer(
+            model,
+            Loader(batches(1), 8),
+            opt,
+            max_duration="1ep",
+            load_path="/nonexistent/ckpt/ep0-ba1",
+            default_callbacks=False,
+        )
+
+
+class NaNAt(TinyLM):
+    """Returns NaN logits on the given steps (counted by forward calls of whole batches)."""
+
+    def __init__(self, bad_steps):
+        super().__init__()
+        self.bad_steps, self.calls = set(bad_steps), 0
+
+    def forward(self, batch):
+        self.calls += 1
+        out = super().forward(batch)
+        return out * float("nan") if self.calls in self.bad_steps else out
+
+
+def test_nonfinite_loss_stops_with_a_clear_error_by_default():
+    from composer_lite.callbacks.guards import TrainingDivergedError
+
+    torch.manual_seed(0)
+    trainer = make_trainer(model=NaNAt({3}), max_duration="5ba")
+    with pytest.raises(TrainingDivergedError, match="step 3"):
+        trainer.fit()
+
+
+def test_nonfinite_loss_skip_policy_skips_only_that_step():
+    torch.manual_seed(0)
+    steps = []
+
+    class Weights(Callback):
+        def batch_end(self, state, logger):
+            steps.append(
+                torch.cat([p.detach().flatten() for p in state.model.parameters()]).clone()
+            )
+
+    trainer = make_trainer(
+        model=NaNAt({2}), max_duration="4ba", callbacks=[Weights()], guard={"on_nonfinite": "skip"}
+    )
+    trainer.fit()
+    assert torch.equal(steps[0], steps[1])  # the bad step changed nothing
+    assert not torch.equal(steps[1], steps[2]) and all(torch.isfinite(s).all() for s in steps)
+    assert trainer.state.timestamp.batch == 4
+
+
+def test_nonfinite_loss_rollback_restores_the_last_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    saved = {}
+
+    class Keep(Callback):
+        def checkpoint(self, state, logger):
+            saved[state.timestamp.batch] = {
+                k: v.clone() for k, v in state.model.state_dict().items()
+            }
+
+        def batch_end(self, state, logger):
+            if state.timestamp.batch == 4:
+                saved["after_rollback"] = {
+                    k: v.clone() for k, v in state.model.state_dict().items()
+                }
+
+    trainer = make_trainer(model=NaNAt({4}), max_duration="6ba", callbacks=[Keep()], data=Loader(batches(8), 8),
+                           guard={"on_nonfinite": "rollback"}, save_folder=str(tmp_path / "ck"), save_interval="2ba")  # fmt: skip
+    trainer.fit()
+    for name, value in saved[2].items():  # step 4 was bad: the weights went back to step 2's
+        assert torch.equal(saved["after_rollback"][name], value), name
+    assert trainer.state.timestamp.batch == 6
+
+
+def test_incomplete_load_path_is_refused_before_training(tmp_path):
+    trainer = make_trainer(save_folder=str(tmp_path / "ck"), max_duration="2ba")
+    trainer.fit()
+    path = trainer.checkpoints.latest()
+    manifest = [p for p in os.listdir(path) if "manifest" in p]
+    assert manifest
+    os.remove(os.path.join(path, manifest[0]))
+    with pytest.raises(Exception, match="incomplete|manifest"):
+        make_trainer(load_path=path, max_duration="4ba")
+
+
+@pytest.mark.filterwarnings("ignore:the train dataloader has no state_dict")
+def test_autoresume_from_an_object_store(tmp_path, s3_bucket):
+    folder = f"{s3_bucket}/run"
+    first = make_trainer(save_folder=folder, max_duration="2ba", save_interval="1ba")
+    first.fit()
+    resumed = make_trainer(save_folder=folder, max_duration="4ba", autoresume=True)
+    assert resumed._resumed_from.endswith("ep0-ba2") and resumed._resumed_from.startswith("s3://")
+    resumed.fit()
+    assert resumed.state.timestamp.batch == 4
