@@ -395,3 +395,25 @@ def test_two_datasets_in_one_process_over_one_folder_do_not_collide(two_streams)
         got_b == [s["id"] for s in make(two_streams, batch_size=4, shuffle_seed=99)][: b.epoch_size]
     )
     assert got_a != got_b
+
+
+def test_other_workers_wait_for_worker_zeros_first_batch_but_never_stall(tmp_path):
+    import time
+
+    from streaming.iteration import PassCounter
+
+    counter = PassCounter()
+    start = time.monotonic()
+    counter.wait_first_batch(0, timeout=0.2)  # nobody marks it: gives up after the timeout
+    assert 0.15 < time.monotonic() - start < 2
+    counter.first_batch_done(0)
+    start = time.monotonic()
+    counter.wait_first_batch(0, timeout=5)
+    assert time.monotonic() - start < 0.1
+    # Worker 0 with a single batch (16 samples, 2 workers of batch 8) releases worker 1 at once.
+    out = write_dataset(tmp_path / "d", range(16))
+    ds = StreamingDataset(local=str(out), batch_size=8)
+    start = time.monotonic()
+    got = [ids_of(b) for b in DataLoader(ds, batch_size=8, num_workers=2)]
+    assert got == [list(range(8)), list(range(8, 16))]
+    assert time.monotonic() - start < 8

@@ -228,7 +228,8 @@ class StreamingDataset(_Base):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         world = World.detect()
-        epoch, start = self._pass_to_epoch(self._passes.claim(world.worker))
+        n = self._passes.claim(world.worker)
+        epoch, start = self._pass_to_epoch(n)
         sequence = self.epoch_sequence(epoch)
         positions = rank_worker_positions(
             epoch_len=len(sequence),
@@ -244,9 +245,24 @@ class StreamingDataset(_Base):
         # How far into its shard each sample lies (a fraction), to prefetch just what is needed.
         starts = np.concatenate([[0], self._shard_ends[:-1]])
         depth = (ids - starts[shard_of] + 1) / (self._shard_ends[shard_of] - starts[shard_of])
+        if world.worker > 0:  # worker 0 makes the pass's first batch with the whole machine
+            self._passes.wait_first_batch(n, timeout=10.0)
+        try:
+            yield from self._read(
+                ids, shard_of, depth, first_batch_of=n if world.worker == 0 else None
+            )
+        finally:
+            if world.worker == 0:
+                self._passes.first_batch_done(n)
+
+    def _read(
+        self, ids: np.ndarray, shard_of: np.ndarray, depth: np.ndarray, first_batch_of: int | None
+    ) -> Iterator[dict[str, Any]]:
         ahead = 0  # samples [i, ahead) have had their shards asked for in advance
         asked: dict[int, float] = {}
         for i, sample_id in enumerate(ids):
+            if i == self.batch_size and first_batch_of is not None:
+                self._passes.first_batch_done(first_batch_of)
             # The window grows from one batch to `predownload` samples, so that the first batch
             # is not held up by work for later ones.
             window = min(self.predownload, max(self.batch_size, i))

@@ -15,6 +15,7 @@ Two ways to start a pass:
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from multiprocessing import context as mp_context
 
 __all__ = ["PassCounter"]
@@ -29,8 +30,9 @@ class PassCounter:
         self._make()
 
     def _make(self) -> None:
-        # slots[0]: passes begun through begin(); slots[1 + w]: passes worker w began on its own.
-        self._slots = mp.get_context("spawn").Array("q", 1 + MAX_WORKERS)
+        # slots[0]: passes begun through begin(); slots[1 + w]: passes worker w began on its own;
+        # slots[-1]: 1 + the last pass whose first batch worker 0 has produced.
+        self._slots = mp.get_context("spawn").Array("q", 2 + MAX_WORKERS)
 
     def begin(self) -> int:
         """Start a pass from the main process; returns its number (0, 1, ...)."""
@@ -50,10 +52,22 @@ class PassCounter:
             self._slots[1 + worker] += 1
             return self._slots[1 + worker] - 1
 
+    def first_batch_done(self, n: int) -> None:
+        """Worker 0 has produced the first batch of pass n."""
+        with self._slots.get_lock():
+            self._slots[-1] = max(self._slots[-1], n + 1)
+
+    def wait_first_batch(self, n: int, timeout: float) -> None:
+        """Let worker 0 make the first batch of pass n with the whole machine: the loader hands
+        batches out in order, so the others' first batches are not needed before it anyway."""
+        deadline = time.monotonic() + timeout
+        while self._slots[-1] < n + 1 and time.monotonic() < deadline:
+            time.sleep(0.002)
+
     def current(self) -> int:
         """The latest pass begun (-1 before any)."""
         with self._slots.get_lock():
-            return (self._slots[0] if self._slots[0] else max(self._slots[1:])) - 1
+            return (self._slots[0] if self._slots[0] else max(self._slots[1:-1])) - 1
 
     def reset(self) -> None:
         with self._slots.get_lock():

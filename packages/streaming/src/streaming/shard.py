@@ -121,7 +121,11 @@ class GrowingRaw:
     """
 
     def __init__(self, path: str, size: int) -> None:
-        self.path, self.size, self.fd = path, size, -1  # set first: __del__ runs even if the open fails
+        self.path, self.size, self.fd = (
+            path,
+            size,
+            -1,
+        )  # set first: __del__ runs even if the open fails
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         self.filled = 0
         self.waiting = 0  # readers blocked on this shard right now (decompression priority)
