@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -117,3 +119,18 @@ def rebind_optimizer(
             )
         group["params"] = [after[name_of[id(p)]] for p in group["params"]]
     return optimizer
+
+
+def install_signal_handlers(on_signal: Callable[[int], None]) -> dict[int, Any]:
+    """Route SIGTERM and SIGINT to `on_signal(signum)` (main thread only); returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {
+        sig: signal.signal(sig, lambda signum, frame: on_signal(signum))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+
+
+def restore_signal_handlers(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
