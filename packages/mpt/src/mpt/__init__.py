@@ -1,4 +1,29 @@
-"""mpt: not built yet; this is the package's skeleton (see its README)."""
+"""mpt: the MPT model for one device, with Triton ALiBi FlashAttention kernels.
 
-__version__ = "0.0.1"
-__all__: list[str] = []
+`MPTConfig` and the named `PRESETS`, `MPTForCausalLM` (forward with packed-document and padding
+masks, KV-cache generation), pluggable attention backends (`mpt.attention.ATTENTION`), our Triton
+kernels (`mpt.kernels`, needs the `[triton]` extra) and Hugging Face interop (`mpt.hf`, needs
+`[hf]`).
+"""
+
+from mpt.alibi import alibi_slopes
+from mpt.attention import ATTENTION
+from mpt.cache import KVCache
+from mpt.config import MPTConfig
+from mpt.generate import generate
+from mpt.model import MPTForCausalLM, MPTOutput, causal_lm_loss
+from mpt.presets import PRESETS, preset
+
+__version__ = "0.1.0"
+__all__ = [
+    "ATTENTION",
+    "KVCache",
+    "MPTConfig",
+    "MPTForCausalLM",
+    "MPTOutput",
+    "PRESETS",
+    "alibi_slopes",
+    "causal_lm_loss",
+    "generate",
+    "preset",
+]

@@ -1,0 +1,66 @@
+"""`KVCache`: preallocated keys, values and sequence ids of every layer, for generation.
+
+Buffers are allocated once for `capacity` positions, so a decode step writes one slice instead of
+concatenating; `seq_ids` (B, capacity) keeps the sequence id of each cached position (-1 for left
+padding) so that later queries keep ignoring padded keys.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["KVCache"]
+
+
+class KVCache:
+    """Keys and values (B, capacity, Hkv, D) per layer; `length` positions are filled."""
+
+    def __init__(
+        self,
+        *,
+        n_layers: int,
+        batch_size: int,
+        capacity: int,
+        n_kv_heads: int,
+        head_dim: int,
+        device,
+        dtype: torch.dtype,
+    ) -> None:
+        shape = (batch_size, capacity, n_kv_heads, head_dim)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.seq_ids = torch.zeros((batch_size, capacity), device=device, dtype=torch.long)
+        self.positions = torch.zeros((batch_size,), device=device, dtype=torch.long)  # real tokens
+        self.capacity = capacity
+        self.length = 0
+        self.masked = False  # whether any cached position carries padding or a document id
+
+    @property
+    def batch_size(self) -> int:
+        return self.seq_ids.shape[0]
+
+    def check_room(self, new: int) -> None:
+        if self.length + new > self.capacity:
+            raise ValueError(
+                f"KV cache holds {self.capacity} positions; {self.length} are filled and"
+                f" {new} more were given"
+            )
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Writes this step's (B, T, Hkv, D) keys and values; returns all filled ones so far."""
+        end = self.length + k.shape[1]
+        self.keys[layer][:, self.length : end] = k
+        self.values[layer][:, self.length : end] = v
+        return self.keys[layer][:, :end], self.values[layer][:, :end]
+
+    def advance(self, seq_ids: torch.Tensor, *, masked: bool) -> None:
+        """Called once per forward, after every layer wrote: `seq_ids` (B, T) of the new tokens.
+
+        `masked` says the ids carry padding or documents (otherwise they are all 0 and later steps
+        need no mask at all).
+        """
+        end = self.length + seq_ids.shape[1]
+        self.seq_ids[:, self.length : end] = seq_ids
+        self.positions += (seq_ids >= 0).sum(dim=1)
+        self.length = end
+        self.masked = self.masked or masked
