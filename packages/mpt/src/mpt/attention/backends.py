@@ -139,18 +139,20 @@ def flex_attention(q, k, v, meta: AttentionMeta) -> torch.Tensor:
             return score + slopes[h] * (kv_idx - q_idx - offset)
 
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
-    run = _compiled_flex() if q.is_cuda else eager_flex
-    with warnings.catch_warnings():  # eager on CPU is deliberate (tests); do not warn about it
-        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        out = run(
-            qh,
-            kh,
-            vh,
-            score_mod=score_mod,
-            block_mask=block_mask,
-            scale=meta.softmax_scale,
-            enable_gqa=kh.shape[1] != qh.shape[1],
-        )
+    kwargs = dict(
+        score_mod=score_mod,
+        block_mask=block_mask,
+        scale=meta.softmax_scale,
+        enable_gqa=kh.shape[1] != qh.shape[1],
+    )
+    if torch.compiler.is_compiling():  # inside a compiled block: traced into its graph
+        out = eager_flex(qh, kh, vh, **kwargs)
+    elif q.is_cuda:
+        out = _compiled_flex()(qh, kh, vh, **kwargs)
+    else:
+        with warnings.catch_warnings():  # eager on CPU is deliberate (tests); no warning for it
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            out = eager_flex(qh, kh, vh, **kwargs)
     return out.transpose(1, 2)
 
 
