@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -14,18 +11,12 @@ from mpt import MPTConfig, MPTForCausalLM
 CONFIG = dict(d_model=64, n_heads=4, n_layers=2, vocab_size=128, max_seq_len=32)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, results) -> None:
+def _worker(rank: int, world: int, store: str, results) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor, Shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file rendezvous: no port to race for with other tests running at the same time.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         model = MPTForCausalLM(MPTConfig(**CONFIG), device="meta")
         for block in model.blocks():
@@ -44,10 +35,10 @@ def _worker(rank: int, world: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
-def test_meta_model_shards_then_materializes_consistently():
+def test_meta_model_shards_then_materializes_consistently(tmp_path):
     manager = mp.get_context("spawn").Manager()
     results = manager.dict()
-    mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), results), nprocs=2, join=True)
     (rows0, full0, loss0), (rows1, full1, loss1) = results[0], results[1]
     assert rows0 == rows1 == 3 * 64 // 2  # Wqkv (192, 64) split in two
     for name in full0:
