@@ -241,8 +241,8 @@ class MPTForCausalLM(nn.Module):
                 f"sequence length {total} exceeds max_seq_len {cfg.max_seq_len}; without ALiBi the"
                 " model has no positions beyond it"
             )
-        if input_ids.numel():
-            low, high = int(input_ids.min()), int(input_ids.max())
+        if input_ids.numel():  # one host sync per forward: cheap next to a bad id's device assert
+            low, high = torch.stack(torch.aminmax(input_ids)).tolist()
             if low < 0 or high >= cfg.vocab_size:
                 bad = low if low < 0 else high
                 raise ValueError(f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size})")

@@ -1,0 +1,314 @@
+"""Backward Triton kernels of the causal ALiBi FlashAttention: preprocess, dK/dV and dQ.
+
+With P = softmax(score) recomputed from the forward's lse (p_ij = exp(score_ij - lse_i)),
+dP = dO V^T, delta_i = rowsum(dO_i * O_i) and dS = P * (dP - delta):
+
+    dV = P^T dO,   dK = sm_scale * dS^T Q,   dQ = sm_scale * dS K.
+
+* `preprocess_kernel`: delta (B, H, Tq) fp32.
+* `dkdv_kernel`: one program per key block of one (batch, kv head); for grouped-query heads it
+  loops over the query heads of its group and accumulates in registers (no atomics). Query rows
+  run from the first row that sees the block (masked, diagonal blocks first) to the end.
+* `dq_kernel`: one program per query block, key blocks as in the forward.
+
+ALiBi skip (`SKIP`): p_ij <= exp(c_i - slope * (pos_i - j)) with c_i = sm_scale ||q_i|| Kmax - lse_i.
+The dQ kernel bounds its rows with c_i (recomputed from q and lse) and starts its key loop after
+the keys no row needs; the dK/dV kernel gets max_i c_i per (batch, head) (`ColBound`, written by
+the forward) and stops its query loop where every p_ij < 2^-skip_bits. Skipped p_ij are exactly 0
+in fp32 for skip_bits >= 150, so the gradients do not change at all.
+"""
+
+import triton
+import triton.language as tl
+
+from ._fwd import LOG2E, load_tile, skip_start
+
+
+@triton.jit
+def preprocess_kernel(
+    Out, DO, Delta, stride_ob, stride_ot, stride_oh, stride_dob, stride_dot, stride_doh, H, Tq,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """delta[b, h, i] = sum_d dO[b, i, h, d] * O[b, i, h, d]; grid (cdiv(Tq, BLOCK_M), B * H)."""
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < Tq) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(
+        Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + offs_d[None, :],
+        mask=mask, other=0.0,
+    ).to(tl.float32)  # fmt: skip
+    do = tl.load(
+        DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dot + offs_d[None, :],
+        mask=mask, other=0.0,
+    ).to(tl.float32)  # fmt: skip
+    tl.store(Delta + pid_bh.to(tl.int64) * Tq + rows, tl.sum(o * do, 1), mask=rows < Tq)
+
+
+@triton.jit
+def _dkdv_inner(
+    dk, dv, k, v, k_id, cols, n0, q_base, do_base, lse_base, delta_base, qs_base,
+    stride_qt, stride_dot, stride_qst, lo, hi, Tq, Tk, qk_scale, slope2,
+    MASKED: tl.constexpr, HAS_SEQ: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Accumulate dK, dV of one key block over query rows [lo, hi), transposed (keys x queries)."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    col_bias = slope2 * (cols - n0).to(tl.float32)  # (BLOCK_N,)
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + offs_m
+        row_ok = rows < Tq
+        qT = tl.load(
+            q_base + rows[None, :] * stride_qt + offs_d[:, None],
+            mask=d_ok[:, None] & row_ok[None, :], other=0.0,
+        )  # fmt: skip
+        do = tl.load(
+            do_base + rows[:, None] * stride_dot + offs_d[None, :],
+            mask=row_ok[:, None] & d_ok[None, :], other=0.0,
+        )  # fmt: skip
+        if UPCAST:
+            qT = qT.to(tl.float32)
+            do = do.to(tl.float32)
+        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))  # +inf: p = 0
+        if HAS_SEQ:
+            lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key
+        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        pos = rows + (Tk - Tq)
+        row_term = lse * LOG2E + slope2 * (pos - n0).to(tl.float32)  # (BLOCK_M,)
+        qkT = tl.dot(k, qT, input_precision=DOT_PREC)  # (BLOCK_N, BLOCK_M)
+        sT = qkT * qk_scale + col_bias[:, None] - row_term[None, :]  # log2 p, transposed
+        if MASKED:
+            sT = tl.where(cols[:, None] <= pos[None, :], sT, float("-inf"))
+        if HAS_SEQ:
+            q_id = tl.load(qs_base + rows * stride_qst, mask=row_ok, other=0)
+            sT = tl.where(k_id[:, None] == q_id[None, :], sT, float("-inf"))
+        pT = tl.exp2(sT)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit
+def dkdv_kernel(
+    Q, K, V, DO, Slopes, Lse, Delta, QSeq, KSeq, ColBound, DK, DV, QEnd,
+    sm_scale, skip_nats,
+    stride_qb, stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_dob, stride_dot, stride_doh,
+    stride_dkb, stride_dkt, stride_dkh,
+    stride_qsb, stride_qst, stride_ksb, stride_kst,
+    H, Tq, Tk, TQ_BUCKET, TK_BUCKET,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_SEQ: tl.constexpr, SKIP: tl.constexpr, STORE_Q_END: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(Tk, BLOCK_N), B * Hkv). dK, dV share the layout (B, Tk, Hkv, D), dK's strides."""
+    pid_n = tl.program_id(0)
+    pid_bkv = tl.program_id(1)
+    Hkv = H // GROUP
+    b = pid_bkv // Hkv
+    hkv = pid_bkv % Hkv
+    b64 = b.to(tl.int64)
+    n0 = pid_n * BLOCK_N
+    cols = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    col_ok = cols < Tk
+    d_ok = offs_d < HEAD_DIM
+    kv_mask = col_ok[:, None] & d_ok[None, :]
+    k = tl.load(
+        K + b64 * stride_kb + hkv * stride_kh + cols[:, None] * stride_kt + offs_d[None, :],
+        mask=kv_mask, other=0.0,
+    )  # fmt: skip
+    v = tl.load(
+        V + b64 * stride_vb + hkv * stride_vh + cols[:, None] * stride_vt + offs_d[None, :],
+        mask=kv_mask, other=0.0,
+    )  # fmt: skip
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    k_id = cols
+    if HAS_SEQ:
+        k_id = tl.load(KSeq + b64 * stride_ksb + cols * stride_kst, mask=col_ok, other=0)
+    qs_base = QSeq + b64 * stride_qsb
+    qk_scale = sm_scale * LOG2E
+
+    # Rows i see key j iff i >= j - (Tk - Tq). Rows below n0 + BLOCK_N - 1 - (Tk - Tq) need the
+    # causal mask; they come first, in steps of BLOCK_M from the first row that sees the block.
+    first = tl.maximum(n0 - (Tk - Tq), 0)
+    n_masked = tl.maximum(n0 + BLOCK_N - 1 - (Tk - Tq), 0) - first
+    mask_end = first + tl.cdiv(n_masked, BLOCK_M) * BLOCK_M
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for g in range(GROUP):
+        h = hkv * GROUP + g
+        slope = tl.load(Slopes + h)
+        slope2 = slope * LOG2E
+        bh = b64 * H + h
+        q_base = Q + b64 * stride_qb + h * stride_qh
+        do_base = DO + b64 * stride_dob + h * stride_doh
+        end = Tq
+        if SKIP:  # last row with p_ij >= 2^-skip_bits for some key of the block, plus margin
+            reach = (tl.load(ColBound + bh) + skip_nats) / slope
+            lim = (n0 + BLOCK_N + 1 - (Tk - Tq)).to(tl.float32) + reach
+            lim = tl.where(slope > 0.0, lim, Tq)
+            lim = tl.where(lim < Tq, lim, Tq)  # also NaN -> Tq
+            lim = tl.where(lim > 0.0, lim, 0.0)
+            end = lim.to(tl.int32)
+        if STORE_Q_END:
+            tl.store(QEnd + (pid_bkv * GROUP + g) * tl.num_programs(0) + pid_n, end)
+        dk, dv = _dkdv_inner(
+            dk, dv, k, v, k_id, cols, n0, q_base, do_base, Lse + bh * Tq, Delta + bh * Tq,
+            qs_base, stride_qt, stride_dot, stride_qst, first, tl.minimum(mask_end, Tq), Tq, Tk,
+            qk_scale, slope2, True, HAS_SEQ, UPCAST, DOT_PREC, HEAD_DIM, BLOCK_D, BLOCK_M,
+        )  # fmt: skip
+        dk, dv = _dkdv_inner(
+            dk, dv, k, v, k_id, cols, n0, q_base, do_base, Lse + bh * Tq, Delta + bh * Tq,
+            qs_base, stride_qt, stride_dot, stride_qst, mask_end, end, Tq, Tk,
+            qk_scale, slope2, False, HAS_SEQ, UPCAST, DOT_PREC, HEAD_DIM, BLOCK_D, BLOCK_M,
+        )  # fmt: skip
+
+    out_offs = b64 * stride_dkb + hkv * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
+    tl.store(DK + out_offs, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + out_offs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_inner(
+    dq, q, do, q_id, row_term, delta, pos, ref, k_base, v_base, ks_base,
+    stride_kt, stride_vt, stride_kst, lo, hi, Tk, qk_scale, slope2,
+    MASKED: tl.constexpr, HAS_SEQ: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Accumulate dQ of one query block over key blocks [lo, hi)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        col_ok = cols < Tk
+        kT = load_tile(
+            k_base + cols[None, :] * stride_kt + offs_d[:, None],
+            d_ok[:, None], col_ok[None, :], BLOCK_D != HEAD_DIM, MASKED,
+        )  # fmt: skip
+        vT = load_tile(
+            v_base + cols[None, :] * stride_vt + offs_d[:, None],
+            d_ok[:, None], col_ok[None, :], BLOCK_D != HEAD_DIM, MASKED,
+        )  # fmt: skip
+        if UPCAST:
+            kT = kT.to(tl.float32)
+            vT = vT.to(tl.float32)
+        qk = tl.dot(q, kT, input_precision=DOT_PREC)  # (BLOCK_M, BLOCK_N)
+        s = qk * qk_scale + (slope2 * (cols - ref).to(tl.float32))[None, :] - row_term[:, None]
+        if MASKED:
+            s = tl.where(cols[None, :] <= pos[:, None], s, float("-inf"))
+        if HAS_SEQ:
+            if MASKED:
+                k_id = tl.load(ks_base + cols * stride_kst, mask=col_ok, other=0)
+            else:
+                k_id = tl.load(ks_base + cols * stride_kst)
+            s = tl.where(q_id[:, None] == k_id[None, :], s, float("-inf"))
+        p = tl.exp2(s)  # p_ij = exp(score_ij - lse_i)
+        dp = tl.dot(do, vT, input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit
+def dq_kernel(
+    Q, K, V, DO, Slopes, Lse, Delta, QSeq, KSeq, KNormMax, DQ, KvStart,
+    sm_scale, skip_nats,
+    stride_qb, stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_dob, stride_dot, stride_doh,
+    stride_dqb, stride_dqt, stride_dqh,
+    stride_qsb, stride_qst, stride_ksb, stride_kst,
+    H, Tq, Tk, TQ_BUCKET, TK_BUCKET,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_SEQ: tl.constexpr, SKIP: tl.constexpr, STORE_KV_START: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(Tq, BLOCK_M), B * H); the last (heaviest) query blocks are launched first."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hkv = h // GROUP
+    b64 = b.to(tl.int64)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < Tq
+    d_ok = offs_d < HEAD_DIM
+    io_mask = row_ok[:, None] & d_ok[None, :]
+    pos = offs_m + (Tk - Tq)
+    p0 = start_m + (Tk - Tq)
+
+    q = tl.load(
+        Q + b64 * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
+        mask=io_mask, other=0.0,
+    )  # fmt: skip
+    do = tl.load(
+        DO + b64 * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
+        mask=io_mask, other=0.0,
+    )  # fmt: skip
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse_offs = pid_bh.to(tl.int64) * Tq + offs_m
+    lse = tl.load(Lse + lse_offs, mask=row_ok, other=float("inf"))
+    delta = tl.load(Delta + lse_offs, mask=row_ok, other=0.0)
+    q_id = offs_m
+    if HAS_SEQ:
+        q_id = tl.load(QSeq + b64 * stride_qsb + offs_m * stride_qst, mask=row_ok, other=0)
+    slope = tl.load(Slopes + h)
+    slope2 = slope * LOG2E
+    qk_scale = sm_scale * LOG2E
+    lse_use = lse
+    if HAS_SEQ:
+        lse_use = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key: p = 0
+    row_term = lse_use * LOG2E + slope2 * (pos - p0).to(tl.float32)
+
+    n_full = ((p0 + 1) // BLOCK_N) * BLOCK_N
+    hi = tl.minimum(p0 + BLOCK_M, Tk)
+    lo = 0
+    if SKIP:
+        qf = q.to(tl.float32)
+        q_norm = tl.sqrt(tl.sum(qf * qf, 1))
+        k_norm_max = tl.load(KNormMax + b * (H // GROUP) + hkv)
+        bound = sm_scale * q_norm * k_norm_max - lse  # lse = -inf rows: +inf, fixed below
+        bound = tl.where(lse == float("-inf"), float("-inf"), bound)
+        lo = tl.minimum(skip_start(pos, bound, slope, skip_nats, row_ok, BLOCK_N), n_full)
+    if STORE_KV_START:
+        tl.store(KvStart + pid_bh * tl.num_programs(0) + pid_m, lo)
+
+    k_base = K + b64 * stride_kb + hkv * stride_kh
+    v_base = V + b64 * stride_vb + hkv * stride_vh
+    ks_base = KSeq + b64 * stride_ksb
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = _dq_inner(
+        dq, q, do, q_id, row_term, delta, pos, p0, k_base, v_base, ks_base,
+        stride_kt, stride_vt, stride_kst, lo, n_full, Tk, qk_scale, slope2,
+        False, HAS_SEQ, UPCAST, DOT_PREC, HEAD_DIM, BLOCK_D, BLOCK_N,
+    )  # fmt: skip
+    dq = _dq_inner(
+        dq, q, do, q_id, row_term, delta, pos, p0, k_base, v_base, ks_base,
+        stride_kt, stride_vt, stride_kst, n_full, hi, Tk, qk_scale, slope2,
+        True, HAS_SEQ, UPCAST, DOT_PREC, HEAD_DIM, BLOCK_D, BLOCK_N,
+    )  # fmt: skip
+    tl.store(
+        DQ + b64 * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :],
+        (dq * sm_scale).to(DQ.dtype.element_ty), mask=io_mask,
+    )  # fmt: skip

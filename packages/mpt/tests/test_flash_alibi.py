@@ -1,0 +1,339 @@
+"""The Triton causal ALiBi FlashAttention against a float64 reference, on CPU (TRITON_INTERPRET=1).
+
+Tiny shapes (the interpreter is slow) with 16 x 16 blocks, so multi-block paths, the diagonal /
+off-diagonal split and lengths that are not multiples of the block all run. Errors are relative
+Frobenius norms ||x - ref|| / ||ref||. Tolerances:
+* fp32 inputs: the kernels compute in fp32 (dot products of <= 128 terms, online softmax), so the
+  error against float64 is ~1e-6; we allow 2e-5.
+* bf16 / fp16 inputs: the interpreter upcasts q, k, v, dO to fp32 after loading, so the error is
+  the rounding of the outputs and gradients to 8 (bf16) or 11 (fp16) mantissa bits: ~3e-3 (bf16),
+  ~4e-4 (fp16) in the norm; we allow 1e-2 and 3e-3.
+The reference takes the same (rounded) inputs upcast to float64, so input rounding cancels.
+"""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if torch.cuda.is_available():  # keep TRITON_INTERPRET out of a GPU test session
+    pytest.skip(
+        "interpreter tests run on CPU-only machines; test_flash_alibi_gpu.py covers the GPU",
+        allow_module_level=True,
+    )
+# Before triton is imported: importing torch does not, and mpt.kernels imports it lazily.
+os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton", reason="triton is not installed (optional dependency mpt[triton])")
+
+from mpt.kernels import (
+    SUPPORTED_HEAD_DIMS,
+    flash_alibi_attention,
+    flash_alibi_decode,
+    flash_alibi_forward,
+    kernels_available,
+    reset_kernel_configs,
+    set_kernel_config,
+    supported_head_dim,
+)
+from mpt.kernels.flash_alibi import _backward_impl, _forward_impl
+
+TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 3e-3}
+
+
+def alibi_slopes(n_heads: int, bias_max: float = 8.0) -> torch.Tensor:
+    """MPT's slopes for a power-of-two head count: 2^(-bias_max * (h + 1) / H)."""
+    return torch.tensor([2.0 ** (-bias_max * (h + 1) / n_heads) for h in range(n_heads)])
+
+
+def reference(q, k, v, slopes, scale=None, q_seq_id=None, k_seq_id=None):
+    """float64 (out (B, Tq, H, D), lse (B, H, Tq)) with the kernels' semantics; differentiable."""
+    B, Tq, H, D = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    kd = k.double().repeat_interleave(H // Hkv, dim=2)
+    vd = v.double().repeat_interleave(H // Hkv, dim=2)
+    s = torch.einsum("bihd,bjhd->bhij", q.double(), kd) * scale
+    dist = (torch.arange(Tq)[:, None] + (Tk - Tq) - torch.arange(Tk)[None, :]).double()
+    s = s - slopes.double()[None, :, None, None] * dist
+    visible = (dist >= 0)[None, None]
+    if q_seq_id is not None:
+        visible = visible & (q_seq_id[:, None, :, None] == k_seq_id[:, None, None, :])
+    s = s.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    any_visible = visible.any(dim=-1, keepdim=True)
+    p = torch.softmax(s.masked_fill(~any_visible, 0.0), dim=-1) * any_visible
+    return torch.einsum("bhij,bjhd->bihd", p, vd), lse
+
+
+def rel(x, ref):
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / ref.norm()).item()
+
+
+def make_inputs(B, Tq, Tk, H, Hkv, D, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Tq, H, D, generator=g).to(dtype)
+    k = torch.randn(B, Tk, Hkv, D, generator=g).to(dtype)
+    v = torch.randn(B, Tk, Hkv, D, generator=g).to(dtype)
+    do = torch.randn(B, Tq, H, D, generator=g).to(dtype)
+    return q, k, v, do
+
+
+def check_against_reference(q, k, v, do, slopes, tol, q_seq_id=None, k_seq_id=None, **kw):
+    """Forward, lse and all three gradients vs float64; returns the kernel's (out, dq, dk, dv)."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = flash_alibi_attention(*leaves, slopes, q_seq_id=q_seq_id, k_seq_id=k_seq_id, **kw)
+    out.backward(do)
+    _, lse = flash_alibi_forward(q, k, v, slopes, q_seq_id=q_seq_id, k_seq_id=k_seq_id, **kw)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    scale = kw.get("softmax_scale")
+    ref_out, ref_lse = reference(*ref_leaves, slopes, scale, q_seq_id, k_seq_id)
+    ref_out.backward(do.double())
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert lse.dtype == torch.float32 and lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+    for name, x in [("out", out), ("dq", leaves[0].grad), ("dk", leaves[1].grad)]:
+        assert torch.isfinite(x).all(), f"{name} has non-finite values"
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite), "lse is -inf exactly where no key is visible"
+    assert rel(lse[finite], ref_lse[finite]) < 2e-5  # fp32 math on the same rounded inputs
+    assert rel(out, ref_out) < tol
+    for leaf, ref_leaf, name in zip(leaves, ref_leaves, ("dq", "dk", "dv"), strict=True):
+        assert leaf.grad.dtype == leaf.dtype and leaf.grad.shape == leaf.shape
+        assert rel(leaf.grad, ref_leaf.grad) < tol, name
+    return out, *(leaf.grad for leaf in leaves)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_configs():
+    reset_kernel_configs()
+    yield
+    reset_kernel_configs()
+
+
+@pytest.mark.parametrize(
+    ("B", "Tq", "Tk", "H", "Hkv", "D", "dtype"),
+    [
+        (2, 37, 37, 2, 2, 16, torch.float32),  # T not a multiple of the block
+        (1, 77, 77, 4, 2, 64, torch.float32),  # grouped-query
+        (1, 37, 37, 2, 1, 112, torch.bfloat16),  # multi-query, D padded to 128 (MPT-30B)
+        (1, 33, 33, 2, 2, 128, torch.bfloat16),
+        (1, 20, 53, 4, 1, 32, torch.float16),  # continuation from a cache (Tq < Tk)
+        (1, 29, 29, 3, 3, 96, torch.float32),  # 3 heads, D padded to 128
+    ],
+)
+def test_matches_reference(B, Tq, Tk, H, Hkv, D, dtype):
+    q, k, v, do = make_inputs(B, Tq, Tk, H, Hkv, D, dtype, seed=Tq * 100 + D)
+    check_against_reference(q, k, v, do, alibi_slopes(H), TOL[dtype])
+
+
+def test_packed_documents_and_empty_rows():
+    B, T, H, Hkv, D = 2, 50, 4, 2, 32
+    q, k, v, do = make_inputs(B, T, T, H, Hkv, D, torch.float32, seed=1)
+    ids = torch.tensor([[0] * 13 + [1] * 20 + [2] * 17, [-1] * 7 + [0] * 43])
+    q_ids = ids.clone()
+    q_ids[0, 40] = 99  # a row that sees no key: output 0, lse -inf, no NaN anywhere
+    out, dq, _, _ = check_against_reference(
+        q, k, v, do, alibi_slopes(H), TOL[torch.float32], q_seq_id=q_ids, k_seq_id=ids
+    )
+    assert torch.all(out[0, 40] == 0) and torch.all(dq[0, 40] == 0)
+    _, lse = flash_alibi_forward(q, k, v, alibi_slopes(H), q_seq_id=q_ids, k_seq_id=ids)
+    assert torch.all(lse[0, :, 40] == float("-inf"))
+
+
+def test_packed_documents_continuation():
+    B, Tq, Tk, H, D = 1, 17, 50, 2, 16
+    q, k, v, do = make_inputs(B, Tq, Tk, H, H, D, torch.float32, seed=2)
+    ids = torch.tensor([[0] * 20 + [1] * 22 + [2] * 8])
+    check_against_reference(
+        q, k, v, do, alibi_slopes(H), TOL[torch.float32], q_seq_id=ids[:, -Tq:], k_seq_id=ids
+    )
+
+
+@pytest.mark.parametrize(("bm", "bn"), [(32, 16), (16, 32)])
+def test_unequal_blocks(bm, bn):
+    for kernel in ("fwd", "dkdv", "dq"):
+        set_kernel_config(kernel, block_m=bm, block_n=bn)
+    q, k, v, do = make_inputs(1, 30, 45, 2, 1, 16, torch.float32, seed=bm)
+    check_against_reference(q, k, v, do, alibi_slopes(2, 4.0), TOL[torch.float32])
+
+
+def test_strided_views_of_fused_qkv_and_custom_scale():
+    B, T, H, D = 2, 21, 2, 16
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(B, T, 3, H, D, generator=g)
+    q, k, v = qkv.unbind(2)  # strided views, last dim contiguous: passed to the kernels as they are
+    assert not q.is_contiguous()
+    do = torch.randn(B, T, H, D, generator=g)
+    check_against_reference(q, k, v, do, alibi_slopes(H), TOL[torch.float32], softmax_scale=0.3)
+    # a non-contiguous last dim is copied first
+    qt = torch.randn(B, T, D, H, generator=g).transpose(-1, -2)
+    assert qt.stride(-1) != 1
+    check_against_reference(qt, k, v, do, alibi_slopes(H), TOL[torch.float32])
+
+
+@pytest.mark.parametrize(("Tq", "Hkv", "dtype"), [(1, 2, torch.float32), (3, 1, torch.bfloat16)])
+def test_decode_with_left_padding(Tq, Hkv, dtype):
+    B, Tk, H, D = 2, 70, 4, 64
+    q, k, v, _ = make_inputs(B, Tq, Tk, H, Hkv, D, dtype, seed=Tq)
+    k_ids = torch.zeros(B, Tk, dtype=torch.long)
+    k_ids[0, :5] = -1  # left padding of each prompt
+    k_ids[1, :23] = -1
+    slopes = alibi_slopes(H)
+    ref, _ = reference(q, k, v, slopes, None, k_ids[:, -Tq:], k_ids)
+    for splits in (1, 3):
+        set_kernel_config("decode", block_m=16, block_n=16, num_splits=splits)
+        out = flash_alibi_decode(q, k, v, slopes, k_seq_id=k_ids)
+        assert out.dtype == dtype and out.shape == q.shape and torch.isfinite(out).all()
+        assert rel(out, ref) < TOL[dtype], splits
+    no_pad = flash_alibi_decode(q, k, v, slopes, skip_bits=None)
+    assert rel(no_pad, reference(q, k, v, slopes)[0]) < TOL[dtype]
+
+
+def _loop_bounds(q, k, v, do, slopes, skip_bits, q_seq_id=None, k_seq_id=None):
+    debug: dict[str, torch.Tensor] = {}
+    scale = q.shape[-1] ** -0.5
+    out, lse, kmax, cb = _forward_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, debug)
+    grads = _backward_impl(
+        do, q, k, v, slopes, out, lse, kmax, cb, scale, q_seq_id, k_seq_id, skip_bits, debug
+    )
+    return (out, lse, *grads), debug
+
+
+@pytest.mark.parametrize("with_seq", [False, True])
+def test_alibi_skip_changes_nothing_but_rounding(with_seq):
+    # Steep slopes (8 heads, 2^3 .. 2^-4) so that whole 16-key blocks are skipped at T = 80.
+    B, Tq, Tk, H, Hkv, D = 1, 64, 80, 8, 2, 16
+    slopes = torch.tensor([2.0 ** (3 - h) for h in range(H)])
+    q, k, v, do = make_inputs(B, Tq, Tk, H, Hkv, D, torch.float32, seed=5)
+    ids = torch.tensor([[0] * 9 + [1] * 71]) if with_seq else None
+    q_ids = ids[:, -Tq:] if with_seq else None
+    on, dbg_on = _loop_bounds(q, k, v, do, slopes, 150.0, q_ids, ids)
+    off, dbg_off = _loop_bounds(q, k, v, do, slopes, 0.0, q_ids, ids)
+    # the loops really moved: later key starts (fwd, dq) and earlier query ends (dk/dv)
+    assert torch.all(dbg_off["fwd_kv_start"] == 0) and torch.all(dbg_off["dq_kv_start"] == 0)
+    assert torch.all(dbg_off["dkdv_q_end"] == Tq)
+    # The two steepest heads (slopes 8 and 4) drop keys more than ~14 and ~28 behind a row.
+    for name in ("fwd_kv_start", "dq_kv_start"):
+        starts = dbg_on[name]  # (B * H, query blocks), multiples of 16
+        assert starts[0, -1] >= 32 and starts[1, -1] >= 16, (name, starts)
+        assert torch.all(starts[-1] == 0), (name, starts)  # slope 1/16 needs every key
+    q_end = dbg_on["dkdv_q_end"]  # (B * H, key blocks)
+    assert q_end[0, 0] < 32 and q_end[1, 0] < 48 and torch.all(q_end[-1] == Tq), q_end
+    for name, x, y in zip(("out", "lse", "dq", "dk", "dv"), on, off, strict=True):
+        assert torch.isfinite(x).all()
+        assert rel(x, y) < 1e-6, name
+    ref_out, _ = reference(q, k, v, slopes, None, q_ids, ids)
+    assert rel(on[0], ref_out) < TOL[torch.float32]
+
+
+def test_decode_skip_matches_no_skip():
+    B, Tq, Tk, H, Hkv, D = 1, 2, 80, 4, 1, 16
+    slopes = torch.tensor([4.0, 1.0, 0.25, 0.0625])
+    q, k, v, _ = make_inputs(B, Tq, Tk, H, Hkv, D, torch.float32, seed=6)
+    set_kernel_config("decode", block_m=16, block_n=16, num_splits=5)
+    on = flash_alibi_decode(q, k, v, slopes)
+    off = flash_alibi_decode(q, k, v, slopes, skip_bits=0)
+    assert rel(on, off) < 1e-6
+    assert rel(on, reference(q, k, v, slopes)[0]) < TOL[torch.float32]
+
+
+def test_torch_compile_one_opaque_op():
+    q, k, v, do = make_inputs(1, 20, 20, 2, 1, 16, torch.float32, seed=7)
+    slopes = alibi_slopes(2)
+
+    def fn(q, k, v):
+        return (flash_alibi_attention(q, k, v, slopes) * do).sum()
+
+    # aot_eager traces forward and backward through the fake implementations (no graph breaks
+    # with fullgraph=True) without needing a C++ compiler; on the GPU test inductor runs too.
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    compiled(*leaves).backward()
+    eager = [t.clone().requires_grad_() for t in (q, k, v)]
+    fn(*eager).backward()
+    for a, b in zip(leaves, eager, strict=True):
+        assert rel(a.grad, b.grad) < 1e-6
+
+
+def test_forward_has_no_autograd_and_empty_inputs():
+    q, k, v, _ = make_inputs(1, 5, 9, 2, 2, 16, torch.float32, seed=8)
+    q.requires_grad_()
+    out, lse = flash_alibi_forward(q, k, v, alibi_slopes(2))
+    assert not out.requires_grad and not lse.requires_grad
+    empty = flash_alibi_attention(q[:, :0], k, v, alibi_slopes(2))
+    assert empty.shape == (1, 0, 2, 16)
+
+
+def _bad(**over):
+    q, k, v, _ = make_inputs(1, 8, 8, 4, 2, 16, torch.float32, seed=9)
+    args = {"q": q, "k": k, "v": v, "slopes": alibi_slopes(4)}
+    kw = {key: over.pop(key) for key in list(over) if key not in args}
+    args.update(over)
+    return flash_alibi_attention(args["q"], args["k"], args["v"], args["slopes"], **kw)
+
+
+@pytest.mark.parametrize(
+    ("over", "exc", "match"),
+    [
+        ({"q": torch.randn(1, 8, 4, 48), "k": torch.randn(1, 8, 2, 48), "v": torch.randn(1, 8, 2, 48)},
+         ValueError, r"D=48 .*\(16, 32, 64, 96, 112, 128\)"),
+        ({"k": torch.randn(1, 8, 3, 16), "v": torch.randn(1, 8, 3, 16)}, ValueError, "multiple of the 3"),
+        ({"q": torch.randn(1, 9, 4, 16)}, ValueError, "Tq=9 .* Tk=8"),
+        ({"k": torch.randn(1, 8, 2, 16).half()}, TypeError, "one dtype"),
+        ({"q": torch.randn(1, 8, 4, 16).double()}, TypeError, "q must be bfloat16"),
+        ({"q": torch.randn(8, 4, 16)}, ValueError, "q must be 4-D"),
+        ({"v": torch.randn(1, 7, 2, 16)}, ValueError, "same shape"),
+        ({"slopes": torch.ones(3)}, ValueError, r"slopes must have shape \(H,\)"),
+        ({"q_seq_id": torch.zeros(1, 8, dtype=torch.long)}, ValueError, "both q_seq_id and k_seq_id"),
+        ({"q_seq_id": torch.zeros(1, 8), "k_seq_id": torch.zeros(1, 8)}, TypeError, "integer"),
+        ({"q_seq_id": torch.zeros(1, 7, dtype=torch.long), "k_seq_id": torch.zeros(1, 8, dtype=torch.long)},
+         ValueError, r"q_seq_id must have shape \(1, 8\)"),
+        ({"skip_bits": -1.0}, ValueError, "skip_bits"),
+        ({"k": torch.randn(1, 8, 2, 16, device="meta")}, ValueError, "one device"),
+    ],
+)  # fmt: skip
+def test_bad_inputs(over, exc, match):
+    with pytest.raises(exc, match=match):
+        _bad(**over)
+
+
+def test_helpers():
+    assert SUPPORTED_HEAD_DIMS == (16, 32, 64, 96, 112, 128)
+    assert supported_head_dim(112) and not supported_head_dim(80)
+    assert kernels_available()
+    with pytest.raises(ValueError, match="unknown config keys"):
+        set_kernel_config("fwd", block_k=3)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        set_kernel_config("attn", block_m=16)
+
+
+def test_import_without_triton():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'triton' or name.startswith('triton.'):\n"
+        "            raise ImportError('blocked for the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import torch, mpt.kernels as K\n"
+        "assert not K.kernels_available()\n"
+        "q = torch.zeros(1, 4, 2, 16)\n"
+        "try:\n"
+        "    K.flash_alibi_attention(q, q, q, torch.ones(2))\n"
+        "except ImportError as e:\n"
+        "    assert 'mpt[triton]' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('no ImportError')\n"
+        "assert 'triton' not in sys.modules\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_slopes_helper_is_mpt_style():
+    assert torch.allclose(alibi_slopes(8), torch.tensor([2.0**-i for i in range(1, 9)]))
+    assert math.isclose(alibi_slopes(2)[0].item(), 2.0**-4)
