@@ -11,7 +11,8 @@ from mpt.attention import ATTENTION
 from mpt.cache import KVCache
 from mpt.config import MPTConfig
 from mpt.generate import generate
-from mpt.model import MPTForCausalLM, MPTOutput, causal_lm_loss
+from mpt.loss import causal_lm_loss, chunked_lm_head_loss
+from mpt.model import MPTForCausalLM, MPTOutput
 from mpt.presets import PRESETS, preset
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "PRESETS",
     "alibi_slopes",
     "causal_lm_loss",
+    "chunked_lm_head_loss",
     "generate",
     "preset",
 ]

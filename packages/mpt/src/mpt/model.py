@@ -19,6 +19,7 @@ from mpt.attention import ATTENTION, AttentionMeta, Case, resolve
 from mpt.cache import KVCache
 from mpt.config import MPTConfig
 from mpt.init import init_weights
+from mpt.loss import causal_lm_loss, chunked_lm_head_loss
 from mpt.norm import make_norm
 
 __all__ = [
@@ -28,13 +29,12 @@ __all__ = [
     "MPTMLP",
     "MPTModel",
     "MPTOutput",
-    "causal_lm_loss",
 ]
 
 
 @dataclass
 class MPTOutput:
-    logits: torch.Tensor  # (B, T, vocab)
+    logits: torch.Tensor | None  # (B, T, vocab); None when asked for the loss alone
     loss: torch.Tensor | None = None
     past_key_values: KVCache | None = None
 
@@ -162,12 +162,15 @@ class MPTForCausalLM(nn.Module):
         sequence_id: torch.Tensor | None = None,
         past_key_values: KVCache | None = None,
         labels: torch.Tensor | None = None,
+        return_logits: bool = True,
     ) -> MPTOutput:
         """Logits (B, T, vocab); with `labels`, the mean loss over tokens whose label is not -100.
 
         `attention_mask` (B, T) or (B, past + T): 1 for real tokens, 0 for (left) padding.
         `sequence_id` (B, T): packed documents attend only within themselves.
         `past_key_values`: a `KVCache` (see `new_cache`), filled in place.
+        `return_logits=False` (with `labels`): the loss alone, through the chunked LM-head loss that
+        never holds the (B, T, vocab) logits (training with large vocabularies and micro-batches).
         """
         cfg, cache = self.config, past_key_values
         B, T = self._check_input(input_ids, cache)
@@ -201,8 +204,14 @@ class MPTForCausalLM(nn.Module):
             )
 
         weight = self.transformer.wte.weight if cfg.tie_word_embeddings else self.lm_head.weight
+        scale = cfg.resolved_logit_scale()
+        if not return_logits:
+            if labels is None:
+                raise ValueError("return_logits=False needs labels: the loss is all it returns")
+            loss = chunked_lm_head_loss(x, weight, labels, logit_scale=scale)
+            return MPTOutput(logits=None, loss=loss, past_key_values=cache)
         logits = F.linear(x, weight)  # (B, T, vocab)
-        if (scale := cfg.resolved_logit_scale()) is not None:
+        if scale is not None:
             logits = logits * scale
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return MPTOutput(logits=logits, loss=loss, past_key_values=cache)
@@ -311,10 +320,3 @@ class MPTForCausalLM(nn.Module):
             backward=torch.is_grad_enabled() and x.requires_grad,
         )
         return resolve(ATTENTION, cfg.attn_impl, cfg.attn_fallback, case)
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100):
-    """Mean next-token cross-entropy; `labels` (B, T) aligned with the inputs, -100 where no loss."""
-    targets = labels[:, 1:].reshape(-1)
-    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    return F.cross_entropy(flat, targets, ignore_index=ignore_index)
