@@ -32,15 +32,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_bench import (
-    _finished,
-    _meta,
+from bench_harness import (
     add_harness_args,
     default_json,
     environment,
+    finished,
     fmt,
     format_table,
     is_oom,
+    last_meta,
     raise_recompile_limits,
     read_log,
     supervise,
@@ -514,7 +514,7 @@ def main() -> int:
     if args.in_process:
         runner = Runner(args)
         worker_loop(keys, runner.run, log, deadline, runner.meta())
-        results, env = _finished(read_log(log)), _meta(read_log(log))
+        results, env = finished(read_log(log)), last_meta(read_log(log))
     else:
         results, env = supervise(
             __file__, sys.argv[1:], keys, log, variant_timeout=args.variant_timeout,

@@ -1,4 +1,4 @@
-"""Causal ALiBi FlashAttention in Triton: the public API, input checks, launch code and custom ops.
+"""Causal ALiBi FlashAttention in Triton: the public API, input checks and custom ops.
 
 Semantics (what the model and the other attention backends rely on):
 
@@ -18,15 +18,18 @@ The forward and backward are the custom ops "mpt::flash_alibi_fwd" and "mpt::fla
 "mpt::flash_alibi_decode", so torch.compile sees each as one opaque op and does not break the
 graph. Triton is imported only when a kernel runs: `import mpt.kernels` works without it.
 
-Knobs for timing variants: `set_autotune()` and `set_kernel_config()`.
+Knobs for timing variants: `set_autotune()` and `set_kernel_config()` (launch configs live in
+`_configs.py`; the launchers that allocate outputs and run the kernels in `_launch.py`).
 """
 
 import functools
 import math
-import os
 
 import torch
 from torch import Tensor
+
+from ._configs import _interpret, reset_kernel_configs, set_autotune, set_kernel_config
+from ._launch import _backward_impl, _decode_impl, _forward_impl
 
 __all__ = [
     "SUPPORTED_HEAD_DIMS",
@@ -42,24 +45,11 @@ __all__ = [
 
 SUPPORTED_HEAD_DIMS: tuple[int, ...] = (16, 32, 64, 96, 112, 128)
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_KERNELS = ("fwd", "dkdv", "dq", "decode")
-
-#: On the GPU, autotune block sizes per (head dim, bucketed lengths, group, masks, dtype).
-#: False: use the forced config (`set_kernel_config`) or the per-head-dim default.
-AUTOTUNE = os.environ.get("MPT_TRITON_AUTOTUNE", "1") != "0"  # set_autotune() changes it
-_FORCED: dict[str, dict[str, int]] = {}
-# Under TRITON_INTERPRET=1 one small config (autotuning there wastes minutes); 16 x 16 blocks
-# make the multi-block paths run at tiny sequence lengths.
-_INTERPRET_CONFIG = {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1}
 
 
 def supported_head_dim(d: int) -> bool:
     """Whether the kernels serve head dim `d` (padded inside to the next power of two)."""
     return d in SUPPORTED_HEAD_DIMS
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 @functools.cache
@@ -74,326 +64,6 @@ def _triton_importable() -> bool:
 def kernels_available() -> bool:
     """Triton importable and something to run on: CUDA, or the CPU interpreter (TRITON_INTERPRET=1)."""
     return _triton_importable() and (torch.cuda.is_available() or _interpret())
-
-
-def _kernels():
-    try:
-        from . import _bwd, _decode, _fwd
-    except ImportError as e:
-        raise ImportError(
-            "mpt.kernels needs Triton to run its attention kernels; install it with "
-            "`pip install 'mpt[triton]'` or pick another attention implementation"
-        ) from e
-    return _fwd, _bwd, _decode
-
-
-def set_autotune(enabled: bool) -> None:
-    """Autotune on the GPU (the default), or use forced/default configs only (timing variants)."""
-    global AUTOTUNE
-    AUTOTUNE = bool(enabled)
-
-
-def set_kernel_config(kernel: str, **config: int) -> None:
-    """Force one launch config for `kernel` ("fwd", "dkdv", "dq" or "decode") instead of autotuning.
-
-    Keys: block_m, block_n, num_warps, num_stages (decode also num_splits). For "dkdv", block_n is
-    the key block of a program and block_m the query rows per step. Example:
-    `set_kernel_config("fwd", block_m=128, block_n=64, num_warps=8, num_stages=3)`.
-    """
-    if kernel not in _KERNELS:
-        raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
-    allowed = {"block_m", "block_n", "num_warps", "num_stages"} | (
-        {"num_splits"} if kernel == "decode" else set()
-    )
-    bad = sorted(set(config) - allowed)
-    if bad:
-        raise ValueError(f"unknown config keys {bad} for {kernel!r}; allowed: {sorted(allowed)}")
-    _FORCED[kernel] = dict(config)
-
-
-def reset_kernel_configs() -> None:
-    """Forget every forced config (back to autotuning on the GPU)."""
-    _FORCED.clear()
-
-
-def _default_config(kernel: str, block_d: int) -> dict[str, int]:
-    """Configs the autotuner picked most often on an H200 (bf16, S = 2048 and 8192)."""
-    small = block_d <= 64
-    if kernel == "fwd":
-        return {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3}
-    if kernel == "dkdv":
-        if small:
-            return {"block_m": 32, "block_n": 128, "num_warps": 4, "num_stages": 3}
-        return {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
-    if kernel == "dq":
-        if small:
-            return {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3}
-        return {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
-    return {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
-
-
-def _tune_space(kernel: str, block_d: int) -> list[tuple[int, int, int, int]]:
-    """(block_m, block_n, num_warps, num_stages) candidates; pruned by head dim (registers)."""
-    if kernel == "fwd":
-        shapes = [(128, 64), (128, 128), (64, 64)] if block_d <= 64 else [(128, 64), (64, 64)]
-        return [(m, n, w, s) for m, n in shapes for w in (4, 8) for s in (2, 3, 4)]
-    if kernel == "dkdv":  # (query rows per step, keys per program)
-        shapes = [(32, 128), (64, 128), (64, 64)] if block_d <= 64 else [(32, 64), (64, 64)]
-        shapes += [(32, 128)] if block_d > 64 else []
-        return [(m, n, w, s) for m, n in shapes for w in (4, 8) for s in (2, 3)]
-    shapes = [(128, 64), (64, 64), (128, 32)] if block_d <= 64 else [(64, 64), (128, 32), (64, 32)]
-    return [(m, n, w, s) for m, n in shapes for w in (4, 8) for s in (2, 3)]
-
-
-@functools.cache
-def _autotuned(kernel: str, block_d: int):
-    import triton
-
-    _fwd, _bwd, _ = _kernels()
-    fn = {"fwd": _fwd.fwd_kernel, "dkdv": _bwd.dkdv_kernel, "dq": _bwd.dq_kernel}[kernel]
-    configs = [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-        for m, n, w, s in _tune_space(kernel, block_d)
-    ]
-    key = ["HEAD_DIM", "TQ_BUCKET", "TK_BUCKET", "GROUP", "HAS_SEQ", "SKIP"]
-    return triton.autotune(configs=configs, key=key)(fn)
-
-
-def _fixed_config(kernel: str, block_d: int) -> dict[str, int] | None:
-    """The config to launch with, or None to autotune."""
-    if kernel in _FORCED:
-        cfg = dict(_default_config(kernel, block_d))
-        if _interpret():
-            cfg.update(_INTERPRET_CONFIG)
-        cfg.update(_FORCED[kernel])
-        return cfg
-    if _interpret():
-        return dict(_INTERPRET_CONFIG)
-    if not AUTOTUNE or kernel == "decode":
-        return _default_config(kernel, block_d)
-    return None
-
-
-def _launch(kernel: str, fn, grid, args: tuple, consts: dict, block_d: int) -> dict[str, int]:
-    """Launch `fn` with a fixed config, or its autotuned wrapper; `grid(block_m, block_n)`."""
-    cfg = _fixed_config(kernel, block_d)
-    if cfg is None:
-        tuned = _autotuned(kernel, block_d)
-        tuned[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **consts)
-        return {}
-    fn[grid(cfg["block_m"], cfg["block_n"])](
-        *args, **consts, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
-    return cfg
-
-
-def _block_d(d: int) -> int:
-    return max(16, 1 << (d - 1).bit_length())
-
-
-def _bucket(t: int) -> int:
-    return max(16, 1 << (max(t, 1) - 1).bit_length())
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _lastdim_contiguous(x: Tensor) -> Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def _dot_prec(dtype: torch.dtype) -> str:
-    # fp32 inputs (tests) want true fp32 products on the GPU, not TF32.
-    return "ieee" if dtype == torch.float32 or _interpret() else "tf32"
-
-
-def _check_device(t: Tensor) -> None:
-    if t.device.type != "cuda" and not _interpret():
-        raise ValueError(
-            f"the Triton attention kernels run on CUDA tensors (or on CPU under TRITON_INTERPRET=1); "
-            f"got tensors on {t.device}"
-        )
-
-
-def _seq_args(q_seq_id: Tensor | None, k_seq_id: Tensor | None, dummy: Tensor) -> tuple:
-    if q_seq_id is None:
-        return (dummy, dummy, 0, 0, 0, 0)
-    return (q_seq_id, k_seq_id, *q_seq_id.stride(), *k_seq_id.stride())
-
-
-def _key_norm_max(k: Tensor) -> Tensor:
-    """(B, Hkv) fp32: max over keys of ||k_j||, one pass over K without an fp32 copy."""
-    _fwd, _, _ = _kernels()
-    B, Tk, Hkv, D = k.shape
-    block_t = 16 if _interpret() else 64
-    n_blk = _cdiv(Tk, block_t)
-    part = torch.empty((B * Hkv, n_blk), device=k.device, dtype=torch.float32)
-    _fwd.key_norm_max_kernel[(n_blk, B * Hkv)](
-        k, part, *k.stride()[:3], Hkv, Tk, HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_T=block_t
-    )
-    return part.amax(dim=1).view(B, Hkv)
-
-
-def _forward_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, debug=None):
-    """Returns (out, lse, kmax, col_bound); the last two are empty when skipping is off."""
-    B, Tq, H, D = q.shape
-    Tk, Hkv = k.shape[1], k.shape[2]
-    dev = q.device
-    out = torch.empty((B, Tq, H, D), device=dev, dtype=q.dtype)
-    lse = torch.empty((B, H, Tq), device=dev, dtype=torch.float32)
-    skip = skip_bits > 0
-    f32_empty = torch.empty(0, device=dev, dtype=torch.float32)
-    if B * H * Tq == 0:
-        return out, lse, f32_empty, f32_empty.clone()
-    _check_device(q)
-    _fwd, _, _ = _kernels()
-    q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
-    dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
-    dummy_f = torch.zeros(1, device=dev, dtype=torch.float32)
-    kmax = _key_norm_max(k) if skip else dummy_f
-    row_bound = torch.empty((B, H, Tq), device=dev, dtype=torch.float32) if skip else dummy_f
-    block_d = _block_d(D)
-    store = debug is not None
-    kv_start = dummy_i
-    if store:
-        cfg = _fixed_config("fwd", block_d)
-        assert cfg is not None, "debug loop bounds need a fixed config (set_kernel_config)"
-        kv_start = torch.full((B * H, _cdiv(Tq, cfg["block_m"])), -1, device=dev, dtype=torch.int32)
-    args = (
-        q, k, v, slopes, out, lse, *_seq_args(q_seq_id, k_seq_id, dummy_i)[:2], kmax, row_bound,
-        kv_start, scale, skip_bits * math.log(2.0),
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        *_seq_args(q_seq_id, k_seq_id, dummy_i)[2:], H, Tq, Tk, _bucket(Tq), _bucket(Tk),
-    )  # fmt: skip
-    consts = {
-        "GROUP": H // Hkv, "HEAD_DIM": D, "BLOCK_D": block_d, "HAS_SEQ": q_seq_id is not None,
-        "SKIP": skip, "STORE_KV_START": store, "UPCAST": _interpret(), "DOT_PREC": _dot_prec(q.dtype),
-    }  # fmt: skip
-    _launch("fwd", _fwd.fwd_kernel, lambda bm, bn: (_cdiv(Tq, bm), B * H), args, consts, block_d)
-    if store:
-        debug["fwd_kv_start"] = kv_start
-    if not skip:
-        return out, lse, f32_empty, f32_empty.clone()
-    return out, lse, kmax.contiguous(), row_bound.amax(dim=-1)
-
-
-def _backward_impl(
-    dout, q, k, v, slopes, out, lse, kmax, col_bound, scale, q_seq_id, k_seq_id, skip_bits,
-    debug=None,
-):  # fmt: skip
-    B, Tq, H, D = q.shape
-    Tk, Hkv = k.shape[1], k.shape[2]
-    dev = q.device
-    dq = torch.empty((B, Tq, H, D), device=dev, dtype=q.dtype)
-    dk = torch.empty((B, Tk, Hkv, D), device=dev, dtype=k.dtype)  # every row is written
-    dv = torch.empty((B, Tk, Hkv, D), device=dev, dtype=v.dtype)
-    if B * H * Tq == 0:
-        return dq, dk.zero_(), dv.zero_()
-    _check_device(q)
-    _, _bwd, _ = _kernels()
-    q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
-    dout = _lastdim_contiguous(dout)
-    skip = skip_bits > 0
-    block_d = _block_d(D)
-    upcast = _interpret()
-    delta = torch.empty((B, H, Tq), device=dev, dtype=torch.float32)
-    pre_m = 16 if upcast else 64
-    _bwd.preprocess_kernel[(_cdiv(Tq, pre_m), B * H)](
-        out, dout, delta, *out.stride()[:3], *dout.stride()[:3], H, Tq,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=pre_m,
-    )  # fmt: skip
-    dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
-    dummy_f = torch.zeros(1, device=dev, dtype=torch.float32)
-    seq = _seq_args(q_seq_id, k_seq_id, dummy_i)
-    store = debug is not None
-    consts = {
-        "GROUP": H // Hkv, "HEAD_DIM": D, "BLOCK_D": block_d, "HAS_SEQ": q_seq_id is not None,
-        "SKIP": skip, "UPCAST": upcast, "DOT_PREC": _dot_prec(q.dtype),
-    }  # fmt: skip
-    skip_nats = skip_bits * math.log(2.0)
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
-    tail = (H, Tq, Tk, _bucket(Tq), _bucket(Tk))
-
-    q_end = dummy_i
-    if store:
-        cfg = _fixed_config("dkdv", block_d)
-        assert cfg is not None, "debug loop bounds need a fixed config (set_kernel_config)"
-        q_end = torch.full((B * H, _cdiv(Tk, cfg["block_n"])), -1, device=dev, dtype=torch.int32)
-    _launch(
-        "dkdv", _bwd.dkdv_kernel, lambda bm, bn: (_cdiv(Tk, bn), B * Hkv),
-        (q, k, v, dout, slopes, lse, delta, *seq[:2], col_bound if skip else dummy_f, dk, dv,
-         q_end, scale, skip_nats, *strides, *dk.stride()[:3], *seq[2:], *tail),
-        {**consts, "STORE_Q_END": store}, block_d,
-    )  # fmt: skip
-
-    kv_start = dummy_i
-    if store:
-        cfg = _fixed_config("dq", block_d)
-        assert cfg is not None, "debug loop bounds need a fixed config (set_kernel_config)"
-        kv_start = torch.full((B * H, _cdiv(Tq, cfg["block_m"])), -1, device=dev, dtype=torch.int32)
-    _launch(
-        "dq", _bwd.dq_kernel, lambda bm, bn: (_cdiv(Tq, bm), B * H),
-        (q, k, v, dout, slopes, lse, delta, *seq[:2], kmax if skip else dummy_f, dq, kv_start,
-         scale, skip_nats, *strides, *dq.stride()[:3], *seq[2:], *tail),
-        {**consts, "STORE_KV_START": store}, block_d,
-    )  # fmt: skip
-    if store:
-        debug["dkdv_q_end"] = q_end
-        debug["dq_kv_start"] = kv_start
-    return dq, dk, dv
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _decode_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits):
-    B, Tq, H, D = q.shape
-    Tk, Hkv = k.shape[1], k.shape[2]
-    dev = q.device
-    out = torch.empty((B, Tq, H, D), device=dev, dtype=q.dtype)
-    if B * H * Tq == 0:
-        return out
-    _check_device(q)
-    _fwd, _, _decode = _kernels()
-    q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
-    group = H // Hkv
-    block_d = _block_d(D)
-    cfg = _fixed_config("decode", block_d)
-    assert cfg is not None
-    rows = group * Tq
-    block_m = min(cfg["block_m"], _bucket(rows))  # >= 16 for tl.dot
-    block_n = cfg["block_n"]
-    n_rows = _cdiv(rows, block_m)
-    n_blocks = _cdiv(Tk, block_n)
-    splits = cfg.get("num_splits")
-    if splits is None:  # about two programs per SM, at least one key block per split
-        target = 2 * _sm_count(dev.index or 0) if dev.type == "cuda" else 4
-        splits = _cdiv(target, B * Hkv * n_rows)
-    splits = max(1, min(splits, n_blocks, 64))
-    split_len = _cdiv(n_blocks, splits) * block_n
-    n_split = _cdiv(Tk, split_len)
-    skip = skip_bits > 0
-    dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
-    kmax = _key_norm_max(k) if skip else torch.zeros(1, device=dev, dtype=torch.float32)
-    o_part = torch.empty((B, H, Tq, n_split, D), device=dev, dtype=torch.float32)
-    lse_part = torch.empty((B, H, Tq, n_split), device=dev, dtype=torch.float32)
-    seq = _seq_args(q_seq_id, k_seq_id, dummy_i)
-    _decode.split_kernel[(n_split, B * Hkv, n_rows)](
-        q, k, v, slopes, *seq[:2], kmax, o_part, lse_part, scale, skip_bits * math.log(2.0),
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *seq[2:], H, Tq, Tk, split_len, n_split,
-        GROUP=group, HEAD_DIM=D, BLOCK_D=block_d, HAS_SEQ=q_seq_id is not None, SKIP=skip,
-        UPCAST=_interpret(), DOT_PREC=_dot_prec(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
-    _decode.combine_kernel[(B * H * Tq,)](
-        o_part, lse_part, out, *out.stride()[:3], H, Tq, n_split,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_S=_bucket(n_split),
-    )  # fmt: skip
-    return out
 
 
 # ---- custom ops: one opaque node each for torch.compile --------------------------------------

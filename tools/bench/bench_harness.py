@@ -1,0 +1,294 @@
+"""Variant isolation for the benchmarks in tools/bench (attention_bench.py, model_bench.py).
+
+A benchmark script's supervisor (`supervise`) runs the script again as a worker (`--_worker LOG`);
+the worker (`worker_loop`) appends one JSON line to LOG when a variant starts and one when it is
+done. A crash, a hang past `variant_timeout`, a broken CUDA context or running out of the time
+budget ends the worker; the supervisor records that variant ("crashed (worker exit code N)",
+"timeout", "skipped: time budget", "interrupted"), starts a new worker for the rest, and gives up
+once three workers have finished nothing. SIGTERM (e.g. from `timeout`) stops the run and keeps
+what was measured. An exception inside a variant is recorded ("OOM" or "error") and the worker
+goes on. `on_progress` lets the script rewrite its JSON (`write_json`, atomic) after each variant.
+
+Also shared: the harness's command-line options (`add_harness_args`), where the JSON goes
+(`default_json`), the environment record, and the table formatting of the final report.
+This is a script helper, not a package: the scripts put tools/bench on sys.path to import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = [
+    "ROOT",
+    "add_harness_args",
+    "append_log",
+    "cuda_usable",
+    "default_json",
+    "environment",
+    "finished",
+    "fmt",
+    "format_table",
+    "is_oom",
+    "last_meta",
+    "raise_recompile_limits",
+    "read_log",
+    "supervise",
+    "worker_loop",
+    "write_json",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def add_harness_args(parser: argparse.ArgumentParser, *, variant_timeout: float) -> None:
+    parser.add_argument("--json", type=Path, help="output JSON (default $OUT/<script>.json)")
+    parser.add_argument("--time-budget", type=float, default=540.0, help="seconds for all variants")
+    parser.add_argument("--variant-timeout", type=float, default=variant_timeout)
+    parser.add_argument("--in-process", action="store_true", help="no worker process (debugging)")
+    parser.add_argument("--_worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--_deadline", type=float, help=argparse.SUPPRESS)
+
+
+def default_json(name: str, device: str) -> Path:
+    out = os.environ.get("OUT")
+    base = Path(out) if out else ROOT / "tools" / "bench" / "out"
+    return base / (f"{name}.json" if device == "cuda" else f"{name}_{device}.json")
+
+
+def read_log(path: Path) -> list[dict]:
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill
+                records.append(json.loads(line))
+    return records
+
+
+def append_log(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+        f.flush()
+
+
+def finished(records: list[dict]) -> dict[str, dict]:
+    """{key: its "done" record} of the variants finished so far."""
+    return {r["key"]: r for r in records if r.get("event") == "done"}
+
+
+def _running(records: list[dict]) -> dict | None:
+    done = finished(records)
+    started = [r for r in records if r.get("event") == "start" and r["key"] not in done]
+    return started[-1] if started else None
+
+
+class _Stop(Exception):
+    """SIGTERM (e.g. from `timeout`): stop the worker, keep what was measured."""
+
+
+def supervise(
+    script: str,
+    argv: list[str],
+    keys: list[str],
+    log: Path,
+    *,
+    variant_timeout: float,
+    deadline: float,
+    on_progress: Callable[[dict[str, dict], dict], None],
+) -> tuple[dict[str, dict], dict]:
+    """Run workers until every key is done; returns ({key: result}, meta written by the workers)."""
+
+    def stop(signum, frame):
+        raise _Stop(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, stop)
+    idle_starts, seen = 0, -1
+    try:
+        while True:
+            records = read_log(log)
+            done = finished(records)
+            todo = [k for k in keys if k not in done]
+            if not todo:
+                break
+            if time.time() > deadline:
+                for k in todo:
+                    append_log(log, {"key": k, "event": "done", "status": "skipped: time budget"})
+                break
+            if len(done) == seen:  # the last worker finished nothing
+                idle_starts += 1
+                if idle_starts >= 3:
+                    for k in todo:
+                        rec = {"key": k, "event": "done", "status": "error: workers keep failing"}
+                        append_log(log, rec)
+                    break
+            seen = len(done)
+            cmd = [
+                sys.executable,
+                script,
+                *argv,
+                "--_worker",
+                str(log),
+                "--_deadline",
+                str(deadline),
+            ]
+            proc = subprocess.Popen(cmd)
+            reported = len(done)
+            try:
+                while proc.poll() is None:
+                    time.sleep(0.5)
+                    records = read_log(log)
+                    if len(finished(records)) != reported:
+                        reported = len(finished(records))
+                        on_progress(finished(records), last_meta(records))
+                    run = _running(records)
+                    late = run is not None and time.time() - run["t"] > variant_timeout
+                    if late or time.time() > deadline + 30:
+                        proc.kill()
+                        proc.wait()
+                        if run is not None:
+                            why = "timeout" if late else "skipped: time budget (killed)"
+                            append_log(log, {"key": run["key"], "event": "done", "status": why})
+            except (_Stop, KeyboardInterrupt):
+                proc.kill()
+                proc.wait()
+                run = _running(read_log(log))
+                if run is not None:
+                    append_log(log, {"key": run["key"], "event": "done", "status": "interrupted"})
+                raise
+            run = _running(read_log(log))
+            if run is not None:  # the worker died inside a variant
+                status = f"crashed (worker exit code {proc.returncode})"
+                append_log(log, {"key": run["key"], "event": "done", "status": status})
+    except (_Stop, KeyboardInterrupt) as err:
+        print(f"\nstopped ({err or 'interrupt'}); writing what was measured", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    records = read_log(log)
+    done = finished(records)
+    for k in keys:
+        done.setdefault(k, {"key": k, "status": "not run"})
+    return done, last_meta(records)
+
+
+def last_meta(records: list[dict]) -> dict:
+    """The meta record the last worker wrote (environment and the like); {} if none."""
+    metas = [r for r in records if r.get("event") == "meta"]
+    return metas[-1]["meta"] if metas else {}
+
+
+def is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def cuda_usable() -> bool:
+    """False once the CUDA context is broken (illegal address, device assert): restart needed."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return True
+    try:
+        torch.cuda.synchronize()
+        return torch.ones(1, device="cuda").add_(1).item() == 2.0
+    except Exception:
+        return False
+
+
+def worker_loop(
+    keys: list[str], run_one: Callable[[str, dict], None], log: Path, deadline: float, meta: dict
+) -> int:
+    """Run the keys not yet done; `run_one(key, record)` fills `record` (kept on an exception)."""
+    import torch
+
+    append_log(log, {"event": "meta", "meta": meta})
+    done = finished(read_log(log))
+    for key in keys:
+        if key in done:
+            continue
+        if time.time() > deadline:
+            append_log(log, {"key": key, "event": "done", "status": "skipped: time budget"})
+            continue
+        append_log(log, {"key": key, "event": "start", "t": time.time()})
+        print(f"--- {key}", flush=True)
+        t0 = time.time()
+        record: dict = {"status": "ok"}
+        try:
+            run_one(key, record)
+        except Exception as err:
+            record["status"] = "OOM" if is_oom(err) else "error"
+            record["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+            traceback.print_exc()
+        record.update(key=key, event="done", seconds=round(time.time() - t0, 1))
+        append_log(log, record)
+        if record["status"] != "ok" and torch.cuda.is_available():
+            if not cuda_usable():
+                print("CUDA context broken; the supervisor restarts the worker", file=sys.stderr)
+                return 3
+            torch.cuda.empty_cache()
+    return 0
+
+
+def raise_recompile_limits(limit: int = 64) -> None:
+    """Let dynamo compile one function for many shapes (or blocks) without falling back to eager."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_cache_size_limit"):
+        with contextlib.suppress(Exception):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.replace(path)
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": device,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        env.update(gpu=props.name, sms=props.multi_processor_count)
+        env["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
+    else:
+        env["gpu"] = None
+    return env
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+    lines = [" | ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def fmt(x, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
