@@ -61,6 +61,9 @@ MODES = {  # amp: fp32 weights + autocast(bf16); bf16: bf16 weights, no autocast
     "bf16-compile": dict(bf16=True, compile=True),
     "compile-attn-eager": dict(bf16=False, compile=True, attn_eager=True),
     "compile-model": dict(bf16=False, compile=True, whole=True),  # torch.compile(model), loss too
+    # per-block compile + the chunked LM-head loss (no (B, T, vocab) logits held)
+    "compile-chunked": dict(bf16=False, compile=True, chunked=True),
+    "bf16-compile-chunked": dict(bf16=True, compile=True, chunked=True),
 }
 # The tiny shape of --device cpu (and of the baselines there): 4 heads of 16, 2 layers.
 TINY = dict(d_model=64, n_heads=4, n_layers=2, vocab_size=256, max_seq_len=64)
@@ -75,7 +78,9 @@ def default_variants(models, backends, modes, baselines) -> list[str]:
     if modes is None:
         order += [(big, "triton", "compile"), ("baseline", "gpt_flex", "compile"),
                   (big, "flex", "compile"), ("baseline", "hf_mpt", "amp"),
-                  (big, "triton", "bf16-compile"), (big, "triton", "amp"), (big, "sdpa", "compile")]  # fmt: skip
+                  (big, "triton", "compile-model"), (big, "triton", "compile-chunked"),
+                  (big, "triton", "bf16-compile"), (big, "triton", "bf16-compile-chunked"),
+                  (big, "triton", "amp"), (big, "sdpa", "compile")]  # fmt: skip
         order += [(m, b, "compile") for m in models for b in ("triton", "flex")]
         order += [(m, "sdpa", "compile") for m in models]
         order += [(m, "torch", "compile") for m in models]
@@ -307,7 +312,7 @@ class Runner:
 
         def loss_of(ids):
             if model != "baseline":
-                return net(ids, labels=ids).loss
+                return net(ids, labels=ids, return_logits=not mode.get("chunked")).loss
             if backend == "hf_mpt":
                 return net(input_ids=ids, labels=ids, use_cache=False).loss
             return net(ids)
