@@ -113,7 +113,9 @@ def test_backends_give_the_same_logits_and_gradients(tiny_mpt):
         out.loss.backward()
         results[impl] = (out.logits.detach(), model.transformer.blocks[0].attn.Wqkv.weight.grad)
     torch.testing.assert_close(results["sdpa"][0], results["torch"][0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(results["sdpa"][1], results["torch"][1], rtol=1e-4, atol=1e-6)
+    # gradients: fp32 sums in another order, compared in the norm (elements near 0 vary more)
+    grad_err = (results["sdpa"][1] - results["torch"][1]).norm() / results["torch"][1].norm()
+    assert float(grad_err) < 1e-5
     with torch.no_grad():  # FlexAttention has no backward on CPU; forward only here
         flex = tiny_mpt(attn_impl="flex", kv_n_heads=2, attn_fallback=None)(ids, sequence_id=seq)
     torch.testing.assert_close(flex.logits, results["torch"][0], rtol=1e-5, atol=1e-5)
@@ -179,7 +181,7 @@ def test_embedding_fraction_scales_the_embedding_gradient(tiny_mpt):
         model = tiny_mpt(embedding_fraction=frac, tie_word_embeddings=False)
         model(ids, labels=ids).loss.backward()
         grads.append(model.transformer.wte.weight.grad)
-    torch.testing.assert_close(grads[1], grads[0] * 0.25)
+    assert float((grads[1] - grads[0] * 0.25).norm() / grads[1].norm()) < 1e-5
 
 
 def test_logit_scale(tiny_mpt):

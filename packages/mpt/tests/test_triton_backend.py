@@ -32,7 +32,9 @@ def test_logits_and_gradients_match_the_torch_backend(tiny_mpt, overrides):
         grads = torch.cat([p.grad.flatten() for p in model.parameters()])
         results[impl] = (out.logits.detach(), grads)
     torch.testing.assert_close(results["triton"][0], results["torch"][0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(results["triton"][1], results["torch"][1], rtol=1e-4, atol=1e-6)
+    # gradients: another summation order (online softmax), compared in the norm
+    grad_err = (results["triton"][1] - results["torch"][1]).norm() / results["torch"][1].norm()
+    assert float(grad_err) < 1e-5
 
 
 def test_generation_with_the_decode_kernel_matches_the_torch_backend(tiny_mpt):
