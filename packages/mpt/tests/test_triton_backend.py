@@ -44,3 +44,9 @@ def test_generation_with_the_decode_kernel_matches_the_torch_backend(tiny_mpt):
         model = tiny_mpt(attn_impl=impl, attn_fallback=None, kv_n_heads=2)
         out[impl] = model.generate(prompts, max_new_tokens=6)
     assert torch.equal(out["triton"], out["torch"])
+
+
+def test_a_head_dim_the_kernel_cannot_serve_is_named(tiny_mpt):
+    model = tiny_mpt(attn_impl="triton", attn_fallback=None, d_model=80, n_heads=1)
+    with pytest.raises(ValueError, match=r"does not support head dim 80 \(supported: \(16, 32"):
+        model(torch.randint(0, 101, (1, 8)))
