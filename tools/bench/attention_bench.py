@@ -64,6 +64,7 @@ TRITON_VARIANTS: dict[str, dict] = {
     "triton": {},
     "triton_noskip": {"skip_bits": None},
     "triton_skip40": {"skip_bits": 40.0},
+    "triton_skiprounding": {"skip_bits": "rounding"},  # 25 + ceil(log2 S): fp32-rounding level
     "triton_default_cfg": {"autotune": False},
     "triton_fwd128x128": {
         "configs": {"fwd": dict(block_m=128, block_n=128, num_warps=8, num_stages=2)}
@@ -251,7 +252,7 @@ def make_specs(extra_triton: dict | None) -> dict[str, Spec]:
 
 def default_backends(specs: dict[str, Spec]) -> list[str]:
     """CORE, the skip variants, the other libraries, then the forced kernel configs."""
-    first = [*CORE, "triton_noskip", "triton_skip40", *OTHERS]
+    first = [*CORE, "triton_noskip", "triton_skiprounding", "triton_skip40", *OTHERS]
     return first + [n for n in specs if n not in first and n not in OPTIONAL]
 
 

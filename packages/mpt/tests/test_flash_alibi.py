@@ -229,6 +229,28 @@ def test_alibi_skip_changes_nothing_but_rounding(with_seq):
     assert rel(on[0], ref_out) < TOL[torch.float32]
 
 
+def test_rounding_threshold_skips_more_and_stays_within_fp32_rounding():
+    # skip_bits="rounding" = 25 + ceil(log2(Tk)) = 32 bits at Tk = 80: the skipped weights of a row
+    # sum to < 2^-25 of its row sum, so results move by fp32 rounding only.
+    B, Tq, Tk, H, Hkv, D = 1, 64, 80, 8, 2, 16
+    slopes = torch.tensor([2.0 ** (3 - h) for h in range(H)])
+    q, k, v, do = make_inputs(B, Tq, Tk, H, Hkv, D, torch.float32, seed=8)
+    exact, dbg_exact = _loop_bounds(q, k, v, do, slopes, 150.0)
+    rounded, dbg_rounded = _loop_bounds(q, k, v, do, slopes, 32.0)
+    assert dbg_rounded["fwd_kv_start"].sum() > dbg_exact["fwd_kv_start"].sum()
+    assert dbg_rounded["dkdv_q_end"].sum() < dbg_exact["dkdv_q_end"].sum()
+    for name, x, y in zip(("out", "lse", "dq", "dk", "dv"), rounded, exact, strict=True):
+        assert rel(x, y) < 1e-6, name
+    set_kernel_config("fwd", block_m=16, block_n=16)
+    try:
+        by_name = flash_alibi_forward(q, k, v, slopes, skip_bits="rounding")[0]
+    finally:
+        reset_kernel_configs()
+    assert torch.equal(by_name, rounded[0])
+    with pytest.raises(ValueError, match="skip_bits must be None, a number or 'rounding'"):
+        flash_alibi_forward(q, k, v, slopes, skip_bits="fast")
+
+
 def test_decode_skip_matches_no_skip():
     B, Tq, Tk, H, Hkv, D = 1, 2, 80, 4, 1, 16
     slopes = torch.tensor([4.0, 1.0, 0.25, 0.0625])

@@ -12,6 +12,10 @@ Semantics (what the model and the other attention backends rely on):
 * skip_bits: key blocks whose softmax weight provably stays below 2^-skip_bits are skipped (see
   `_fwd.py`); with the default 150 the skipped weights are exactly 0 in fp32, so only the
   accumulation order changes. None or 0 turns skipping off (the kernels then do no extra work).
+  "rounding" uses 25 + ceil(log2(Tk)) bits: all skipped weights of a row together stay below
+  Tk * 2^-bits <= 2^-25 of its largest one (and of the row sum, which is >= it), under half an
+  fp32 ulp of that sum, so the output changes by less than fp32 rounding does; far more blocks are
+  skipped than at 150 (at Tk = 2048: 36 bits).
 
 The forward and backward are the custom ops "mpt::flash_alibi_fwd" and "mpt::flash_alibi_bwd"
 (with fake implementations and autograd attached), and the decode path is
@@ -229,6 +233,10 @@ def _check(fn, names, q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_b
     softmax_scale = float(softmax_scale)
     if not math.isfinite(softmax_scale):
         raise ValueError(f"{fn}: softmax_scale must be finite, got {softmax_scale}")
+    if skip_bits == "rounding":
+        skip_bits = 25.0 + math.ceil(math.log2(max(k.shape[1], 1)))
+    if isinstance(skip_bits, str):
+        raise ValueError(f"{fn}: skip_bits must be None, a number or 'rounding', got {skip_bits!r}")
     skip_bits = 0.0 if skip_bits is None else float(skip_bits)
     if not (skip_bits >= 0.0 and math.isfinite(skip_bits)):
         raise ValueError(f"{fn}: skip_bits must be None or a finite number >= 0, got {skip_bits}")
@@ -241,7 +249,7 @@ _QKV = ("q", "k", "v")
 def flash_alibi_attention(
     q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, *, softmax_scale: float | None = None,
     q_seq_id: Tensor | None = None, k_seq_id: Tensor | None = None,
-    skip_bits: float | None = 150.0,
+    skip_bits: float | str | None = 150.0,
 ) -> Tensor:  # fmt: skip
     """Causal ALiBi attention (B, Tq, H, D) -> (B, Tq, H, D), differentiable wrt q, k and v."""
     slopes, scale, skip = _check(
@@ -254,7 +262,7 @@ def flash_alibi_attention(
 def flash_alibi_forward(
     q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, *, softmax_scale: float | None = None,
     q_seq_id: Tensor | None = None, k_seq_id: Tensor | None = None,
-    skip_bits: float | None = 150.0,
+    skip_bits: float | str | None = 150.0,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(out, lse) without autograd; lse (B, H, Tq) fp32 natural-log log-sum-exp, -inf if no key."""
     slopes, scale, skip = _check(
@@ -270,7 +278,7 @@ def flash_alibi_forward(
 def flash_alibi_decode(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, slopes: Tensor, *,
     softmax_scale: float | None = None, k_seq_id: Tensor | None = None,
-    q_seq_id: Tensor | None = None, skip_bits: float | None = 150.0,
+    q_seq_id: Tensor | None = None, skip_bits: float | str | None = 150.0,
 ) -> Tensor:  # fmt: skip
     """Inference attention of a few new tokens q (B, Tq, H, D) against a KV cache (B, Tk, Hkv, D).
 
