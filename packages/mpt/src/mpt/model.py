@@ -191,9 +191,11 @@ class MPTForCausalLM(nn.Module):
             dropout_p=cfg.attn_pdrop if self.training else 0.0,
         )
         padded = attention_mask is not None or (cache is not None and cache.masked)
-        backend = self._backend(x, meta, docs=sequence_id is not None, padded=padded, past=past)
+        backend, dtype = self._backend(
+            x, meta, docs=sequence_id is not None, padded=padded, past=past
+        )
         if backend.prepare is not None:
-            meta.prepared = backend.prepare(meta, B, T, past + T, input_ids.device)
+            meta.prepared = backend.prepare(meta, B, T, past + T, input_ids.device, dtype)
         for block in self.transformer.blocks:
             x = block(x, meta, backend, cache)
         x = self.transformer.norm_f(x)
@@ -305,6 +307,7 @@ class MPTForCausalLM(nn.Module):
         return self._slopes[device]
 
     def _backend(self, x, meta: AttentionMeta, *, docs: bool, padded: bool, past: int):
+        """(the backend that serves this forward, the dtype attention will see)."""
         cfg, dev = self.config, x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         case = Case(
@@ -319,4 +322,4 @@ class MPTForCausalLM(nn.Module):
             grouped_query=cfg.n_kv_heads != cfg.n_heads,
             backward=torch.is_grad_enabled() and x.requires_grad,
         )
-        return resolve(ATTENTION, cfg.attn_impl, cfg.attn_fallback, case)
+        return resolve(ATTENTION, cfg.attn_impl, cfg.attn_fallback, case), dtype

@@ -62,8 +62,9 @@ def torch_attention(q, k, v, meta: AttentionMeta) -> torch.Tensor:
     return torch.matmul(probs, vh).transpose(1, 2)  # (B, Tq, H, D)
 
 
-def _sdpa_prepare(meta: AttentionMeta, batch: int, q_len: int, k_len: int, device):
-    return score_bias(meta, q_len, k_len, device)
+def _sdpa_prepare(meta: AttentionMeta, batch: int, q_len: int, k_len: int, device, dtype=None):
+    bias = score_bias(meta, q_len, k_len, device)
+    return bias if dtype is None else bias.to(dtype)  # cast once, not in every layer
 
 
 def sdpa_attention(q, k, v, meta: AttentionMeta) -> torch.Tensor:
@@ -96,7 +97,7 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex_prepare(meta: AttentionMeta, batch: int, q_len: int, k_len: int, device):
+def _flex_prepare(meta: AttentionMeta, batch: int, q_len: int, k_len: int, device, dtype=None):
     from torch.nn.attention.flex_attention import create_block_mask
 
     offset = k_len - q_len

@@ -75,7 +75,7 @@ class Backend:
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMeta], torch.Tensor]
     caps: Capabilities | Callable[[], Capabilities]  # a callable when it depends on the environment
     available: Callable[[], str | None] = lambda: None  # a reason it cannot run here, or None
-    prepare: Callable[..., Any] | None = None  # (meta, batch, q_len, k_len, device) -> prepared
+    prepare: Callable[..., Any] | None = None  # (meta, B, Tq, Tk, device, dtype) -> prepared
 
     def capabilities(self) -> Capabilities:
         return self.caps() if callable(self.caps) else self.caps
