@@ -219,3 +219,15 @@ def test_low_precision_layernorm_runs_in_the_autocast_dtype():
     expected = F.layer_norm(x.bfloat16(), (32,), norm.weight.bfloat16(), None, norm.eps)
     assert torch.equal(out, expected)
     assert norm(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("return_logits", [True, False])
+def test_whole_model_compiles_into_one_graph(tiny_mpt, return_logits):
+    model = tiny_mpt(attn_impl="sdpa")
+    ids = torch.randint(0, 101, (2, 16))
+    expected = model(ids, labels=ids, return_logits=return_logits)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: no graph break
+    out = compiled(ids, labels=ids, return_logits=return_logits)
+    torch.testing.assert_close(out.loss, expected.loss, rtol=1e-5, atol=1e-6)
+    if return_logits:
+        torch.testing.assert_close(out.logits, expected.logits, rtol=1e-5, atol=1e-5)

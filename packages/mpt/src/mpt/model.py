@@ -252,7 +252,9 @@ class MPTForCausalLM(nn.Module):
                 f"sequence length {total} exceeds max_seq_len {cfg.max_seq_len}; without ALiBi the"
                 " model has no positions beyond it"
             )
-        if input_ids.numel():  # one host sync per forward: cheap next to a bad id's device assert
+        # One host sync per forward, cheap next to a bad id's device-side assert; skipped inside a
+        # compiled graph (where it would split the graph in two).
+        if input_ids.numel() and not torch.compiler.is_compiling():
             low, high = torch.stack(torch.aminmax(input_ids)).tolist()
             if low < 0 or high >= cfg.vocab_size:
                 bad = low if low < 0 else high

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 import torch
@@ -114,12 +114,12 @@ def why_unsupported(backend: Backend, case: Case) -> str | None:
     return None
 
 
-_decisions: dict[tuple[str, str | None, Case], str] = {}
+_decisions: dict[tuple, str] = {}
 
 
 def resolve(backends: dict[str, Backend], name: str, fallback: str | None, case: Case) -> Backend:
     """The backend that serves `case`: `name` if it can, else `fallback` (logged once), else raise."""
-    key = (name, fallback, case)
+    key = (name, fallback, *astuple(case))  # plain values: nothing for torch.compile to rebuild
     if key in _decisions:
         return backends[_decisions[key]]
     if name not in backends:
