@@ -64,6 +64,8 @@ MODES = {  # amp: fp32 weights + autocast(bf16); bf16: bf16 weights, no autocast
     # per-block compile + the chunked LM-head loss (no (B, T, vocab) logits held)
     "compile-chunked": dict(bf16=False, compile=True, chunked=True),
     "bf16-compile-chunked": dict(bf16=True, compile=True, chunked=True),
+    # the triton backend's ALiBi skip at fp32-rounding level instead of exact underflow
+    "compile-chunked-rounding": dict(bf16=False, compile=True, chunked=True, skip_bits="rounding"),
 }
 # The tiny shape of --device cpu (and of the baselines there): 4 heads of 16, 2 layers.
 TINY = dict(d_model=64, n_heads=4, n_layers=2, vocab_size=256, max_seq_len=64)
@@ -79,6 +81,7 @@ def default_variants(models, backends, modes, baselines) -> list[str]:
         order += [(big, "triton", "compile"), ("baseline", "gpt_flex", "compile"),
                   (big, "flex", "compile"), ("baseline", "hf_mpt", "amp"),
                   (big, "triton", "compile-model"), (big, "triton", "compile-chunked"),
+                  (big, "triton", "compile-chunked-rounding"),
                   (big, "triton", "bf16-compile"), (big, "triton", "bf16-compile-chunked"),
                   (big, "triton", "amp"), (big, "sdpa", "compile")]  # fmt: skip
         order += [(m, b, "compile") for m in models for b in ("triton", "flex")]
@@ -134,7 +137,8 @@ def build_mpt(args, model: str, backend: str, mode: dict, rec: dict):
         base = ATTENTION[backend]
         ATTENTION[impl] = dataclasses.replace(base, name=impl, fn=torch.compiler.disable(base.fn))
     # attn_fallback=None: a backend that cannot serve the case raises instead of timing `torch`.
-    cfg = mpt_config(args, model, attn_impl=impl, attn_fallback=None)
+    extra = {"attn_skip_bits": mode["skip_bits"]} if "skip_bits" in mode else {}
+    cfg = mpt_config(args, model, attn_impl=impl, attn_fallback=None, **extra)
     torch.manual_seed(0)
     net = MPTForCausalLM(cfg, device=args.device)
     rec["params"] = sum(p.numel() for p in net.parameters())

@@ -44,6 +44,12 @@ def test_config_errors_name_the_values():
         preset("mpt_2b")
     with pytest.raises(ValueError, match="norm_type 'rmsnorm'"):
         MPTConfig(norm_type="rmsnorm")
+    with pytest.raises(
+        ValueError, match="attn_skip_bits must be None, a number >= 0 or 'rounding'"
+    ):
+        MPTConfig(attn_skip_bits="fast")
+    with pytest.raises(ValueError, match="attn_skip_bits"):
+        MPTConfig(attn_skip_bits=-1)
 
 
 def test_flops_per_token_is_llm_foundrys_definition():

@@ -20,7 +20,10 @@ def _interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # other test modules may have removed it
 
 
-@pytest.mark.parametrize("overrides", [{}, {"kv_n_heads": 2}, {"kv_n_heads": 1, "n_heads": 2}])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"kv_n_heads": 2}, {"kv_n_heads": 1, "n_heads": 2}, {"attn_skip_bits": "rounding"}],
+)
 def test_logits_and_gradients_match_the_torch_backend(tiny_mpt, overrides):
     ids = torch.randint(0, 101, (2, 37))
     seq = torch.tensor([[0] * 20 + [1] * 17, [0] * 37])

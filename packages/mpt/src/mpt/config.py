@@ -48,6 +48,9 @@ class MPTConfig:
     attn_fallback: str | None = "torch"  # backend for cases attn_impl cannot serve; None: raise
     alibi: bool = True
     alibi_bias_max: float = 8
+    # triton backend: skip key blocks whose softmax weight is provably below 2^-bits; 150: exactly
+    # zero in fp32; "rounding": 25 + ceil(log2(keys)), an fp32-rounding-level change; None: off
+    attn_skip_bits: float | str | None = 150.0
     qk_ln: bool = False
     clip_qkv: float | None = None
     softmax_scale: float | None = None  # None: 1 / sqrt(head_dim)
@@ -100,6 +103,15 @@ class MPTConfig:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.alibi and self.alibi_bias_max <= 0:
             problems.append(f"alibi_bias_max must be positive, got {self.alibi_bias_max!r}")
+        skip = self.attn_skip_bits
+        if (
+            isinstance(skip, str)
+            and skip != "rounding"
+            or (not isinstance(skip, str) and skip is not None and not skip >= 0)
+        ):
+            problems.append(
+                f"attn_skip_bits must be None, a number >= 0 or 'rounding', got {skip!r}"
+            )
         if self.clip_qkv is not None and self.clip_qkv <= 0:
             problems.append(f"clip_qkv must be positive or None, got {self.clip_qkv!r}")
         if problems:

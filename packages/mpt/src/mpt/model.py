@@ -189,6 +189,7 @@ class MPTForCausalLM(nn.Module):
             q_seq_id=None if k_ids is None else k_ids[:, past:],
             k_seq_id=k_ids,
             dropout_p=cfg.attn_pdrop if self.training else 0.0,
+            skip_bits=cfg.attn_skip_bits,
         )
         padded = attention_mask is not None or (cache is not None and cache.masked)
         backend, dtype = self._backend(

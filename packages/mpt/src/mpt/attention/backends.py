@@ -204,7 +204,7 @@ def triton_attention(q, k, v, meta: AttentionMeta) -> torch.Tensor:
     slopes = slopes.to(q.device, torch.float32)
     decoding = q.shape[1] < k.shape[1] and q.shape[1] <= 16 and not torch.is_grad_enabled()
     run = kernels.flash_alibi_decode if decoding else kernels.flash_alibi_attention
-    return run(q, k, v, slopes, softmax_scale=meta.softmax_scale, **ids)
+    return run(q, k, v, slopes, softmax_scale=meta.softmax_scale, skip_bits=meta.skip_bits, **ids)
 
 
 def _triton_head_dims() -> tuple[int, ...]:

@@ -64,6 +64,7 @@ class AttentionMeta:
     q_seq_id: torch.Tensor | None = None  # (B, Tq) int64
     k_seq_id: torch.Tensor | None = None  # (B, Tk) int64
     dropout_p: float = 0.0
+    skip_bits: float | str | None = 150.0  # the triton backend's ALiBi block skip (mpt.kernels)
     prepared: Any = None  # what the backend's `prepare` built once for all layers
 
 
