@@ -63,9 +63,8 @@ class MPTConfig:
     init_gain: float = 0.0  # the `a` of kaiming_normal_
     fan_mode: str = "fan_in"
     init_nonlinearity: str = "relu"
-    init_div_is_residual: bool | float = (
-        True  # True: divide residual projections by sqrt(2*n_layers)
-    )
+    # True: divide the residual projections by sqrt(2 * n_layers); a number: by that number
+    init_div_is_residual: bool | float = True
     emb_init_std: float | None = None  # None: the same init as the linear layers
 
     def __post_init__(self) -> None:
