@@ -30,6 +30,7 @@ pytest.importorskip("triton", reason="triton is not installed (optional dependen
 
 from mpt.kernels import (
     SUPPORTED_HEAD_DIMS,
+    _launch,
     flash_alibi_attention,
     flash_alibi_decode,
     flash_alibi_forward,
@@ -227,6 +228,82 @@ def test_alibi_skip_changes_nothing_but_rounding(with_seq):
         assert rel(x, y) < 1e-6, name
     ref_out, _ = reference(q, k, v, slopes, None, q_ids, ids)
     assert rel(on[0], ref_out) < TOL[torch.float32]
+
+
+def test_doc_bounds_match_brute_force():
+    g = torch.Generator().manual_seed(11)
+    pool = torch.tensor([-1, 0, 1, 2, 7, 1000, -5])  # arbitrary, non-contiguous, -1 padding
+    for B, Tq, Tk in [(3, 20, 20), (2, 7, 33), (1, 1, 9), (2, 33, 40)]:
+        for runs in (False, True):  # i.i.d. ids, or runs of ids that reappear later
+            k_ids = pool[torch.randint(len(pool), (B, Tk), generator=g)]
+            if runs:
+                k_ids = k_ids[:, torch.arange(Tk) // 5]
+            q_ids = k_ids[:, Tk - Tq :].clone()
+            q_ids[:, ::3] = pool[torch.randint(len(pool), q_ids[:, ::3].shape, generator=g)]
+            first_key, last_row = _launch._doc_bounds(q_ids, k_ids)
+            assert first_key.dtype == last_row.dtype == torch.int32
+            assert first_key.is_contiguous() and last_row.is_contiguous()
+            for b in range(B):
+                for i in range(Tq):
+                    pos = i + Tk - Tq
+                    seen = [j for j in range(pos + 1) if k_ids[b, j] == q_ids[b, i]]
+                    assert first_key[b, i] == (seen[0] if seen else pos + 1), (b, i)
+                for j in range(Tk):
+                    rows = [i for i in range(Tq) if q_ids[b, i] == k_ids[b, j] and i + Tk - Tq >= j]
+                    assert last_row[b, j] == (rows[-1] if rows else -1), (b, j)
+
+
+def _doc_skip_off(monkeypatch, *args):
+    monkeypatch.setattr(_launch, "_DOC_SKIP", False)
+    try:
+        return _loop_bounds(*args)
+    finally:
+        monkeypatch.setattr(_launch, "_DOC_SKIP", True)
+
+
+@pytest.mark.parametrize("skip_bits", [0.0, 150.0])
+def test_document_skip_packed(monkeypatch, skip_bits):
+    B, T, H, Hkv, D = 2, 80, 2, 1, 16
+    q, k, v, do = make_inputs(B, T, T, H, Hkv, D, torch.float32, seed=12)
+    slopes = alibi_slopes(H, 2.0)  # gentle slopes: the ALiBi skip alone drops little
+    ids = torch.tensor([[0] * 17 + [1] * 30 + [2] * 20 + [3] * 13, [7] * 25 + [3] * 35 + [9] * 20])
+    args = (q, k, v, do, slopes, skip_bits, ids, ids)
+    on, dbg_on = _loop_bounds(*args)
+    off, dbg_off = _doc_skip_off(monkeypatch, *args)
+    for name, x, y in zip(("out", "lse", "dq", "dk", "dv"), on, off, strict=True):
+        assert torch.isfinite(x).all(), name
+        assert rel(x, y) < 1e-6, name
+    ref_out, ref_lse = reference(q, k, v, slopes, None, ids, ids)
+    assert rel(on[0], ref_out) < TOL[torch.float32] and rel(on[1], ref_lse) < 2e-5
+    for name in ("fwd_kv_start", "dq_kv_start"):  # (B * H, query blocks); batch 0 = rows 0, 1
+        start_on, start_off = dbg_on[name], dbg_off[name]
+        assert torch.all(start_on >= start_off) and start_on.sum() > start_off.sum(), name
+        # the smallest first key of each 16-row block, rounded down to 16: batch 0 rows 32..47
+        # start in document 1 (key 17), rows 48..79 in document 2 (key 47); batch 1 rows 64..79
+        # are in document 9 (key 60)
+        expect = torch.tensor([[0, 0, 16, 32, 32]] * 2 + [[0, 0, 16, 16, 48]] * 2)
+        assert torch.equal(start_on, expect.to(torch.int32)), (name, start_on)
+    end_on, end_off = dbg_on["dkdv_q_end"], dbg_off["dkdv_q_end"]  # (B * Hkv * group, key blocks)
+    assert torch.all(end_on <= end_off) and end_on.sum() < end_off.sum()
+    # batch 0, keys 0..15 (document 0): the last row that sees them is 16; keys 16..31: row 46
+    assert torch.all(end_on[:2, 0] == 17) and torch.all(end_on[:2, 1] == 47), end_on
+    assert torch.all(end_on[2:, 0] == 25) and torch.all(end_on[2:, 4] == T), end_on
+
+
+@pytest.mark.parametrize(("bm", "bn"), [(16, 16), (32, 16), (16, 32)])
+def test_document_skip_non_contiguous_ids(bm, bn):
+    for kernel in ("fwd", "dkdv", "dq"):
+        set_kernel_config(kernel, block_m=bm, block_n=bn)
+    B, Tq, Tk, H, Hkv, D = 1, 50, 80, 2, 2, 16
+    q, k, v, do = make_inputs(B, Tq, Tk, H, Hkv, D, torch.float32, seed=13 + bm)
+    # ids 4 and 1 come back after other documents; -1 is padding
+    k_ids = torch.tensor([[-1] * 6 + [4] * 14 + [1] * 15 + [4] * 12 + [2] * 20 + [1] * 13])
+    q_ids = k_ids[:, -Tq:].clone()
+    q_ids[0, 10] = 2  # at pos 40, before id 2's keys (47..66): sees no key at all
+    q_ids[0, 3] = -1  # padding row: sees the padding keys 0..5
+    check_against_reference(
+        q, k, v, do, alibi_slopes(H, 2.0), TOL[torch.float32], q_seq_id=q_ids, k_seq_id=k_ids
+    )
 
 
 def test_rounding_threshold_skips_more_and_stays_within_fp32_rounding():

@@ -16,12 +16,16 @@ The dQ kernel bounds its rows with c_i (recomputed from q and lse) and starts it
 the keys no row needs; the dK/dV kernel gets max_i c_i per (batch, head) (`ColBound`, written by
 the forward) and stops its query loop where every p_ij < 2^-skip_bits. Skipped p_ij are exactly 0
 in fp32 for skip_bits >= 150, so the gradients do not change at all.
+
+Document skip (`HAS_SEQ`): the dQ kernel starts its key loop as the forward does (`FirstKey`);
+the dK/dV kernel ends its query loop after the last row that sees any key of its block in the
+key's document (`LastRow[b, j]`, -1 if none), both from the launcher.
 """
 
 import triton
 import triton.language as tl
 
-from ._fwd import LOG2E, load_tile, skip_start
+from ._fwd import LOG2E, doc_start, load_tile, skip_start
 
 
 @triton.jit
@@ -96,7 +100,7 @@ def _dkdv_inner(
 
 @triton.jit
 def dkdv_kernel(
-    Q, K, V, DO, Slopes, Lse, Delta, QSeq, KSeq, ColBound, DK, DV, QEnd,
+    Q, K, V, DO, Slopes, Lse, Delta, QSeq, KSeq, LastRow, ColBound, DK, DV, QEnd,
     sm_scale, skip_nats,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -145,6 +149,10 @@ def dkdv_kernel(
     first = tl.maximum(n0 - (Tk - Tq), 0)
     n_masked = tl.maximum(n0 + BLOCK_N - 1 - (Tk - Tq), 0) - first
     mask_end = first + tl.cdiv(n_masked, BLOCK_M) * BLOCK_M
+    doc_end = Tq
+    if HAS_SEQ:  # rows after the last one that sees a key of the block: other documents
+        last = tl.load(LastRow + b64 * Tk + cols, mask=col_ok, other=-1)
+        doc_end = tl.max(last, 0) + 1
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -163,11 +171,12 @@ def dkdv_kernel(
             lim = tl.where(lim < Tq, lim, Tq)  # also NaN -> Tq
             lim = tl.where(lim > 0.0, lim, 0.0)
             end = lim.to(tl.int32)
+        end = tl.minimum(end, doc_end)
         if STORE_Q_END:
             tl.store(QEnd + (pid_bkv * GROUP + g) * tl.num_programs(0) + pid_n, end)
         dk, dv = _dkdv_inner(
             dk, dv, k, v, k_id, cols, n0, q_base, do_base, Lse + bh * Tq, Delta + bh * Tq,
-            qs_base, stride_qt, stride_dot, stride_qst, first, tl.minimum(mask_end, Tq), Tq, Tk,
+            qs_base, stride_qt, stride_dot, stride_qst, first, tl.minimum(mask_end, doc_end), Tq, Tk,
             qk_scale, slope2, True, HAS_SEQ, UPCAST, DOT_PREC, HEAD_DIM, BLOCK_D, BLOCK_M,
         )  # fmt: skip
         dk, dv = _dkdv_inner(
@@ -226,7 +235,7 @@ def _dq_inner(
 
 @triton.jit
 def dq_kernel(
-    Q, K, V, DO, Slopes, Lse, Delta, QSeq, KSeq, KNormMax, DQ, KvStart,
+    Q, K, V, DO, Slopes, Lse, Delta, QSeq, KSeq, FirstKey, KNormMax, DQ, KvStart,
     sm_scale, skip_nats,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -291,6 +300,10 @@ def dq_kernel(
         bound = sm_scale * q_norm * k_norm_max - lse  # lse = -inf rows: +inf, fixed below
         bound = tl.where(lse == float("-inf"), float("-inf"), bound)
         lo = tl.minimum(skip_start(pos, bound, slope, skip_nats, row_ok, BLOCK_N), n_full)
+    mask_lo = n_full
+    if HAS_SEQ:  # keys below every row's first visible key: other documents
+        lo = tl.maximum(lo, doc_start(FirstKey + b64 * Tq, offs_m, row_ok, Tk, BLOCK_N))
+        mask_lo = tl.maximum(lo, n_full)  # the start may lie past the unmasked blocks
     if STORE_KV_START:
         tl.store(KvStart + pid_bh * tl.num_programs(0) + pid_m, lo)
 
@@ -305,7 +318,7 @@ def dq_kernel(
     )  # fmt: skip
     dq = _dq_inner(
         dq, q, do, q_id, row_term, delta, pos, p0, k_base, v_base, ks_base,
-        stride_kt, stride_vt, stride_kst, n_full, hi, Tk, qk_scale, slope2,
+        stride_kt, stride_vt, stride_kst, mask_lo, hi, Tk, qk_scale, slope2,
         True, HAS_SEQ, UPCAST, DOT_PREC, HEAD_DIM, BLOCK_D, BLOCK_N,
     )  # fmt: skip
     tl.store(

@@ -14,6 +14,10 @@ Numerics (FlashAttention-2 online softmax, in base 2): inside the key loop the s
 lse at the end. So the off-diagonal blocks pay one FMA for ALiBi and no mask arithmetic; the
 diagonal blocks add the causal mask (`MASKED`); packed documents (`HAS_SEQ`) mask every block.
 
+Document skip (`HAS_SEQ`): `FirstKey[b, i]` (from the launcher) is the first key row i can see
+(pos_i + 1 if none); the key loop starts at the block holding the smallest one over the block's
+rows, since every key below it belongs to other documents for all of them.
+
 ALiBi block skip (`SKIP`): with Kmax = max_j ||k_j|| and m_i >= s_{i,pos_i},
     s_ij - m_i <= sm_scale * (||q_i|| Kmax - q_i . k_{pos_i}) - slope * (pos_i - j),
 so keys farther than (bound + skip_bits ln 2) / slope behind every row of the block have a
@@ -57,6 +61,13 @@ def skip_start(pos, bound, slope, skip_nats, row_ok, BLOCK_N: tl.constexpr):
     lo = tl.where(lo > 0.0, lo, 0.0)
     lo = tl.minimum(lo, 1.0e9).to(tl.int32)
     return (lo // BLOCK_N) * BLOCK_N
+
+
+@triton.jit
+def doc_start(first_key_base, offs_m, row_ok, Tk, BLOCK_N: tl.constexpr):
+    """Start of the key block holding the smallest first visible key of the block's rows."""
+    first = tl.load(first_key_base + offs_m, mask=row_ok, other=Tk)
+    return (tl.min(first, 0) // BLOCK_N) * BLOCK_N
 
 
 @triton.jit
@@ -132,7 +143,7 @@ def _fwd_inner(
 
 @triton.jit
 def fwd_kernel(
-    Q, K, V, Slopes, Out, Lse, QSeq, KSeq, KNormMax, RowBound, KvStart,
+    Q, K, V, Slopes, Out, Lse, QSeq, KSeq, FirstKey, KNormMax, RowBound, KvStart,
     sm_scale, skip_nats,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -192,6 +203,10 @@ def fwd_kernel(
             diag_id = tl.load(ks_base + pos * stride_kst, mask=row_ok, other=0)
             bound = tl.where(diag_id == q_id, bound, float("inf"))
         lo = tl.minimum(skip_start(pos, bound, slope, skip_nats, row_ok, BLOCK_N), n_full)
+    mask_lo = n_full
+    if HAS_SEQ:  # keys below every row's first visible key: other documents
+        lo = tl.maximum(lo, doc_start(FirstKey + b64 * Tq, offs_m, row_ok, Tk, BLOCK_N))
+        mask_lo = tl.maximum(lo, n_full)  # the start may lie past the unmasked blocks
     if STORE_KV_START:
         tl.store(KvStart + pid_bh * tl.num_programs(0) + pid_m, lo)
 
@@ -205,7 +220,7 @@ def fwd_kernel(
     )  # fmt: skip
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, q_id, pos, p0, k_base, v_base, ks_base,
-        stride_kt, stride_vt, stride_kst, n_full, hi, Tk, qk_scale, slope2,
+        stride_kt, stride_vt, stride_kst, mask_lo, hi, Tk, qk_scale, slope2,
         True, HAS_SEQ, UPCAST, DOT_PREC, HEAD_DIM, BLOCK_D, BLOCK_N,
     )  # fmt: skip
 

@@ -5,6 +5,8 @@
 allocate the outputs, make the last dims contiguous, pack strides and flags for the `@triton.jit`
 kernels of `_fwd.py`, `_bwd.py` and `_decode.py`, and launch them with the configs `_configs.py`
 chooses. Passing a `debug` dict (tests only, with a forced config) records the kernels' loop bounds.
+With sequence ids, `_doc_bounds` gives the kernels the per-row first visible key and the per-key
+last row that sees it, so that they skip the blocks of other packed documents.
 """
 
 import functools
@@ -39,6 +41,48 @@ def _seq_args(q_seq_id: Tensor | None, k_seq_id: Tensor | None, dummy: Tensor) -
     if q_seq_id is None:
         return (dummy, dummy, 0, 0, 0, 0)
     return (q_seq_id, k_seq_id, *q_seq_id.stride(), *k_seq_id.stride())
+
+
+#: Private switch (tests): False hands the kernels trivial document bounds (no document skip).
+_DOC_SKIP = True
+
+
+def _doc_bounds(q_seq_id: Tensor, k_seq_id: Tensor) -> tuple[Tensor, Tensor]:
+    """(first_key (B, Tq), last_row (B, Tk)), int32 contiguous, exact for arbitrary integer ids.
+
+    first_key[b, i]: the smallest j <= pos_i (= i + Tk - Tq) with k_seq_id[b, j] == q_seq_id[b, i],
+    else pos_i + 1. last_row[b, j]: the largest i with q_seq_id[b, i] == k_seq_id[b, j] and
+    pos_i >= j, else -1. The first key of an id overall is <= pos_i iff some key of it is, and then
+    it is the answer; likewise the last query row of an id. A stable sort of each row's ids and a
+    batched `searchsorted` find both, with no host sync (this runs once per attention call).
+    """
+    B, Tq = q_seq_id.shape
+    Tk = k_seq_id.shape[1]
+    dev = q_seq_id.device
+    i = torch.arange(Tq, device=dev)
+    j = torch.arange(Tk, device=dev)
+    pos = i + (Tk - Tq)
+    if not _DOC_SKIP:
+        first_key = torch.zeros((B, Tq), device=dev, dtype=torch.int64)
+        return _i32(first_key), _i32(torch.full((B, Tk), Tq - 1, device=dev, dtype=torch.int64))
+    q_ids, k_ids = q_seq_id.to(torch.int64).contiguous(), k_seq_id.to(torch.int64).contiguous()
+    # first key of each query's id: the leftmost equal entry of the stably sorted key ids
+    k_sorted, k_order = torch.sort(k_ids, dim=1, stable=True)
+    at = torch.searchsorted(k_sorted, q_ids, side="left").clamp(max=Tk - 1)
+    found = k_sorted.gather(1, at) == q_ids
+    first = torch.where(found, k_order.gather(1, at), Tk)
+    first_key = torch.where(first <= pos, first, pos + 1)
+    # last query row of each key's id: the rightmost equal entry of the stably sorted query ids
+    q_sorted, q_order = torch.sort(q_ids, dim=1, stable=True)
+    at = (torch.searchsorted(q_sorted, k_ids, side="right") - 1).clamp(min=0)
+    found = q_sorted.gather(1, at) == k_ids
+    last = torch.where(found, q_order.gather(1, at), -1)
+    last_row = torch.where((last >= 0) & (last + (Tk - Tq) >= j), last, -1)
+    return _i32(first_key), _i32(last_row)
+
+
+def _i32(x: Tensor) -> Tensor:
+    return x.to(torch.int32).contiguous()
 
 
 def _key_norm_max(k: Tensor) -> Tensor:
@@ -79,9 +123,10 @@ def _forward_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, debug=N
         cfg = _fixed_config("fwd", block_d)
         assert cfg is not None, "debug loop bounds need a fixed config (set_kernel_config)"
         kv_start = torch.full((B * H, _cdiv(Tq, cfg["block_m"])), -1, device=dev, dtype=torch.int32)
+    first_key = dummy_i if q_seq_id is None else _doc_bounds(q_seq_id, k_seq_id)[0]
     args = (
-        q, k, v, slopes, out, lse, *_seq_args(q_seq_id, k_seq_id, dummy_i)[:2], kmax, row_bound,
-        kv_start, scale, skip_bits * math.log(2.0),
+        q, k, v, slopes, out, lse, *_seq_args(q_seq_id, k_seq_id, dummy_i)[:2], first_key, kmax,
+        row_bound, kv_start, scale, skip_bits * math.log(2.0),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         *_seq_args(q_seq_id, k_seq_id, dummy_i)[2:], H, Tq, Tk, _bucket(Tq), _bucket(Tk),
     )  # fmt: skip
@@ -125,6 +170,9 @@ def _backward_impl(
     dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
     dummy_f = torch.zeros(1, device=dev, dtype=torch.float32)
     seq = _seq_args(q_seq_id, k_seq_id, dummy_i)
+    first_key = last_row = dummy_i
+    if q_seq_id is not None:
+        first_key, last_row = _doc_bounds(q_seq_id, k_seq_id)
     store = debug is not None
     consts = {
         "GROUP": H // Hkv, "HEAD_DIM": D, "BLOCK_D": block_d, "HAS_SEQ": q_seq_id is not None,
@@ -141,8 +189,8 @@ def _backward_impl(
         q_end = torch.full((B * H, _cdiv(Tk, cfg["block_n"])), -1, device=dev, dtype=torch.int32)
     _launch(
         "dkdv", _bwd.dkdv_kernel, lambda bm, bn: (_cdiv(Tk, bn), B * Hkv),
-        (q, k, v, dout, slopes, lse, delta, *seq[:2], col_bound if skip else dummy_f, dk, dv,
-         q_end, scale, skip_nats, *strides, *dk.stride()[:3], *seq[2:], *tail),
+        (q, k, v, dout, slopes, lse, delta, *seq[:2], last_row, col_bound if skip else dummy_f,
+         dk, dv, q_end, scale, skip_nats, *strides, *dk.stride()[:3], *seq[2:], *tail),
         {**consts, "STORE_Q_END": store}, block_d,
     )  # fmt: skip
 
@@ -153,8 +201,8 @@ def _backward_impl(
         kv_start = torch.full((B * H, _cdiv(Tq, cfg["block_m"])), -1, device=dev, dtype=torch.int32)
     _launch(
         "dq", _bwd.dq_kernel, lambda bm, bn: (_cdiv(Tq, bm), B * H),
-        (q, k, v, dout, slopes, lse, delta, *seq[:2], kmax if skip else dummy_f, dq, kv_start,
-         scale, skip_nats, *strides, *dq.stride()[:3], *seq[2:], *tail),
+        (q, k, v, dout, slopes, lse, delta, *seq[:2], first_key, kmax if skip else dummy_f, dq,
+         kv_start, scale, skip_nats, *strides, *dq.stride()[:3], *seq[2:], *tail),
         {**consts, "STORE_KV_START": store}, block_d,
     )  # fmt: skip
     if store:
