@@ -98,6 +98,17 @@ def attn_flops(shape) -> float:
     return 2.0 * b * h * s * s * d  # causal forward, FlashAttention's convention
 
 
+def doc_ids(batch: int, seq: int, docs: int, device):
+    """(batch, seq) int64 ids of `docs` packed documents of unequal lengths (the same per row)."""
+    import torch
+
+    # boundaries at uneven fractions of the sequence, so documents do not align with blocks
+    cuts = torch.tensor([(n * n + n) / (docs * docs + docs) for n in range(1, docs)])
+    bounds = (cuts * seq).long().to(device)
+    ids = torch.bucketize(torch.arange(seq, device=device), bounds, right=True)
+    return ids.expand(batch, seq).contiguous()
+
+
 def parse_triton_config(text: str) -> dict:
     """'fwd:block_m=128,block_n=64,num_warps=8,num_stages=3;dq:...' -> {"fwd": {...}, ...}."""
     configs = {}
@@ -116,6 +127,7 @@ class Ctx:
     scale: float
     notes: list[str] = field(default_factory=list)
     backward: bool = True  # False: the backend has no backward here (forward timed alone)
+    seq_id: object = None  # (B, S) int64 document ids with --docs N (packed documents), else None
 
 
 @dataclass
@@ -142,6 +154,8 @@ def _triton_setup(opts: dict):
         if ctx.device == "cpu":
             ctx.notes.append("interpreter")
         kw = {"skip_bits": opts["skip_bits"]} if "skip_bits" in opts else {}
+        if ctx.seq_id is not None:
+            kw.update(q_seq_id=ctx.seq_id, k_seq_id=ctx.seq_id)
 
         def fn(q, k, v):
             return kernels.flash_alibi_attention(q, k, v, ctx.slopes, softmax_scale=ctx.scale, **kw)
@@ -160,9 +174,16 @@ def _flex_setup(mode: str | None):
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         b, s, h, d = ctx.shape
-        block_mask = create_block_mask(
-            lambda b, h, q, kv: kv <= q, None, None, s, s, device=ctx.device
-        )
+        ids = ctx.seq_id
+        if ids is None:
+            block_mask = create_block_mask(
+                lambda b, h, q, kv: kv <= q, None, None, s, s, device=ctx.device
+            )
+        else:  # packed documents: the block mask skips other documents' blocks too
+            block_mask = create_block_mask(
+                lambda b, h, q, kv: (kv <= q) & (ids[b, q] == ids[b, kv]),
+                b, None, s, s, device=ctx.device,
+            )  # fmt: skip
         slopes = ctx.slopes
 
         def alibi(score, b, h, q_idx, kv_idx):
@@ -194,9 +215,14 @@ def _sdpa_setup(ctx: Ctx):
     b, s, h, d = ctx.shape
     pos = torch.arange(s, device=ctx.device)
     dist = (pos[None, :] - pos[:, None]).float()  # j - i
-    bias = torch.empty((1, h, s, s), device=ctx.device, dtype=torch.bfloat16)
+    hidden = dist > 0
+    if ctx.seq_id is not None:  # packed documents: one bias per batch row
+        hidden = hidden | (ctx.seq_id[:, :, None] != ctx.seq_id[:, None, :])  # (B, S, S)
+    else:
+        hidden = hidden[None]
+    bias = torch.empty((hidden.shape[0], h, s, s), device=ctx.device, dtype=torch.bfloat16)
     for i in range(h):  # one head at a time: no fp32 (H, S, S) temporary
-        bias[0, i] = (ctx.slopes[i] * dist).masked_fill(dist > 0, float("-inf"))
+        bias[:, i] = (ctx.slopes[i] * dist)[None].masked_fill(hidden, float("-inf"))
     ctx.notes.append(f"bias {bias.numel() * 2 / 2**30:.2f} GiB")
 
     def fn(q, k, v):
@@ -208,6 +234,9 @@ def _sdpa_setup(ctx: Ctx):
 def _sdpa_flash_setup(ctx: Ctx):
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if ctx.seq_id is not None:
+        raise RuntimeError("unavailable: SDPA's FlashAttention takes no document mask")
 
     def fn(q, k, v):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -221,6 +250,8 @@ def _flash_setup(ctx: Ctx):
 
     if importlib.util.find_spec("flash_attn") is None:
         raise RuntimeError("unavailable: flash_attn is not installed")
+    if ctx.seq_id is not None:
+        raise RuntimeError("unavailable: flash_attn_func takes no document mask (varlen only)")
     if ctx.device != "cuda":
         raise RuntimeError("unavailable: flash_attn runs on CUDA only")
     from flash_attn import flash_attn_func
@@ -299,6 +330,9 @@ class Bench:
             pos = torch.arange(s, device=dev, dtype=torch.float64)
             dist = pos[None, :] - pos[:, None]  # j - i
             mask = dist > 0
+            if self.args.docs:
+                ids0 = doc_ids(1, s, self.args.docs, dev)[0]
+                mask = mask | (ids0[:, None] != ids0[None, :])
             chunk = max(1, int(2**28 // (s * s)))  # ~2 GiB of float64 scores per chunk
             outs, grads = [], []
             for h0 in range(0, h, chunk):
@@ -368,6 +402,9 @@ class Bench:
 
         slopes = alibi_slopes(h, 8, device=self.device)
         ctx = Ctx(shape, self.device, slopes, 1 / math.sqrt(d))
+        if self.args.docs:
+            ctx.seq_id = doc_ids(b, s, self.args.docs, self.device)
+            rec["docs"] = self.args.docs
         q, k, v, do = self.inputs(shape, spec.layout)
         ref = self.reference(shape, spec.alibi, slopes, ctx.scale)
         if self.device == "cuda":
@@ -526,6 +563,9 @@ def main() -> int:
                         + ",".join(OPTIONAL))  # fmt: skip
     parser.add_argument("--triton-config", default=None, help="adds variant triton_custom, e.g. "
                         "'fwd:block_m=128,block_n=64,num_warps=8,num_stages=3;dq:block_m=64,...'")  # fmt: skip
+    parser.add_argument("--docs", type=int, default=0, help="pack N documents per sequence (ids "
+                        "for the kernels, a document block mask for flex, a bias for sdpa); TFLOP/s still count "
+                        "the whole causal sequence, so they read as effective rates")  # fmt: skip
     add_harness_args(parser, variant_timeout=300)
     args = parser.parse_args()
     if args.dry_run:
