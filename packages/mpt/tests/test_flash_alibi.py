@@ -306,6 +306,24 @@ def test_document_skip_non_contiguous_ids(bm, bn):
     )
 
 
+def test_decode_takes_a_key_norm_bound_from_the_caller():
+    B, Tq, Tk, H, Hkv, D = 2, 1, 80, 4, 2, 16
+    slopes = torch.tensor([4.0, 1.0, 0.25, 0.0625])
+    q, k, v, _ = make_inputs(B, Tq, Tk, H, Hkv, D, torch.float32, seed=9)
+    exact = k.norm(dim=-1).amax(dim=1)  # (B, Hkv): what a KV cache's running max holds
+    set_kernel_config("decode", block_m=16, block_n=16, num_splits=5)
+    try:
+        found = flash_alibi_decode(q, k, v, slopes)  # finds the bound with a pass over K
+        given = flash_alibi_decode(q, k, v, slopes, k_norm_max=exact)
+        loose = flash_alibi_decode(q, k, v, slopes, k_norm_max=exact * 3)  # any upper bound works
+    finally:
+        reset_kernel_configs()
+    assert torch.equal(given, found)
+    assert rel(loose, found) < 1e-6
+    with pytest.raises(ValueError, match=r"k_norm_max must be \(B, Hkv\) = \(2, 2\)"):
+        flash_alibi_decode(q, k, v, slopes, k_norm_max=exact[:, :1])
+
+
 def test_rounding_threshold_skips_more_and_stays_within_fp32_rounding():
     # skip_bits="rounding" = 25 + ceil(log2(Tk)) = 32 bits at Tk = 80: the skipped weights of a row
     # sum to < 2^-25 of its row sum, so results move by fp32 rounding only.

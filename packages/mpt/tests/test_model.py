@@ -105,6 +105,8 @@ def test_kv_cache_steps_equal_the_full_forward(tiny_mpt, overrides):
     for t in range(7, 12):
         parts.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+    keys = cache.keys[1][:, :12].float()  # the decode kernel's ALiBi-skip bound, kept as it grows
+    torch.testing.assert_close(cache.key_norm_max[1], keys.norm(dim=-1).amax(dim=1))
     with pytest.raises(ValueError, match="KV cache holds 12 positions; 12 are filled and 1 more"):
         model(ids[:, :1], past_key_values=cache)
 

@@ -29,6 +29,12 @@ class KVCache:
         shape = (batch_size, capacity, n_kv_heads, head_dim)
         self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        # running max of ||k|| per (batch, kv head): the Triton decode kernel's ALiBi skip bound,
+        # kept here so that a decode step does not read the whole cache once more to find it
+        norm_shape = (batch_size, n_kv_heads)
+        self.key_norm_max = [
+            torch.zeros(norm_shape, device=device, dtype=torch.float32) for _ in range(n_layers)
+        ]
         self.seq_ids = torch.zeros((batch_size, capacity), device=device, dtype=torch.long)
         self.positions = torch.zeros((batch_size,), device=device, dtype=torch.long)  # real tokens
         self.capacity = capacity
@@ -51,6 +57,8 @@ class KVCache:
         end = self.length + k.shape[1]
         self.keys[layer][:, self.length : end] = k
         self.values[layer][:, self.length : end] = v
+        new_max = k.detach().float().norm(dim=-1).amax(dim=1)  # (B, Hkv)
+        torch.maximum(self.key_norm_max[layer], new_max, out=self.key_norm_max[layer])
         return self.keys[layer][:, :end], self.values[layer][:, :end]
 
     def advance(self, seq_ids: torch.Tensor, *, masked: bool) -> None:

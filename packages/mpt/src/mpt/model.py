@@ -8,6 +8,7 @@ outside over `blocks()`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,7 @@ class MPTAttention(nn.Module):
         v = v.view(B, T, cfg.n_kv_heads, cfg.head_dim)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, past + T, Hkv, D)
+            meta = dataclasses.replace(meta, k_norm_max=cache.key_norm_max[self.layer_idx])
         out = backend.fn(q, k, v, meta)  # (B, T, H, D)
         return self.out_proj(out.reshape(B, T, cfg.d_model))
 

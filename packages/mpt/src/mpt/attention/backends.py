@@ -203,8 +203,10 @@ def triton_attention(q, k, v, meta: AttentionMeta) -> torch.Tensor:
         ids = dict(q_seq_id=q_ids, k_seq_id=meta.k_seq_id)
     slopes = slopes.to(q.device, torch.float32)
     decoding = q.shape[1] < k.shape[1] and q.shape[1] <= 16 and not torch.is_grad_enabled()
-    run = kernels.flash_alibi_decode if decoding else kernels.flash_alibi_attention
-    return run(q, k, v, slopes, softmax_scale=meta.softmax_scale, skip_bits=meta.skip_bits, **ids)
+    kw = dict(softmax_scale=meta.softmax_scale, skip_bits=meta.skip_bits, **ids)
+    if decoding:
+        return kernels.flash_alibi_decode(q, k, v, slopes, k_norm_max=meta.k_norm_max, **kw)
+    return kernels.flash_alibi_attention(q, k, v, slopes, **kw)
 
 
 def _triton_head_dims() -> tuple[int, ...]:

@@ -65,6 +65,7 @@ class AttentionMeta:
     k_seq_id: torch.Tensor | None = None  # (B, Tk) int64
     dropout_p: float = 0.0
     skip_bits: float | str | None = 150.0  # the triton backend's ALiBi block skip (mpt.kernels)
+    k_norm_max: torch.Tensor | None = None  # (B, Hkv) bound on ||k|| of this layer's cached keys
     prepared: Any = None  # what the backend's `prepare` built once for all layers
 
 

@@ -216,7 +216,7 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _decode_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits):
+def _decode_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, k_norm_max=None):
     B, Tq, H, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     dev = q.device
@@ -244,7 +244,9 @@ def _decode_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits):
     n_split = _cdiv(Tk, split_len)
     skip = skip_bits > 0
     dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
-    kmax = _key_norm_max(k) if skip else torch.zeros(1, device=dev, dtype=torch.float32)
+    kmax = torch.zeros(1, device=dev, dtype=torch.float32)
+    if skip:  # a bound the caller keeps (a KV cache's running max) saves a pass over K
+        kmax = k_norm_max if k_norm_max is not None else _key_norm_max(k)
     o_part = torch.empty((B, H, Tq, n_split, D), device=dev, dtype=torch.float32)
     lse_part = torch.empty((B, H, Tq, n_split), device=dev, dtype=torch.float32)
     seq = _seq_args(q_seq_id, k_seq_id, dummy_i)

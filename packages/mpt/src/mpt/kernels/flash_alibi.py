@@ -141,12 +141,15 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 def _decode_op(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, slopes: Tensor, softmax_scale: float,
     q_seq_id: Tensor | None, k_seq_id: Tensor | None, skip_bits: float,
+    k_norm_max: Tensor | None,
 ) -> Tensor:  # fmt: skip
-    return _decode_impl(q, k_cache, v_cache, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits)
+    return _decode_impl(
+        q, k_cache, v_cache, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits, k_norm_max
+    )
 
 
 @_decode_op.register_fake
-def _(q, k_cache, v_cache, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits):
+def _(q, k_cache, v_cache, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits, k_norm_max):
     return q.new_empty(q.shape)
 
 
@@ -279,13 +282,16 @@ def flash_alibi_decode(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, slopes: Tensor, *,
     softmax_scale: float | None = None, k_seq_id: Tensor | None = None,
     q_seq_id: Tensor | None = None, skip_bits: float | str | None = 150.0,
+    k_norm_max: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
     """Inference attention of a few new tokens q (B, Tq, H, D) against a KV cache (B, Tk, Hkv, D).
 
     The cache holds the new tokens' keys too (its last Tq positions). Split-KV: the keys are
     divided among programs and the partial results merged. `k_seq_id` alone is enough (left
     padding as id -1 for pad keys); `q_seq_id` then defaults to the ids of the last Tq keys.
-    The ALiBi skip needs max ||k|| over the cache (one extra pass over K); skip_bits=None turns it off.
+    The ALiBi skip needs an upper bound on ||k|| over the cache per (batch, kv head): pass it as
+    `k_norm_max` (B, Hkv) fp32 (a KV cache can keep a running max as keys arrive) or it is found
+    with one extra pass over K. skip_bits=None turns the skip off.
     """
     if q_seq_id is None and isinstance(k_seq_id, Tensor) and isinstance(q, Tensor):
         if k_seq_id.dim() == 2 and q.dim() == 4 and q.shape[1] <= k_seq_id.shape[1]:
@@ -296,7 +302,15 @@ def flash_alibi_decode(
         "flash_alibi_decode", ("q", "k_cache", "v_cache"), q, k_cache, v_cache, slopes,
         softmax_scale, q_seq_id, k_seq_id, skip_bits,
     )  # fmt: skip
+    if k_norm_max is not None:
+        expected = (k_cache.shape[0], k_cache.shape[2])
+        if not isinstance(k_norm_max, Tensor) or tuple(k_norm_max.shape) != expected:
+            got = tuple(k_norm_max.shape) if isinstance(k_norm_max, Tensor) else type(k_norm_max)
+            raise ValueError(
+                f"flash_alibi_decode: k_norm_max must be (B, Hkv) = {expected}, got {got}"
+            )
+        k_norm_max = k_norm_max.to(k_cache.device, torch.float32).contiguous()
     with torch.no_grad():
         return torch.ops.mpt.flash_alibi_decode(
-            q, k_cache, v_cache, slopes, scale, q_seq_id, k_seq_id, skip
+            q, k_cache, v_cache, slopes, scale, q_seq_id, k_seq_id, skip, k_norm_max
         )
