@@ -26,7 +26,6 @@ import contextlib
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +44,7 @@ from streaming.format import (
     shard_basenames,
 )
 from streaming.hashing import check_hash_names, get_hash
+from streaming.storage.stores import write_bytes_atomic
 
 __all__ = ["MDSWriter"]
 
@@ -212,17 +212,7 @@ class MDSWriter:
     def _write_file(self, basename: str, data: bytes) -> str:
         """Write `data` as local `basename` via a temporary name, so it appears whole or not at all."""
         path = os.path.join(self.local, basename)
-        tmp = os.path.join(self.local, f".{basename}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+        write_bytes_atomic(path, data)
         return path
 
     def _file_info(self, basename: str, data: bytes) -> FileInfo:

@@ -29,6 +29,7 @@ from streaming.storage import (
     read_bytes,
     upload_bytes,
 )
+from streaming.storage import write_bytes_atomic as atomic_write_bytes
 
 __all__ = [
     "check_files",
@@ -181,20 +182,9 @@ def write_pointer(folder: str, name: str, options: dict[str, Any]) -> None:
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write a local file through a temp file, fsync it, rename it into place, fsync the folder."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fsync_folder(folder)
+    """streaming's atomic local write (temp file, fsync, rename), then fsync the folder too."""
+    atomic_write_bytes(path, data)
+    fsync_folder(os.path.dirname(os.path.abspath(path)))
 
 
 def fsync_folder(folder: str) -> None:

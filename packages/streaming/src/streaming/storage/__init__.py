@@ -42,9 +42,11 @@ from streaming.storage.stores import (
     STORES,
     LocalStore,
     ObjectStore,
+    atomic_write,
     get_store,
     is_partial_name,
     store_class,
+    write_bytes_atomic,
 )
 from streaming.storage.upload import Uploader
 from streaming.storage.urls import is_remote, join_url, local_path_of, parse_out, scheme_of
@@ -61,6 +63,7 @@ __all__ = [
     "S3Store",
     "TransientStorageError",
     "Uploader",
+    "atomic_write",
     "call_with_retries",
     "delete_object",
     "download",
@@ -79,4 +82,5 @@ __all__ = [
     "store_class",
     "upload_bytes",
     "upload_file",
+    "write_bytes_atomic",
 ]

@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from streaming.errors import CredentialsError, RemoteNotFoundError, StorageError
@@ -29,9 +30,11 @@ __all__ = [
     "STORES",
     "LocalStore",
     "ObjectStore",
+    "atomic_write",
     "get_store",
     "is_partial_name",
     "store_class",
+    "write_bytes_atomic",
 ]
 
 
@@ -161,25 +164,43 @@ class LocalStore:
             raise _local_error(err, url, path, "create folder") from err
 
     def _write(self, url: str, write: Any) -> None:
-        """Write through a unique temp file beside the target, then rename it into place."""
         path = local_path_of(url)
-        folder, name = os.path.split(os.path.abspath(path))
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:
-            os.makedirs(folder, exist_ok=True)
-            write(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            atomic_write(path, write)
         except OSError as err:
-            _remove_quietly(tmp)
             raise _local_error(err, url, path, "write") from err
-        except BaseException:
-            _remove_quietly(tmp)
-            raise
+
+
+def atomic_write(path: str, write: Callable[[str], Any]) -> None:
+    """Create the local file `path` whole or not at all.
+
+    `write(tmp)` fills a unique temp file beside it (its folder is created if missing); the temp
+    file is fsynced and renamed into place, and removed if anything fails on the way.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """`atomic_write` of `data`."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as file:
+            file.write(data)
+
+    atomic_write(path, write)
 
 
 def _remove_quietly(path: str) -> None:
