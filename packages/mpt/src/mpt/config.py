@@ -31,9 +31,8 @@ class MPTConfig:
     n_layers: int = 12
     expansion_ratio: float = 4
     max_seq_len: int = 2048
-    vocab_size: int = (
-        50368  # GPT-NeoX-20B's 50277 tokens padded to a multiple of 64, as llm-foundry
-    )
+    # GPT-NeoX-20B's 50277 tokens padded to a multiple of 64, as llm-foundry does
+    vocab_size: int = 50368
     kv_n_heads: int | None = None  # None: one key/value head per query head; 1: multi-query
     # layers
     no_bias: bool = True

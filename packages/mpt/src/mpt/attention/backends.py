@@ -97,26 +97,34 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex_prepare(meta: AttentionMeta, batch: int, q_len: int, k_len: int, device, dtype=None):
+@functools.lru_cache(maxsize=16)
+def _causal_block_mask(q_len: int, k_len: int, device: str):
+    """The plain causal block mask of a shape: the same in every forward, so built once."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     offset = k_len - q_len
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx + offset
+
+    return create_block_mask(mask_mod, None, None, q_len, k_len, device=device)
+
+
+def _flex_prepare(meta: AttentionMeta, batch: int, q_len: int, k_len: int, device, dtype=None):
+    from torch.nn.attention.flex_attention import create_block_mask
+
     k_ids = meta.k_seq_id
-    q_ids = meta.q_seq_id if meta.q_seq_id is not None or k_ids is None else k_ids[:, -q_len:]
-
     if k_ids is None:
+        if torch.compiler.is_compiling():  # traced into the graph; no Python-side cache there
+            return _causal_block_mask.__wrapped__(q_len, k_len, str(device))
+        return _causal_block_mask(q_len, k_len, str(device))
+    offset = k_len - q_len
+    q_ids = meta.q_seq_id if meta.q_seq_id is not None else k_ids[:, -q_len:]
 
-        def mask_mod(b, h, q_idx, kv_idx):
-            return kv_idx <= q_idx + offset
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx + offset) & (q_ids[b, q_idx] == k_ids[b, kv_idx])
 
-        mask_batch = None
-    else:
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return (kv_idx <= q_idx + offset) & (q_ids[b, q_idx] == k_ids[b, kv_idx])
-
-        mask_batch = batch
-    return create_block_mask(mask_mod, mask_batch, None, q_len, k_len, device=str(device))
+    return create_block_mask(mask_mod, batch, None, q_len, k_len, device=str(device))
 
 
 def flex_attention(q, k, v, meta: AttentionMeta) -> torch.Tensor:
