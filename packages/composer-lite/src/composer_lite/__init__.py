@@ -10,6 +10,7 @@ algorithms see and change the run's `State` at the events of `composer_lite.even
 from composer_lite.config import GuardConfig, TrainerConfig
 from composer_lite.core import Algorithm, Callback, Logger, State
 from composer_lite.events import Event
+from composer_lite.optim import MasterWeightAdamW
 from composer_lite.parallel import ParallelConfig
 from composer_lite.protocols import (
     LMBatch,
@@ -23,7 +24,7 @@ from composer_lite.schedulers import Schedule
 from composer_lite.time import Time, Timestamp, TimeUnit
 from composer_lite.trainer import Trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "Algorithm",
     "Callback",
@@ -31,6 +32,7 @@ __all__ = [
     "GuardConfig",
     "LMBatch",
     "Logger",
+    "MasterWeightAdamW",
     "ParallelConfig",
     "Schedule",
     "State",
