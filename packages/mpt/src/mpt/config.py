@@ -47,9 +47,11 @@ class MPTConfig:
     attn_fallback: str | None = "torch"  # backend for cases attn_impl cannot serve; None: raise
     alibi: bool = True
     alibi_bias_max: float = 8
-    # triton backend: skip key blocks whose softmax weight is provably below 2^-bits; 150: exactly
-    # zero in fp32; "rounding": 25 + ceil(log2(keys)), an fp32-rounding-level change; None: off
-    attn_skip_bits: float | str | None = 150.0
+    # triton backend: skip key blocks whose softmax weight is provably below 2^-bits; "rounding":
+    # 25 + ceil(log2(keys)) bits, the skipped weights of a row sum to < 2^-25 of the row's sum (an
+    # fp32-rounding-level change; 1.7% faster mpt_1b training steps on an H100 than 150); 150:
+    # exactly zero in fp32; None: off
+    attn_skip_bits: float | str | None = "rounding"
     qk_ln: bool = False
     clip_qkv: float | None = None
     softmax_scale: float | None = None  # None: 1 / sqrt(head_dim)

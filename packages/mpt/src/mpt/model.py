@@ -61,6 +61,9 @@ class MPTAttention(nn.Module):
         qkv = self.Wqkv(x)  # (B, T, d + 2 * Hkv * D)
         if cfg.clip_qkv is not None:
             qkv = qkv.clamp(min=-cfg.clip_qkv, max=cfg.clip_qkv)
+        if cache is None and not cfg.qk_ln and backend.packed is not None:
+            out = backend.packed(qkv, cfg.n_heads, cfg.n_kv_heads, meta)  # (B, T, H, D)
+            return self.out_proj(out.reshape(B, T, cfg.d_model))
         kv_size = cfg.n_kv_heads * cfg.head_dim
         q, k, v = qkv.split([cfg.d_model, kv_size, kv_size], dim=-1)
         if cfg.qk_ln:

@@ -217,6 +217,25 @@ def triton_attention(q, k, v, meta: AttentionMeta) -> torch.Tensor:
     return kernels.flash_alibi_attention(q, k, v, slopes, **kw)
 
 
+def triton_attention_packed(
+    qkv, n_heads: int, n_kv_heads: int, meta: AttentionMeta
+) -> torch.Tensor:
+    """`triton_attention` on the fused projection's output (B, T, (H + 2 Hkv) D), no KV cache."""
+    from mpt import kernels
+
+    slopes = meta.slopes
+    if slopes is None:
+        slopes = torch.zeros(n_heads, device=qkv.device, dtype=torch.float32)
+    ids = {}
+    if meta.k_seq_id is not None:
+        q_ids = meta.q_seq_id if meta.q_seq_id is not None else meta.k_seq_id
+        ids = dict(q_seq_id=q_ids, k_seq_id=meta.k_seq_id)
+    return kernels.flash_alibi_attention_packed(
+        qkv, slopes.to(qkv.device, torch.float32), n_heads, n_kv_heads,
+        softmax_scale=meta.softmax_scale, skip_bits=meta.skip_bits, **ids,
+    )  # fmt: skip
+
+
 def _triton_head_dims() -> tuple[int, ...]:
     try:
         from mpt.kernels import SUPPORTED_HEAD_DIMS
@@ -258,5 +277,6 @@ ATTENTION: dict[str, Backend] = {
         fn=triton_attention,
         caps=lambda: Capabilities(head_dims=_triton_head_dims(), devices=_triton_devices()),
         available=_triton_available,
+        packed=triton_attention_packed,
     ),
 }

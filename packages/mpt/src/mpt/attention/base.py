@@ -78,6 +78,10 @@ class Backend:
     caps: Capabilities | Callable[[], Capabilities]  # a callable when it depends on the environment
     available: Callable[[], str | None] = lambda: None  # a reason it cannot run here, or None
     prepare: Callable[..., Any] | None = None  # (meta, B, Tq, Tk, device, dtype) -> prepared
+    # Optional: the same attention on the fused projection's output, packed(qkv, H, Hkv, meta)
+    # -> (B, T, H, D), for a backend whose backward can write one (B, T, (H + 2 Hkv) D) gradient
+    # (no KV cache; the model uses it when q/k LayerNorm is off).
+    packed: Callable[..., torch.Tensor] | None = None
 
     def capabilities(self) -> Capabilities:
         return self.caps() if callable(self.caps) else self.caps

@@ -144,14 +144,20 @@ def _forward_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, debug=N
 
 def _backward_impl(
     dout, q, k, v, slopes, out, lse, kmax, col_bound, scale, q_seq_id, k_seq_id, skip_bits,
-    debug=None,
+    debug=None, grads=None,
 ):  # fmt: skip
+    """(dq, dk, dv); `grads`: the three buffers to write instead (views into one packed dqkv
+    buffer; last dims contiguous, dk and dv with equal strides)."""
     B, Tq, H, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     dev = q.device
-    dq = torch.empty((B, Tq, H, D), device=dev, dtype=q.dtype)
-    dk = torch.empty((B, Tk, Hkv, D), device=dev, dtype=k.dtype)  # every row is written
-    dv = torch.empty((B, Tk, Hkv, D), device=dev, dtype=v.dtype)
+    if grads is not None:
+        dq, dk, dv = grads
+        assert dk.stride() == dv.stride() and dq.stride(-1) == dk.stride(-1) == 1
+    else:
+        dq = torch.empty((B, Tq, H, D), device=dev, dtype=q.dtype)
+        dk = torch.empty((B, Tk, Hkv, D), device=dev, dtype=k.dtype)  # every row is written
+        dv = torch.empty((B, Tk, Hkv, D), device=dev, dtype=v.dtype)
     if B * H * Tq == 0:
         return dq, dk.zero_(), dv.zero_()
     _check_device(q)

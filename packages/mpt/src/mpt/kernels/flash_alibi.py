@@ -18,7 +18,8 @@ Semantics (what the model and the other attention backends rely on):
   skipped than at 150 (at Tk = 2048: 36 bits).
 
 The forward and backward are the custom ops "mpt::flash_alibi_fwd" and "mpt::flash_alibi_bwd"
-(with fake implementations and autograd attached), and the decode path is
+(with fake implementations and autograd attached; "mpt::flash_alibi_packed_fwd" / "_bwd" take
+and give a fused (B, T, (H + 2 Hkv) D) qkv), and the decode path is
 "mpt::flash_alibi_decode", so torch.compile sees each as one opaque op and does not break the
 graph. Triton is imported only when a kernel runs: `import mpt.kernels` works without it.
 
@@ -38,6 +39,7 @@ from ._launch import _backward_impl, _decode_impl, _forward_impl
 __all__ = [
     "SUPPORTED_HEAD_DIMS",
     "flash_alibi_attention",
+    "flash_alibi_attention_packed",
     "flash_alibi_decode",
     "flash_alibi_forward",
     "kernels_available",
@@ -137,6 +139,89 @@ def _backward(ctx, dout, *_):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# The packed form takes the fused projection's output qkv (B, T, (H + 2 * Hkv) * D) and returns
+# the gradient as one such tensor, written in place by the kernels: with separate q, k, v the
+# backward of the split would copy dq, dk and dv into it (a full read and write of qkv per layer).
+
+
+def _split_qkv(qkv: Tensor, n_heads: int, n_kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    B, T, width = qkv.shape
+    D = width // (n_heads + 2 * n_kv_heads)
+    q, k, v = qkv.split([n_heads * D, n_kv_heads * D, n_kv_heads * D], dim=-1)
+    return (
+        q.view(B, T, n_heads, D),
+        k.view(B, T, n_kv_heads, D),
+        v.view(B, T, n_kv_heads, D),
+    )
+
+
+@torch.library.custom_op("mpt::flash_alibi_packed_fwd", mutates_args=())
+def _packed_fwd_op(
+    qkv: Tensor, slopes: Tensor, softmax_scale: float, n_heads: int, n_kv_heads: int,
+    q_seq_id: Tensor | None, k_seq_id: Tensor | None, skip_bits: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    q, k, v = _split_qkv(qkv, n_heads, n_kv_heads)
+    return _forward_impl(q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits)
+
+
+@_packed_fwd_op.register_fake
+def _(qkv, slopes, softmax_scale, n_heads, n_kv_heads, q_seq_id, k_seq_id, skip_bits):
+    B, T, width = qkv.shape
+    D = width // (n_heads + 2 * n_kv_heads)
+    skip = skip_bits > 0
+    f32 = torch.float32
+    return (
+        qkv.new_empty((B, T, n_heads, D)),
+        qkv.new_empty((B, n_heads, T), dtype=f32),
+        qkv.new_empty((B, n_kv_heads) if skip else (0,), dtype=f32),
+        qkv.new_empty((B, n_heads) if skip else (0,), dtype=f32),
+    )
+
+
+@torch.library.custom_op("mpt::flash_alibi_packed_bwd", mutates_args=())
+def _packed_bwd_op(
+    dout: Tensor, qkv: Tensor, slopes: Tensor, out: Tensor, lse: Tensor, kmax: Tensor,
+    col_bound: Tensor, softmax_scale: float, n_heads: int, n_kv_heads: int,
+    q_seq_id: Tensor | None, k_seq_id: Tensor | None, skip_bits: float,
+) -> Tensor:  # fmt: skip
+    dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+    q, k, v = _split_qkv(qkv, n_heads, n_kv_heads)
+    _backward_impl(
+        dout, q, k, v, slopes, out, lse, kmax, col_bound, softmax_scale, q_seq_id, k_seq_id,
+        skip_bits, grads=_split_qkv(dqkv, n_heads, n_kv_heads),
+    )  # fmt: skip
+    return dqkv
+
+
+@_packed_bwd_op.register_fake
+def _(dout, qkv, slopes, out, lse, kmax, col_bound, softmax_scale, n_heads, n_kv_heads,
+      q_seq_id, k_seq_id, skip_bits):  # fmt: skip
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+def _packed_setup_context(ctx, inputs, output):
+    qkv, slopes, softmax_scale, n_heads, n_kv_heads, q_seq_id, k_seq_id, skip_bits = inputs
+    out, lse, kmax, col_bound = output
+    ctx.save_for_backward(qkv, slopes, out, lse, kmax, col_bound, q_seq_id, k_seq_id)
+    ctx.args = (softmax_scale, n_heads, n_kv_heads, skip_bits)
+    ctx.mark_non_differentiable(lse, kmax, col_bound)
+
+
+def _packed_backward(ctx, dout, *_):
+    qkv, slopes, out, lse, kmax, col_bound, q_seq_id, k_seq_id = ctx.saved_tensors
+    softmax_scale, n_heads, n_kv_heads, skip_bits = ctx.args
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dqkv = torch.ops.mpt.flash_alibi_packed_bwd(
+        dout, qkv, slopes, out, lse, kmax, col_bound, softmax_scale, n_heads, n_kv_heads,
+        q_seq_id, k_seq_id, skip_bits,
+    )  # fmt: skip
+    return dqkv, None, None, None, None, None, None, None
+
+
+_packed_fwd_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
+
+
 @torch.library.custom_op("mpt::flash_alibi_decode", mutates_args=())
 def _decode_op(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, slopes: Tensor, softmax_scale: float,
@@ -231,18 +316,24 @@ def _check(fn, names, q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_b
             raise ValueError(f"{fn}: {name} must be on {q.device}, got {ids.device}")
     if (q_seq_id is None) != (k_seq_id is None):
         raise ValueError(f"{fn}: pass both q_seq_id and k_seq_id, or neither")
+    # Under torch.compile a recompile can make shapes symbolic (dynamic): the values derived from
+    # them stay symbolic (no Python-only math on them), the checks apply to what the caller gave.
     if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(D)
-    softmax_scale = float(softmax_scale)
-    if not math.isfinite(softmax_scale):
-        raise ValueError(f"{fn}: softmax_scale must be finite, got {softmax_scale}")
-    if skip_bits == "rounding":
+        softmax_scale = D**-0.5
+    else:
+        softmax_scale = float(softmax_scale)
+        if not math.isfinite(softmax_scale):
+            raise ValueError(f"{fn}: softmax_scale must be finite, got {softmax_scale}")
+    if skip_bits == "rounding":  # derived from the key count: valid by construction
         skip_bits = 25.0 + math.ceil(math.log2(max(k.shape[1], 1)))
-    if isinstance(skip_bits, str):
+    elif isinstance(skip_bits, str):
         raise ValueError(f"{fn}: skip_bits must be None, a number or 'rounding', got {skip_bits!r}")
-    skip_bits = 0.0 if skip_bits is None else float(skip_bits)
-    if not (skip_bits >= 0.0 and math.isfinite(skip_bits)):
-        raise ValueError(f"{fn}: skip_bits must be None or a finite number >= 0, got {skip_bits}")
+    else:
+        skip_bits = 0.0 if skip_bits is None else float(skip_bits)
+        if not (skip_bits >= 0.0 and math.isfinite(skip_bits)):
+            raise ValueError(
+                f"{fn}: skip_bits must be None or a finite number >= 0, got {skip_bits}"
+            )
     return slopes.to(torch.float32).contiguous(), softmax_scale, skip_bits
 
 
@@ -259,6 +350,41 @@ def flash_alibi_attention(
         "flash_alibi_attention", _QKV, q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits
     )
     out, _, _, _ = torch.ops.mpt.flash_alibi_fwd(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip)
+    return out
+
+
+def flash_alibi_attention_packed(
+    qkv: Tensor, slopes: Tensor, n_heads: int, n_kv_heads: int | None = None, *,
+    softmax_scale: float | None = None, q_seq_id: Tensor | None = None,
+    k_seq_id: Tensor | None = None, skip_bits: float | str | None = 150.0,
+) -> Tensor:  # fmt: skip
+    """`flash_alibi_attention` on a fused projection's output, differentiable wrt `qkv`.
+
+    qkv (B, T, (H + 2 * Hkv) * D): the queries' H heads, then the keys' and the values' Hkv heads
+    (MPT's Wqkv layout); n_kv_heads defaults to n_heads. Returns (B, T, H, D). The gradient comes
+    back as one (B, T, (H + 2 * Hkv) * D) tensor that the kernels write directly.
+    """
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    if not isinstance(qkv, Tensor) or qkv.dim() != 3:
+        got = tuple(qkv.shape) if isinstance(qkv, Tensor) else type(qkv).__name__
+        raise ValueError(
+            f"flash_alibi_attention_packed: qkv must be (B, T, (H + 2 * Hkv) * D), got {got}"
+        )
+    if n_heads < 1 or n_kv_heads < 1 or qkv.shape[-1] % (n_heads + 2 * n_kv_heads):
+        raise ValueError(
+            f"flash_alibi_attention_packed: qkv's last dim {qkv.shape[-1]} is not a multiple of "
+            f"n_heads + 2 * n_kv_heads = {n_heads} + 2 * {n_kv_heads}"
+        )
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    q, k, v = _split_qkv(qkv, n_heads, n_kv_heads)
+    slopes, scale, skip = _check(
+        "flash_alibi_attention_packed", _QKV, q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id,
+        skip_bits,
+    )  # fmt: skip
+    out, _, _, _ = torch.ops.mpt.flash_alibi_packed_fwd(
+        qkv, slopes, scale, n_heads, n_kv_heads, q_seq_id, k_seq_id, skip
+    )
     return out
 
 
