@@ -9,10 +9,15 @@ with an ALiBi score_mod (micro-batch 8).
     python3 tools/bench/model_bench.py --models mpt_1b --backends triton --modes compile,bf16-compile
     .venv/bin/python tools/bench/model_bench.py --device cpu --quick # tiny model on the CPU
 
-Modes (recorded per row): `amp` fp32 master weights + torch.autocast(bf16), as the trainer runs;
+Modes (recorded per row): `amp` fp32 weights + torch.autocast(bf16), as the trainer runs;
 `compile` amp + torch.compile on each block (model.blocks()); `bf16` / `bf16-compile` pure bf16
-weights; `compile-attn-eager` compile per block with the attention call left out of the graphs;
-`compile-model` torch.compile of the whole model (embedding, head and loss too), as the GPT gets.
+weights and optimizer; `mp-*` bf16 weights with fp32 master weights and AdamW states (FSDP2's
+param_dtype=bf16 mixed precision on one GPU); `compile-attn-eager` compile per block with the
+attention call left out of the graphs; `compile-model` torch.compile of the whole model
+(embedding, head and loss too), as the GPT gets; `*-autotune` inductor's max-autotune (GEMM
+templates) without CUDA graphs. The baselines run in the mode their key names (the GPT compiles
+the whole model in every compile mode). `--profile` adds each variant's GPU kernel time per step
+by category (GEMM, attention, optimizer, fused elementwise, ...) and its top kernels.
 MFU = flops_per_token (6*N + 12*L*d*T, N all parameters) * tokens/s / the GPU's dense bf16 peak
 from composer_lite's table; an unknown GPU gets no MFU. A variant that runs out of memory is
 recorded and retried at half the micro-batch. Each variant starts from a fresh state (new model,
@@ -40,6 +45,7 @@ from bench_harness import (
     fmt,
     format_table,
     is_oom,
+    kernel_profile,
     last_meta,
     raise_recompile_limits,
     read_log,
@@ -64,34 +70,48 @@ MODES = {  # amp: fp32 weights + autocast(bf16); bf16: bf16 weights, no autocast
     # per-block compile + the chunked LM-head loss (no (B, T, vocab) logits held)
     "compile-chunked": dict(bf16=False, compile=True, chunked=True),
     "bf16-compile-chunked": dict(bf16=True, compile=True, chunked=True),
-    # the triton backend's ALiBi skip at fp32-rounding level instead of exact underflow
-    "compile-chunked-rounding": dict(bf16=False, compile=True, chunked=True, skip_bits="rounding"),
+    # mp: bf16 working weights, fp32 master weights and AdamW states (composer_lite's
+    # MasterWeightAdamW, fused); the mixed precision FSDP2's MixedPrecisionPolicy(param_dtype=bf16,
+    # reduce_dtype=fp32) gives (and llm-foundry trains MPT with): activations and the residual
+    # stream in bf16, updates in fp32.
+    "mp-compile": dict(bf16=True, master=True, compile=True),
+    "mp-compile-model": dict(bf16=True, master=True, compile=True, whole=True),
+    "mp-compile-chunked": dict(bf16=True, master=True, compile=True, chunked=True),
+    # the ALiBi skip at exact fp32 underflow (2^-150) instead of the model's default "rounding"
+    "mp-compile-model-exact": dict(
+        bf16=True, master=True, compile=True, whole=True, skip_bits=150.0
+    ),
+    # the same with inductor's GEMM autotuning (Triton templates, epilogue fusion)
+    "mp-compile-autotune": dict(bf16=True, master=True, compile=True, autotune=True),
+    "compile-autotune": dict(bf16=False, compile=True, autotune=True),
 }
 # The tiny shape of --device cpu (and of the baselines there): 4 heads of 16, 2 layers.
 TINY = dict(d_model=64, n_heads=4, n_layers=2, vocab_size=256, max_seq_len=64)
 BASELINES = {"gpt_flex": ("compile", 8), "hf_mpt": ("amp", 2)}  # mode, micro-batch
 
 
-def default_variants(models, backends, modes, baselines) -> list[str]:
+def default_variants(models, backends, modes, baselines, baseline_modes=None) -> list[str]:
     """Most important first, so that a time-budget cut drops the least useful rows."""
     models = sorted(models, key=["tiny", *MODELS].index)
     big = models[-1] if models else None  # the largest asked for: mpt_1b, the target, by default
     order: list[tuple[str, str, str]] = []
-    if modes is None:
-        order += [(big, "triton", "compile"), ("baseline", "gpt_flex", "compile"),
-                  (big, "flex", "compile"), ("baseline", "hf_mpt", "amp"),
-                  (big, "triton", "compile-model"), (big, "triton", "compile-chunked"),
-                  (big, "triton", "compile-chunked-rounding"),
-                  (big, "triton", "bf16-compile"), (big, "triton", "bf16-compile-chunked"),
-                  (big, "triton", "amp"), (big, "sdpa", "compile")]  # fmt: skip
-        order += [(m, b, "compile") for m in models for b in ("triton", "flex")]
-        order += [(m, "sdpa", "compile") for m in models]
-        order += [(m, "torch", "compile") for m in models]
-        order += [(big, "triton", "compile-attn-eager")]
+    baseline_modes = baseline_modes or {}
+    if modes is None:  # the target's rows first, then every model x backend in the best mode
+        best = "mp-compile-model"
+        order += [(big, "triton", best), ("baseline", "gpt_flex", "compile"),
+                  ("baseline", "gpt_flex", "mp-compile"), (big, "flex", best),
+                  ("baseline", "hf_mpt", "amp"), (big, "triton", "compile"),
+                  (big, "triton", "compile-model"), (big, "triton", "mp-compile-model-exact")]  # fmt: skip
+        order += [(m, b, best) for m in reversed(models) for b in ("triton", "flex", "sdpa")]
+        order += [(m, "torch", best) for m in reversed(models)]
+        order += [(big, "triton", mode) for mode in ("mp-compile", "mp-compile-chunked", "amp",
+                                                     "bf16-compile", "compile-attn-eager")]  # fmt: skip
     else:  # the largest model, the baselines, the other models
         order += [(m, b, mode) for m in reversed(models) for b in backends for mode in modes]
         n = len(backends) * len(modes)
-        order[n:n] = [("baseline", b, BASELINES[b][0]) for b in baselines]
+        order[n:n] = [
+            ("baseline", b, m) for b in baselines for m in baseline_modes.get(b, [BASELINES[b][0]])
+        ]
     keys = []
     for model, backend, mode in order:
         wanted = (
@@ -135,7 +155,10 @@ def build_mpt(args, model: str, backend: str, mode: dict, rec: dict):
     if mode.get("attn_eager"):  # the same backend, hidden from dynamo (a graph break per layer)
         impl = f"{backend}__eager"
         base = ATTENTION[backend]
-        ATTENTION[impl] = dataclasses.replace(base, name=impl, fn=torch.compiler.disable(base.fn))
+        packed = base.packed and torch.compiler.disable(base.packed)
+        ATTENTION[impl] = dataclasses.replace(
+            base, name=impl, fn=torch.compiler.disable(base.fn), packed=packed
+        )
     # attn_fallback=None: a backend that cannot serve the case raises instead of timing `torch`.
     extra = {"attn_skip_bits": mode["skip_bits"]} if "skip_bits" in mode else {}
     cfg = mpt_config(args, model, attn_impl=impl, attn_fallback=None, **extra)
@@ -270,7 +293,7 @@ class Runner:
             torch.cuda.reset_peak_memory_stats()
 
     def run(self, key: str, rec: dict) -> None:
-        model, backend, mode_name = key.split("|")
+        model, backend, mode_name = key.split("#")[0].split("|")  # "#N": the round (--repeat)
         rec.update(model=model, backend=backend, mode=mode_name)
         if model == "baseline":
             mb = self.args.baseline_micro_batch or BASELINES[backend][1]
@@ -322,13 +345,20 @@ class Runner:
             return net(ids)
 
         if mode["compile"]:
+            options = {"mode": "max-autotune-no-cudagraphs"} if mode.get("autotune") else {}
             if model == "baseline" or mode.get("whole"):
-                net = torch.compile(net)  # the whole model, as a user would
+                net = torch.compile(net, **options)  # the whole model, as a user would
             else:
                 for block in net.blocks():
-                    block.compile()
+                    block.compile(**options)
         fused = dev == "cuda"
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.0, fused=fused)
+        params = [p for p in net.parameters() if p.requires_grad]
+        if mode.get("master"):  # fp32 master copies take the update, the bf16 weights follow
+            from composer_lite.optim import MasterWeightAdamW
+
+            opt = MasterWeightAdamW(params, lr=1e-4, weight_decay=0.0, fused=None)
+        else:
+            opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=fused)
 
         def step(ids):
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
@@ -379,6 +409,8 @@ class Runner:
         rec["mfu"] = flops * rec["tokens_per_s"] / self.peak if self.peak else None
         if dev == "cuda":
             rec["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            if args.profile:
+                rec["profile"] = kernel_profile(lambda: step(batches[0]))
 
     def build_baseline(self, which: str, rec: dict):
         torch, args = self.torch, self.args
@@ -408,7 +440,33 @@ class Runner:
 # -- report ----------------------------------------------------------------------------------------
 
 
+def merge_rounds(results: dict[str, dict], keys: list[str]) -> tuple[dict[str, dict], list[str]]:
+    """Variants run in several rounds (`--repeat`, keys "KEY#N"): one row each, with the median
+    tokens/s (and MFU) of the rounds that ran and every round's value in the note."""
+    order = list(dict.fromkeys(k.split("#")[0] for k in keys))
+    if len(order) == len(keys):
+        return results, keys
+    merged = {}
+    for base in order:
+        runs = [results[k] for k in keys if k.split("#")[0] == base]
+        ok = sorted((r for r in runs if r.get("tokens_per_s")), key=lambda r: r["tokens_per_s"])
+        if not ok:
+            merged[base] = {**runs[0], "key": base}
+            continue
+        mid = ok[(len(ok) - 1) // 2]
+        rec = {**mid, "key": base, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in ok)}
+        if mid.get("mfu"):
+            rec["mfu"] = mid["mfu"] * rec["tokens_per_s"] / mid["tokens_per_s"]
+        rec["step_ms_median"] = statistics.median(r["step_ms_median"] for r in ok)
+        each = ", ".join(f"{r['tokens_per_s']:,.0f}" for r in ok)
+        rounds = f"median of {len(ok)}/{len(runs)} rounds: {each}"
+        rec["note"] = "; ".join(x for x in (mid.get("note"), rounds) if x)
+        merged[base] = rec
+    return merged, order
+
+
 def report(results: dict[str, dict], keys: list[str], env: dict) -> str:
+    results, keys = merge_rounds(results, keys)
     headers = ["model", "backend", "mode", "mb", "tokens/s", "MFU %", "step ms", "peak GB",
                "loss step 1", "1st step s", "status / note"]  # fmt: skip
     # The first step's loss is taken on the initial weights (seed 0) and the first batch (seed 1):
@@ -444,7 +502,10 @@ def report(results: dict[str, dict], keys: list[str], env: dict) -> str:
              f"triton {env.get('triton')}  peak {fmt(env.get('peak_flops') and env['peak_flops'] / 1e12, '.1f')} TFLOP/s"
              f"{'  (' + env['peak_note'] + ')' if env.get('peak_note') else ''}",
              format_table(headers, rows)]  # fmt: skip
-    gpt = next((r for k, r in results.items() if k.startswith("baseline|gpt_flex")), {})
+    gpts = [r for k, r in results.items() if k.startswith("baseline|gpt_flex")]
+    gpt = next(
+        (r for r in gpts if r["key"] == "baseline|gpt_flex|compile"), gpts[0] if gpts else {}
+    )
     hf = next((r for k, r in results.items() if k.startswith("baseline|hf_mpt")), {})
     ours = [r for k, r in results.items() if "|triton|" in k and r.get("tokens_per_s")]
     big = max(ours, key=lambda r: r.get("params", 0), default=None)
@@ -456,25 +517,47 @@ def report(results: dict[str, dict], keys: list[str], env: dict) -> str:
                 ratio = best["tokens_per_s"] / base["tokens_per_s"]
                 goal = " (target >= 1.1x)" if base is gpt else ""
                 lines.append(f"{best['model']} triton/{best['mode']}: {ratio:.2f}x the {name}"
-                             f" tokens/s{goal}")  # fmt: skip
+                             f" ({base['mode']}) tokens/s{goal}")  # fmt: skip
+        for base in gpts:  # the same precision and compile mode on both sides
+            # the GPT compiles the whole model in every compile mode: X matches X and X-model
+            mine = [r for r in same if r["mode"] in (base["mode"], base["mode"] + "-model")]
+            if base.get("tokens_per_s") and mine:
+                top = max(mine, key=lambda r: r["tokens_per_s"])
+                ratio = top["tokens_per_s"] / base["tokens_per_s"]
+                lines.append(f"{big['model']} triton/{top['mode']}: {ratio:.2f}x the compiled GPT"
+                             f" + FlexAttention in the same precision ({base['mode']})")  # fmt: skip
+    for key in keys:
+        prof = results[key].get("profile")
+        if prof:
+            cats = ", ".join(f"{c} {ms:.1f}" for c, ms in prof["by_category"].items())
+            lines.append(f"\nkernels of {key}: {prof['step_ms_kernels']:.1f} ms/step: {cats}")
+            lines += [f"  {ms:8.3f} ms x{calls:<4} {name}" for name, ms, calls in prof["top"]]
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None)
-    parser.add_argument("--quick", action="store_true", help="mpt_1b triton/flex + GPT baseline")
+    parser.add_argument(
+        "--quick", action="store_true", help="mpt_1b triton/flex (mp-compile-model) + GPT baseline"
+    )
     parser.add_argument("--dry-run", action="store_true", help="= --device cpu --quick")
     parser.add_argument("--models", default=None, help=f"comma-separated, of {MODELS}")
     parser.add_argument("--backends", default=None, help=f"comma-separated, of {BACKENDS}")
     parser.add_argument("--modes", default=None, help=f"comma-separated, of {list(MODES)}; "
                         "given: every model x backend x mode; default: a fixed priority list")  # fmt: skip
     parser.add_argument("--baselines", default=None, help="gpt_flex,hf_mpt (default) or none")
+    parser.add_argument("--baseline-modes", default=None,
+                        help="modes for the gpt_flex baseline, e.g. compile,mp-compile (default compile)")  # fmt: skip
     parser.add_argument("--baseline-shape", default="mpt_1b", help="preset the baselines copy")
     parser.add_argument("--baseline-micro-batch", type=int, default=None)
     parser.add_argument("--micro-batch", default=None, help="N for all, or mpt_1b=8,mpt_125m=16")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of the whole list, interleaved; rows show the median")  # fmt: skip
+    parser.add_argument("--profile", action="store_true",
+                        help="GPU kernel time per step by category and the top kernels (cuda)")  # fmt: skip
     add_harness_args(parser, variant_timeout=420)
     args = parser.parse_args()
     if args.dry_run:
@@ -496,14 +579,22 @@ def main() -> int:
     if args.quick and not cpu:
         models = args.models.split(",") if args.models else ["mpt_1b"]
         backends = args.backends.split(",") if args.backends else ["triton", "flex"]
-        modes = modes or ["compile"]
+        modes = modes or ["mp-compile-model"]
         baselines = baselines if args.baselines else ["gpt_flex"]
     for name, given, known in (("models", models, [*MODELS, "tiny"]), ("backends", backends, BACKENDS),
                                ("modes", modes or [], list(MODES)), ("baselines", baselines, list(BASELINES))):  # fmt: skip
         bad = [x for x in given if x not in known]
         if bad:
             parser.error(f"unknown {name} {bad}; known: {known}")
-    keys = default_variants(models, backends, modes, baselines)
+    baseline_modes = {}
+    if args.baseline_modes:
+        baseline_modes["gpt_flex"] = args.baseline_modes.split(",")
+        bad = [m for m in baseline_modes["gpt_flex"] if m not in MODES or not MODES[m]["compile"]]
+        if bad:
+            parser.error(f"--baseline-modes {bad}: the GPT baseline runs compiled modes only")
+    keys = default_variants(models, backends, modes, baselines, baseline_modes)
+    if args.repeat > 1:  # whole rounds, interleaved: drift on the machine hits every variant alike
+        keys = [f"{k}#{r}" for r in range(1, args.repeat + 1) for k in keys]
 
     if args._worker:
         runner = Runner(args)
