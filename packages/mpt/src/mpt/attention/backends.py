@@ -198,23 +198,42 @@ def _triton_devices() -> tuple[str, ...]:
     return ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
 
 
+def _triton_decoding(q_len: int, k_len: int) -> bool:
+    """A few new tokens against a KV cache, no gradients: the split-KV decode kernel's case."""
+    return q_len < k_len and q_len <= 16 and not torch.is_grad_enabled()
+
+
+def _triton_args(meta: AttentionMeta, n_heads: int, q_len: int, device) -> tuple:
+    """(slopes fp32, keyword arguments) for the kernels' API."""
+    slopes = meta.slopes
+    if slopes is None:  # no ALiBi: zero slopes give plain causal attention
+        slopes = torch.zeros(n_heads, device=device, dtype=torch.float32)
+    kw = dict(softmax_scale=meta.softmax_scale, skip_bits=meta.skip_bits)
+    if meta.k_seq_id is not None:
+        q_ids = meta.q_seq_id if meta.q_seq_id is not None else meta.k_seq_id[:, -q_len:]
+        kw.update(q_seq_id=q_ids, k_seq_id=meta.k_seq_id)
+    return slopes.to(device, torch.float32), kw
+
+
+def _triton_prepare(meta: AttentionMeta, batch: int, q_len: int, k_len: int, device, dtype=None):
+    """With packed documents: the kernels' document bounds, computed once for all layers (and
+    kept for their backward) instead of in every layer's forward and backward."""
+    if meta.k_seq_id is None or _triton_decoding(q_len, k_len):
+        return None
+    from mpt import kernels
+
+    q_ids = meta.q_seq_id if meta.q_seq_id is not None else meta.k_seq_id[:, -q_len:]
+    return kernels.document_bounds(q_ids, meta.k_seq_id)
+
+
 def triton_attention(q, k, v, meta: AttentionMeta) -> torch.Tensor:
     """Our Triton ALiBi FlashAttention (mpt.kernels): forward and backward, no S x S tensor."""
     from mpt import kernels
 
-    slopes = meta.slopes
-    if slopes is None:  # no ALiBi: zero slopes give plain causal attention
-        slopes = torch.zeros(q.shape[2], device=q.device, dtype=torch.float32)
-    ids = {}
-    if meta.k_seq_id is not None:
-        q_ids = meta.q_seq_id if meta.q_seq_id is not None else meta.k_seq_id[:, -q.shape[1] :]
-        ids = dict(q_seq_id=q_ids, k_seq_id=meta.k_seq_id)
-    slopes = slopes.to(q.device, torch.float32)
-    decoding = q.shape[1] < k.shape[1] and q.shape[1] <= 16 and not torch.is_grad_enabled()
-    kw = dict(softmax_scale=meta.softmax_scale, skip_bits=meta.skip_bits, **ids)
-    if decoding:
+    slopes, kw = _triton_args(meta, q.shape[2], q.shape[1], q.device)
+    if _triton_decoding(q.shape[1], k.shape[1]):
         return kernels.flash_alibi_decode(q, k, v, slopes, k_norm_max=meta.k_norm_max, **kw)
-    return kernels.flash_alibi_attention(q, k, v, slopes, **kw)
+    return kernels.flash_alibi_attention(q, k, v, slopes, doc_bounds=meta.prepared, **kw)
 
 
 def triton_attention_packed(
@@ -223,17 +242,10 @@ def triton_attention_packed(
     """`triton_attention` on the fused projection's output (B, T, (H + 2 Hkv) D), no KV cache."""
     from mpt import kernels
 
-    slopes = meta.slopes
-    if slopes is None:
-        slopes = torch.zeros(n_heads, device=qkv.device, dtype=torch.float32)
-    ids = {}
-    if meta.k_seq_id is not None:
-        q_ids = meta.q_seq_id if meta.q_seq_id is not None else meta.k_seq_id
-        ids = dict(q_seq_id=q_ids, k_seq_id=meta.k_seq_id)
+    slopes, kw = _triton_args(meta, n_heads, qkv.shape[1], qkv.device)
     return kernels.flash_alibi_attention_packed(
-        qkv, slopes.to(qkv.device, torch.float32), n_heads, n_kv_heads,
-        softmax_scale=meta.softmax_scale, skip_bits=meta.skip_bits, **ids,
-    )  # fmt: skip
+        qkv, slopes, n_heads, n_kv_heads, doc_bounds=meta.prepared, **kw
+    )
 
 
 def _triton_head_dims() -> tuple[int, ...]:
@@ -277,6 +289,7 @@ ATTENTION: dict[str, Backend] = {
         fn=triton_attention,
         caps=lambda: Capabilities(head_dims=_triton_head_dims(), devices=_triton_devices()),
         available=_triton_available,
+        prepare=_triton_prepare,
         packed=triton_attention_packed,
     ),
 }

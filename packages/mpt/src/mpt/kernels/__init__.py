@@ -7,6 +7,7 @@ they can run here (Triton importable, and CUDA or TRITON_INTERPRET=1).
 
 from .flash_alibi import (
     SUPPORTED_HEAD_DIMS,
+    document_bounds,
     flash_alibi_attention,
     flash_alibi_attention_packed,
     flash_alibi_decode,
@@ -20,6 +21,7 @@ from .flash_alibi import (
 
 __all__ = [
     "SUPPORTED_HEAD_DIMS",
+    "document_bounds",
     "flash_alibi_attention",
     "flash_alibi_attention_packed",
     "flash_alibi_decode",

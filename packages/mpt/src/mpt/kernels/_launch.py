@@ -98,8 +98,11 @@ def _key_norm_max(k: Tensor) -> Tensor:
     return part.amax(dim=1).view(B, Hkv)
 
 
-def _forward_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, debug=None):
-    """Returns (out, lse, kmax, col_bound); the last two are empty when skipping is off."""
+def _forward_impl(
+    q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, debug=None, first_key=None
+):  # fmt: skip
+    """Returns (out, lse, kmax, col_bound); the last two are empty when skipping is off.
+    `first_key`: `_doc_bounds(q_seq_id, k_seq_id)[0]` when the caller has it already."""
     B, Tq, H, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     dev = q.device
@@ -123,7 +126,10 @@ def _forward_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, debug=N
         cfg = _fixed_config("fwd", block_d)
         assert cfg is not None, "debug loop bounds need a fixed config (set_kernel_config)"
         kv_start = torch.full((B * H, _cdiv(Tq, cfg["block_m"])), -1, device=dev, dtype=torch.int32)
-    first_key = dummy_i if q_seq_id is None else _doc_bounds(q_seq_id, k_seq_id)[0]
+    if q_seq_id is None:
+        first_key = dummy_i
+    elif first_key is None:
+        first_key = _doc_bounds(q_seq_id, k_seq_id)[0]
     args = (
         q, k, v, slopes, out, lse, *_seq_args(q_seq_id, k_seq_id, dummy_i)[:2], first_key, kmax,
         row_bound, kv_start, scale, skip_bits * math.log(2.0),
@@ -144,10 +150,11 @@ def _forward_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, debug=N
 
 def _backward_impl(
     dout, q, k, v, slopes, out, lse, kmax, col_bound, scale, q_seq_id, k_seq_id, skip_bits,
-    debug=None, grads=None,
+    debug=None, grads=None, bounds=None,
 ):  # fmt: skip
     """(dq, dk, dv); `grads`: the three buffers to write instead (views into one packed dqkv
-    buffer; last dims contiguous, dk and dv with equal strides)."""
+    buffer; last dims contiguous, dk and dv with equal strides); `bounds`: `_doc_bounds(...)` when
+    the caller has them already."""
     B, Tq, H, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     dev = q.device
@@ -178,7 +185,7 @@ def _backward_impl(
     seq = _seq_args(q_seq_id, k_seq_id, dummy_i)
     first_key = last_row = dummy_i
     if q_seq_id is not None:
-        first_key, last_row = _doc_bounds(q_seq_id, k_seq_id)
+        first_key, last_row = bounds if bounds is not None else _doc_bounds(q_seq_id, k_seq_id)
     store = debug is not None
     consts = {
         "GROUP": H // Hkv, "HEAD_DIM": D, "BLOCK_D": block_d, "HAS_SEQ": q_seq_id is not None,

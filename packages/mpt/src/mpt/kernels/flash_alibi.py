@@ -34,10 +34,11 @@ import torch
 from torch import Tensor
 
 from ._configs import _interpret, reset_kernel_configs, set_autotune, set_kernel_config
-from ._launch import _backward_impl, _decode_impl, _forward_impl
+from ._launch import _backward_impl, _decode_impl, _doc_bounds, _forward_impl
 
 __all__ = [
     "SUPPORTED_HEAD_DIMS",
+    "document_bounds",
     "flash_alibi_attention",
     "flash_alibi_attention_packed",
     "flash_alibi_decode",
@@ -79,12 +80,15 @@ def kernels_available() -> bool:
 def _fwd_op(
     q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, softmax_scale: float,
     q_seq_id: Tensor | None, k_seq_id: Tensor | None, skip_bits: float,
+    first_key: Tensor | None, last_row: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    return _forward_impl(q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits)
+    return _forward_impl(
+        q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits, first_key=first_key
+    )
 
 
 @_fwd_op.register_fake
-def _(q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits):
+def _(q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits, first_key, last_row):
     B, Tq, H, D = q.shape
     Hkv = k.shape[2]
     skip = skip_bits > 0
@@ -101,39 +105,46 @@ def _(q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits):
 def _bwd_op(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, out: Tensor, lse: Tensor,
     kmax: Tensor, col_bound: Tensor, softmax_scale: float, q_seq_id: Tensor | None,
-    k_seq_id: Tensor | None, skip_bits: float,
+    k_seq_id: Tensor | None, skip_bits: float, first_key: Tensor | None, last_row: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     return _backward_impl(
         dout, q, k, v, slopes, out, lse, kmax, col_bound, softmax_scale, q_seq_id, k_seq_id,
-        skip_bits,
+        skip_bits, bounds=_given_bounds(first_key, last_row),
     )  # fmt: skip
 
 
 @_bwd_op.register_fake
 def _(
-    dout, q, k, v, slopes, out, lse, kmax, col_bound, softmax_scale, q_seq_id, k_seq_id, skip_bits
-):
+    dout, q, k, v, slopes, out, lse, kmax, col_bound, softmax_scale, q_seq_id, k_seq_id, skip_bits,
+    first_key, last_row,
+):  # fmt: skip
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
+def _given_bounds(first_key: Tensor | None, last_row: Tensor | None):
+    return None if first_key is None else (first_key, last_row)
+
+
 def _setup_context(ctx, inputs, output):
-    q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits = inputs
+    q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits, first_key, last_row = inputs
     out, lse, kmax, col_bound = output
-    ctx.save_for_backward(q, k, v, slopes, out, lse, kmax, col_bound, q_seq_id, k_seq_id)
+    ctx.save_for_backward(
+        q, k, v, slopes, out, lse, kmax, col_bound, q_seq_id, k_seq_id, first_key, last_row
+    )
     ctx.softmax_scale = softmax_scale
     ctx.skip_bits = skip_bits
     ctx.mark_non_differentiable(lse, kmax, col_bound)
 
 
 def _backward(ctx, dout, *_):
-    q, k, v, slopes, out, lse, kmax, col_bound, q_seq_id, k_seq_id = ctx.saved_tensors
+    q, k, v, slopes, out, lse, kmax, col_bound, q_seq_id, k_seq_id, fk, lr = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = torch.ops.mpt.flash_alibi_bwd(
         dout, q, k, v, slopes, out, lse, kmax, col_bound, ctx.softmax_scale, q_seq_id, k_seq_id,
-        ctx.skip_bits,
+        ctx.skip_bits, fk, lr,
     )  # fmt: skip
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -159,13 +170,19 @@ def _split_qkv(qkv: Tensor, n_heads: int, n_kv_heads: int) -> tuple[Tensor, Tens
 def _packed_fwd_op(
     qkv: Tensor, slopes: Tensor, softmax_scale: float, n_heads: int, n_kv_heads: int,
     q_seq_id: Tensor | None, k_seq_id: Tensor | None, skip_bits: float,
+    first_key: Tensor | None, last_row: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     q, k, v = _split_qkv(qkv, n_heads, n_kv_heads)
-    return _forward_impl(q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits)
+    return _forward_impl(
+        q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits, first_key=first_key
+    )
 
 
 @_packed_fwd_op.register_fake
-def _(qkv, slopes, softmax_scale, n_heads, n_kv_heads, q_seq_id, k_seq_id, skip_bits):
+def _(
+    qkv, slopes, softmax_scale, n_heads, n_kv_heads, q_seq_id, k_seq_id, skip_bits, first_key,
+    last_row,
+):  # fmt: skip
     B, T, width = qkv.shape
     D = width // (n_heads + 2 * n_kv_heads)
     skip = skip_bits > 0
@@ -183,40 +200,42 @@ def _packed_bwd_op(
     dout: Tensor, qkv: Tensor, slopes: Tensor, out: Tensor, lse: Tensor, kmax: Tensor,
     col_bound: Tensor, softmax_scale: float, n_heads: int, n_kv_heads: int,
     q_seq_id: Tensor | None, k_seq_id: Tensor | None, skip_bits: float,
+    first_key: Tensor | None, last_row: Tensor | None,
 ) -> Tensor:  # fmt: skip
     dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
     q, k, v = _split_qkv(qkv, n_heads, n_kv_heads)
     _backward_impl(
         dout, q, k, v, slopes, out, lse, kmax, col_bound, softmax_scale, q_seq_id, k_seq_id,
         skip_bits, grads=_split_qkv(dqkv, n_heads, n_kv_heads),
+        bounds=_given_bounds(first_key, last_row),
     )  # fmt: skip
     return dqkv
 
 
 @_packed_bwd_op.register_fake
 def _(dout, qkv, slopes, out, lse, kmax, col_bound, softmax_scale, n_heads, n_kv_heads,
-      q_seq_id, k_seq_id, skip_bits):  # fmt: skip
+      q_seq_id, k_seq_id, skip_bits, first_key, last_row):  # fmt: skip
     return torch.empty_like(qkv, memory_format=torch.contiguous_format)
 
 
 def _packed_setup_context(ctx, inputs, output):
-    qkv, slopes, softmax_scale, n_heads, n_kv_heads, q_seq_id, k_seq_id, skip_bits = inputs
+    qkv, slopes, softmax_scale, n_heads, n_kv_heads, q_seq_id, k_seq_id, skip_bits, fk, lr = inputs
     out, lse, kmax, col_bound = output
-    ctx.save_for_backward(qkv, slopes, out, lse, kmax, col_bound, q_seq_id, k_seq_id)
+    ctx.save_for_backward(qkv, slopes, out, lse, kmax, col_bound, q_seq_id, k_seq_id, fk, lr)
     ctx.args = (softmax_scale, n_heads, n_kv_heads, skip_bits)
     ctx.mark_non_differentiable(lse, kmax, col_bound)
 
 
 def _packed_backward(ctx, dout, *_):
-    qkv, slopes, out, lse, kmax, col_bound, q_seq_id, k_seq_id = ctx.saved_tensors
+    qkv, slopes, out, lse, kmax, col_bound, q_seq_id, k_seq_id, fk, lr = ctx.saved_tensors
     softmax_scale, n_heads, n_kv_heads, skip_bits = ctx.args
     if dout is None:
         dout = torch.zeros_like(out)
     dqkv = torch.ops.mpt.flash_alibi_packed_bwd(
         dout, qkv, slopes, out, lse, kmax, col_bound, softmax_scale, n_heads, n_kv_heads,
-        q_seq_id, k_seq_id, skip_bits,
+        q_seq_id, k_seq_id, skip_bits, fk, lr,
     )  # fmt: skip
-    return dqkv, None, None, None, None, None, None, None
+    return dqkv, None, None, None, None, None, None, None, None, None
 
 
 _packed_fwd_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
@@ -340,16 +359,55 @@ def _check(fn, names, q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_b
 _QKV = ("q", "k", "v")
 
 
+def document_bounds(q_seq_id: Tensor, k_seq_id: Tensor) -> tuple[Tensor, Tensor]:
+    """(first_key (B, Tq), last_row (B, Tk)) int32: where each query row's visible keys start and
+    the last row that sees each key, for packed documents. The kernels find these themselves; a
+    model whose layers share one `sequence_id` computes them once per forward and passes them as
+    `doc_bounds=` to every layer (a sort and a search over (B, T) saved per layer and pass)."""
+    for name, ids in (("q_seq_id", q_seq_id), ("k_seq_id", k_seq_id)):
+        if not isinstance(ids, Tensor) or ids.dim() != 2:
+            raise ValueError(f"document_bounds: {name} must be a (B, T) tensor")
+    if q_seq_id.shape[0] != k_seq_id.shape[0] or q_seq_id.shape[1] > k_seq_id.shape[1]:
+        raise ValueError(
+            f"document_bounds: q_seq_id {tuple(q_seq_id.shape)} and k_seq_id "
+            f"{tuple(k_seq_id.shape)} need one batch size and Tq <= Tk"
+        )
+    return _doc_bounds(q_seq_id, k_seq_id)
+
+
+def _bounds(fn, doc_bounds, q_seq_id, k_seq_id):
+    """The (first_key, last_row) to pass to the ops: given ones checked, else (None, None)."""
+    if doc_bounds is None:
+        return None, None
+    if q_seq_id is None:
+        raise ValueError(f"{fn}: doc_bounds needs q_seq_id and k_seq_id")
+    first_key, last_row = doc_bounds
+    expected = ((tuple(q_seq_id.shape), first_key), (tuple(k_seq_id.shape), last_row))
+    for shape, t in expected:
+        if not isinstance(t, Tensor) or tuple(t.shape) != shape or t.dtype != torch.int32:
+            got = (tuple(t.shape), t.dtype) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(
+                f"{fn}: doc_bounds must be document_bounds(q_seq_id, k_seq_id): int32 tensors "
+                f"of shapes {expected[0][0]} and {expected[1][0]}, got {got}"
+            )
+    return first_key.contiguous(), last_row.contiguous()
+
+
 def flash_alibi_attention(
     q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, *, softmax_scale: float | None = None,
     q_seq_id: Tensor | None = None, k_seq_id: Tensor | None = None,
-    skip_bits: float | str | None = 150.0,
+    skip_bits: float | str | None = 150.0, doc_bounds: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:  # fmt: skip
-    """Causal ALiBi attention (B, Tq, H, D) -> (B, Tq, H, D), differentiable wrt q, k and v."""
+    """Causal ALiBi attention (B, Tq, H, D) -> (B, Tq, H, D), differentiable wrt q, k and v.
+    `doc_bounds`: `document_bounds(q_seq_id, k_seq_id)`, computed once for many calls."""
+    fn = "flash_alibi_attention"
     slopes, scale, skip = _check(
-        "flash_alibi_attention", _QKV, q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits
+        fn, _QKV, q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits
     )
-    out, _, _, _ = torch.ops.mpt.flash_alibi_fwd(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip)
+    fk, lr = _bounds(fn, doc_bounds, q_seq_id, k_seq_id)
+    out, _, _, _ = torch.ops.mpt.flash_alibi_fwd(
+        q, k, v, slopes, scale, q_seq_id, k_seq_id, skip, fk, lr
+    )
     return out
 
 
@@ -357,6 +415,7 @@ def flash_alibi_attention_packed(
     qkv: Tensor, slopes: Tensor, n_heads: int, n_kv_heads: int | None = None, *,
     softmax_scale: float | None = None, q_seq_id: Tensor | None = None,
     k_seq_id: Tensor | None = None, skip_bits: float | str | None = 150.0,
+    doc_bounds: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:  # fmt: skip
     """`flash_alibi_attention` on a fused projection's output, differentiable wrt `qkv`.
 
@@ -382,8 +441,9 @@ def flash_alibi_attention_packed(
         "flash_alibi_attention_packed", _QKV, q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id,
         skip_bits,
     )  # fmt: skip
+    fk, lr = _bounds("flash_alibi_attention_packed", doc_bounds, q_seq_id, k_seq_id)
     out, _, _, _ = torch.ops.mpt.flash_alibi_packed_fwd(
-        qkv, slopes, scale, n_heads, n_kv_heads, q_seq_id, k_seq_id, skip
+        qkv, slopes, scale, n_heads, n_kv_heads, q_seq_id, k_seq_id, skip, fk, lr
     )
     return out
 
@@ -399,7 +459,7 @@ def flash_alibi_forward(
     )
     with torch.no_grad():
         out, lse, _, _ = torch.ops.mpt.flash_alibi_fwd(
-            q, k, v, slopes, scale, q_seq_id, k_seq_id, skip
+            q, k, v, slopes, scale, q_seq_id, k_seq_id, skip, None, None
         )
     return out, lse
 
