@@ -19,26 +19,28 @@ def _grads(shapes, steps, seed=0):
     return [[torch.randn(s, generator=g) for s in shapes] for _ in range(steps)]
 
 
-def _reference(init, grads):
-    """torch.optim.AdamW on fp32 copies, fed the same (bf16-rounded) gradients."""
-    params = [torch.nn.Parameter(w.clone().float()) for w in init]
-    opt = torch.optim.AdamW(params, foreach=False, **HYPER)
-    for step in grads:
-        for p, g in zip(params, step, strict=True):
-            p.grad = g.clone()
-        opt.step()
-    return [p.detach() for p in params]
-
-
-def _run_ours(init, grads, dtype, fused):
+def _train(optimizer, init, grads, dtype):
+    """Parameters of `dtype` from `init`, `optimizer(params)` stepped on `grads`; (params, opt)."""
     params = [torch.nn.Parameter(w.clone().to(dtype)) for w in init]
-    opt = MasterWeightAdamW(params, fused=fused, **HYPER)
+    opt = optimizer(params)
     for step in grads:
         for p, g in zip(params, step, strict=True):
             p.grad = g.to(dtype)
         opt.step()
         opt.zero_grad()
     return params, opt
+
+
+def _reference(init, grads):
+    """torch.optim.AdamW on fp32 copies, fed the same (bf16-rounded) gradients."""
+    params, _ = _train(
+        lambda ps: torch.optim.AdamW(ps, foreach=False, **HYPER), init, grads, torch.float32
+    )
+    return [p.detach() for p in params]
+
+
+def _run_ours(init, grads, dtype, fused):
+    return _train(lambda ps: MasterWeightAdamW(ps, fused=fused, **HYPER), init, grads, dtype)
 
 
 SHAPES = [(7, 5), (3000,), (1,)]  # 3000 > the kernel's block: a masked tail
@@ -64,12 +66,9 @@ def test_bf16_params_keep_an_fp32_master_that_matches_adamw():
         assert torch.equal(p.detach(), master.bfloat16())  # the weight is the rounded master
     # the updates are far below bf16's resolution for many weights: without the master copy
     # (AdamW straight on bf16) the weights drift from the fp32 result
-    naive = [torch.nn.Parameter(w.clone().bfloat16()) for w in init]
-    opt2 = torch.optim.AdamW(naive, foreach=False, **HYPER)
-    for step in grads:
-        for p, g in zip(naive, step, strict=True):
-            p.grad = g.bfloat16()
-        opt2.step()
+    naive, _ = _train(
+        lambda ps: torch.optim.AdamW(ps, foreach=False, **HYPER), init, grads, torch.bfloat16
+    )
     ref = _reference(init, grads)
     ours_err = sum((p.float() - r).abs().sum() for p, r in zip(params, ref, strict=True))
     naive_err = sum((p.float() - r).abs().sum() for p, r in zip(naive, ref, strict=True))

@@ -24,6 +24,7 @@ them there (in bf16); for many microbatches per step, `amp_bf16` (fp32 weights) 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import os
 from collections.abc import Iterable
@@ -70,11 +71,7 @@ def _kernel():
 
 @functools.cache
 def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("triton") is not None
 
 
 def _local(t: Tensor) -> Tensor:
