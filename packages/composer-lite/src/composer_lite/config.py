@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from composer_lite._keys import reject_unknown_keys
 from composer_lite.precision import PRECISIONS
 from composer_lite.time import Time, TimeUnit
 
@@ -113,10 +114,7 @@ class TrainerConfig:
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> TrainerConfig:
         """A config from a mapping; every unknown key is named in one error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown Trainer.Config keys {unknown}; known keys: {sorted(known)}")
+        reject_unknown_keys(cls, options, "Trainer.Config")
         if "max_duration" not in options:
             raise ValueError("Trainer.Config needs max_duration (e.g. '1ep' or '1000ba')")
         return cls(**options)

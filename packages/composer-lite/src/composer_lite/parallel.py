@@ -24,7 +24,6 @@ With one process, or `fsdp=False`, nothing is sharded (the Trainer does plain da
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import warnings
@@ -44,6 +43,8 @@ from torch.distributed.fsdp import (
     fully_shard,
 )
 from torch.distributed.tensor import DTensor
+
+from composer_lite._keys import reject_unknown_keys
 
 __all__ = [
     "DTYPES",
@@ -126,10 +127,7 @@ class ParallelConfig:
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> ParallelConfig:
         """A config from a mapping (foundry's YAML); every unknown key is named in one error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown ParallelConfig keys {unknown}; known keys: {sorted(known)}")
+        reject_unknown_keys(cls, options, "ParallelConfig")
         return cls(**options)
 
     def mixed_precision(self) -> MixedPrecisionPolicy:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
+from composer_lite._keys import reject_unknown_keys
+
 __all__ = ["Time", "TimeUnit", "Timestamp"]
 
 
@@ -201,9 +203,6 @@ class Timestamp:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        names = {f.name for f in fields(self)}
-        unknown = set(state) - names
-        if unknown:
-            raise ValueError(f"unknown Timestamp keys {sorted(unknown)}")
-        for name in names:
+        reject_unknown_keys(type(self), state, "Timestamp")
+        for name in (f.name for f in fields(self)):
             setattr(self, name, int(state.get(name, 0)))
