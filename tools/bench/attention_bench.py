@@ -33,17 +33,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_harness import (
     add_harness_args,
-    default_json,
     environment,
-    finished,
     fmt,
     format_table,
-    last_meta,
     raise_recompile_limits,
-    read_log,
-    supervise,
+    run_all,
     worker_loop,
-    write_json,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -603,36 +598,24 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # the float64 reference stays float64
         return worker_loop(keys, bench.run, args._worker, args._deadline, meta)
 
-    out = args.json or default_json("attention_bench", args.device)
-    log = out.with_suffix(".partial.jsonl")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.unlink(missing_ok=True)
-    deadline = time.time() + args.time_budget
-    payload = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "args": vars(args)}
-
-    def save(results: dict[str, dict], env: dict, final: bool = False) -> None:
+    def rows_of(results: dict[str, dict]) -> list[dict]:
         results = {k: dict(v) for k, v in results.items()}
         add_ratios(results)
-        rows = [results[k] for k in shown if k in results]
-        write_json(out, {**payload, "environment": env, "complete": final, "results": rows})
+        return [results[k] for k in shown if k in results]
 
-    if args.in_process:
-        bench = Bench(args, specs)
-        worker_loop(keys, bench.run, log, deadline, environment(args.device))
-        results, env = finished(read_log(log)), last_meta(read_log(log))
-    else:
-        argv = sys.argv[1:]
-        results, env = supervise(
-            __file__, argv, keys, log, variant_timeout=args.variant_timeout, deadline=deadline,
-            on_progress=save,
-        )  # fmt: skip
-    save(results, env, final=True)
+    results, env, out = run_all(
+        __file__,
+        args,
+        keys,
+        "attention_bench",
+        lambda: (Bench(args, specs).run, environment(args.device)),
+        rows_of,
+    )
     results = {k: dict(v) for k, v in results.items()}
     add_ratios(results)
     print()
     print(report(results, shown, env))
     print(f"\nwrote {out}")
-    log.unlink(missing_ok=True)
     return 0
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "last_meta",
     "raise_recompile_limits",
     "read_log",
+    "run_all",
     "supervise",
     "worker_loop",
     "write_json",
@@ -180,6 +181,44 @@ def supervise(
     for k in keys:
         done.setdefault(k, {"key": k, "status": "not run"})
     return done, last_meta(records)
+
+
+def run_all(
+    script: str,
+    args: argparse.Namespace,
+    keys: list[str],
+    name: str,
+    make_worker: Callable[[], tuple[Callable[[str, dict], None], dict]],
+    rows_of: Callable[[dict[str, dict]], list[dict]],
+) -> tuple[dict[str, dict], dict, Path]:
+    """The supervisor side of a benchmark's main(): runs every key in workers (or in this process
+    with --in-process), rewrites the JSON after each variant and at the end (`complete` true only
+    then), and returns ({key: result}, environment, JSON path). `make_worker()` gives the
+    in-process (run_one, meta); `rows_of(results)` the JSON's result rows."""
+    out = args.json or default_json(name, args.device)
+    log = out.with_suffix(".partial.jsonl")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
+    deadline = time.time() + args.time_budget
+    payload = {"command": " ".join([Path(script).name, *sys.argv[1:]]), "args": vars(args)}
+
+    def save(results: dict[str, dict], env: dict, final: bool = False) -> None:
+        write_json(
+            out, {**payload, "environment": env, "complete": final, "results": rows_of(results)}
+        )
+
+    if args.in_process:
+        run_one, meta = make_worker()
+        worker_loop(keys, run_one, log, deadline, meta)
+        results, env = finished(read_log(log)), last_meta(read_log(log))
+    else:
+        results, env = supervise(
+            script, sys.argv[1:], keys, log, variant_timeout=args.variant_timeout,
+            deadline=deadline, on_progress=save,
+        )  # fmt: skip
+    save(results, env, final=True)
+    log.unlink(missing_ok=True)
+    return results, env, out
 
 
 def last_meta(records: list[dict]) -> dict:

@@ -39,19 +39,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_harness import (
     add_harness_args,
-    default_json,
     environment,
-    finished,
     fmt,
     format_table,
     is_oom,
     kernel_profile,
-    last_meta,
     raise_recompile_limits,
-    read_log,
-    supervise,
+    run_all,
     worker_loop,
-    write_json,
 )
 
 MODELS = ["mpt_125m", "mpt_350m", "mpt_1b"]
@@ -600,31 +595,16 @@ def main() -> int:
         runner = Runner(args)
         return worker_loop(keys, runner.run, args._worker, args._deadline, runner.meta())
 
-    out = args.json or default_json("model_bench", args.device)
-    log = out.with_suffix(".partial.jsonl")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.unlink(missing_ok=True)
-    deadline = time.time() + args.time_budget
-    payload = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "args": vars(args)}
-
-    def save(results: dict[str, dict], env: dict, final: bool = False) -> None:
-        rows = [results[k] for k in keys if k in results]
-        write_json(out, {**payload, "environment": env, "complete": final, "results": rows})
-
-    if args.in_process:
+    def worker():
         runner = Runner(args)
-        worker_loop(keys, runner.run, log, deadline, runner.meta())
-        results, env = finished(read_log(log)), last_meta(read_log(log))
-    else:
-        results, env = supervise(
-            __file__, sys.argv[1:], keys, log, variant_timeout=args.variant_timeout,
-            deadline=deadline, on_progress=save,
-        )  # fmt: skip
-    save(results, env, final=True)
+        return runner.run, runner.meta()
+
+    results, env, out = run_all(
+        __file__, args, keys, "model_bench", worker, lambda res: [res[k] for k in keys if k in res]
+    )
     print()
     print(report(results, keys, env))
     print(f"\nwrote {out}")
-    log.unlink(missing_ok=True)
     return 0
 
 
