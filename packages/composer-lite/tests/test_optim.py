@@ -161,3 +161,39 @@ def test_fused_kernel_on_gpu_matches_torch_path():
             assert torch.equal(p.detach(), opt.state[p]["master"].bfloat16())
     for a, b in zip(out[True], out[False], strict=True):
         torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)
+
+
+class _Loader(list):
+    batch_size = 8
+
+
+def _bf16_trainer(folder, max_duration, **options):
+    from composer_lite import Trainer
+    from composer_lite.testing import TinyLM, random_lm_batch
+
+    torch.manual_seed(0)
+    model = TinyLM().to(torch.bfloat16)
+    data = _Loader(random_lm_batch(8, 6, seed=i) for i in range(4))
+    opt = MasterWeightAdamW(model.parameters(), fused=False, **HYPER)
+    return Trainer(
+        model, data, opt, max_duration=max_duration, save_folder=str(folder), save_interval="1ba",
+        default_callbacks=False, loggers=[], **options,
+    )  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:the train dataloader has no state_dict")
+def test_trainer_checkpoint_resume_with_bf16_weights_is_bitwise(tmp_path):
+    """In the Trainer: bf16 weights, masters in the optimizer's state; a run stopped at batch 2 and
+    resumed from its checkpoint ends bitwise equal to one that never stopped (masters too)."""
+    straight = _bf16_trainer(tmp_path / "a", "4ba")
+    straight.fit()
+    _bf16_trainer(tmp_path / "b", "2ba").fit()
+    resumed = _bf16_trainer(tmp_path / "b", "4ba", autoresume=True)
+    assert resumed._resumed_from.endswith("ep0-ba2")
+    resumed.fit()
+    a, b = straight.state.model, resumed.state.model
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert p.dtype == torch.bfloat16 and torch.equal(p, q), name
+        ma, mb = straight.state.optimizer.state[p], resumed.state.optimizer.state[q]
+        assert mb["master"].dtype == torch.float32 and torch.equal(ma["master"], mb["master"]), name
+        assert torch.equal(ma["exp_avg_sq"], mb["exp_avg_sq"]), name
