@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +346,10 @@ def test_corrupt_compressed_shard_is_named_and_leaves_no_raw_file(tmp_path):
         ds[int(first)]
     with pytest.raises(ShardTruncatedError, match=names[2]):
         ds[int(ds._shard_ends[1])]
+    # shard 0 is read while it is still being decompressed (a growing temp file); let that finish
+    for thread in threading.enumerate():
+        if thread.name == "streaming-decompress":
+            thread.join(timeout=60)
     raw_files = [n for n in os.listdir(out) if n.endswith(".mds")]
     assert names[1][: -len(".zstd")] not in raw_files and names[2][: -len(".zstd")] not in raw_files
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
