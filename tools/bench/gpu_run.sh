@@ -7,7 +7,13 @@
 #   tools/gpu-setup && tools/bench/gpu_run.sh model               # a second call (~9 min)
 #   ATTN_ARGS="--shapes 8x2048x16x128 --backends triton,flex" tools/bench/gpu_run.sh attention
 #
-# Steps (arguments, in any order; none = all three): tests, attention, model.
+#   tools/gpu-setup && tools/bench/gpu_run.sh target              # the part-7 target, 2 rounds
+#   tools/gpu-setup && tools/bench/gpu_run.sh rows                # mpt_125m/350m x every backend
+#
+# Steps (arguments, in any order; none = tests, attention, model): tests, attention, model,
+# target (mpt_1b triton vs the compiled GPT + FlexAttention in both precision recipes, --repeat 2
+# --steps 20: model_bench with MODEL_ARGS replaced), rows (mpt_125m and mpt_350m with every
+# backend in mp-compile-model).
 # Extra arguments per step: TEST_ARGS, ATTN_ARGS, MODEL_ARGS. GPU_TESTS: the test files (default
 # packages/mpt/tests/test_flash_alibi_gpu.py; test_model_gpu.py can be added).
 # Limits in seconds: T_TESTS (150), T_ATTN (360), T_MODEL (540), all within GPU_RUN_BUDGET (530:
@@ -30,7 +36,7 @@ budget=${GPU_RUN_BUDGET:-530}
 steps=("$@")
 (( ${#steps[@]} )) || steps=(tests attention model)
 for s in "${steps[@]}"; do
-  case $s in tests|attention|model) ;; *) echo "gpu_run: unknown step '$s' (tests, attention, model)" >&2; exit 2 ;; esac
+  case $s in tests|attention|model|target|rows) ;; *) echo "gpu_run: unknown step '$s' (tests, attention, model, target, rows)" >&2; exit 2 ;; esac
 done
 
 log() { echo "$*" | tee -a "$OUT/gpu_run.log"; }
@@ -95,6 +101,20 @@ for s in "${steps[@]}"; do
       # shellcheck disable=SC2086
       run_step model_bench "$lim" "$PY" tools/bench/model_bench.py \
         --time-budget "$(budget_for "$lim")" ${MODEL_ARGS:-}
+      ;;
+    target)
+      lim=$(limit_for "${T_MODEL:-540}")
+      MPT_TRITON_AUTOTUNE=0 run_step model_bench_target "$lim" "$PY" tools/bench/model_bench.py \
+        --time-budget "$(budget_for "$lim")" --models mpt_1b --backends triton \
+        --modes mp-compile-model --baselines gpt_flex --baseline-modes compile,mp-compile \
+        --repeat 2 --steps 20 --json "$OUT/model_bench_target.json"
+      ;;
+    rows)
+      lim=$(limit_for "${T_MODEL:-540}")
+      MPT_TRITON_AUTOTUNE=0 run_step model_bench_rows "$lim" "$PY" tools/bench/model_bench.py \
+        --time-budget "$(budget_for "$lim")" --models mpt_125m,mpt_350m \
+        --backends triton,flex,sdpa,torch --modes mp-compile-model --baselines none \
+        --json "$OUT/model_bench_rows.json"
       ;;
   esac
 done
