@@ -70,6 +70,20 @@ TRITON_VARIANTS: dict[str, dict] = {
             "dq": dict(block_m=128, block_n=64, num_warps=8, num_stages=2),
         }
     },
+    # Triton's fused-attention tutorial shapes for the backward (32 query rows per step against
+    # 128 keys for dk/dv, 128 rows against 32 keys for dq), and the defaults one stage deeper
+    "triton_bwd32x128": {
+        "configs": {
+            "dkdv": dict(block_m=32, block_n=128, num_warps=4, num_stages=3),
+            "dq": dict(block_m=128, block_n=32, num_warps=4, num_stages=3),
+        }
+    },
+    "triton_bwd_stages3": {
+        "configs": {
+            "dkdv": dict(block_m=64, block_n=64, num_warps=4, num_stages=3),
+            "dq": dict(block_m=64, block_n=64, num_warps=4, num_stages=3),
+        }
+    },
 }
 OTHERS = ["sdpa", "flash"]
 OPTIONAL = ["flex_autotune"]  # not in the default list: max-autotune compile takes minutes
