@@ -91,3 +91,22 @@ def test_a_head_dim_the_kernel_cannot_serve_is_named(tiny_mpt):
     model = tiny_mpt(attn_impl="triton", attn_fallback=None, d_model=80, n_heads=1)
     with pytest.raises(ValueError, match=r"does not support head dim 80 \(supported: \(16, 32"):
         model(torch.randint(0, 101, (1, 8)))
+
+
+@pytest.mark.parametrize("qk_ln", [False, True])  # the packed-qkv op and the views op
+def test_whole_model_with_packed_documents_compiles_into_one_graph(tiny_mpt, qk_ln):
+    """torch.compile(model, fullgraph=True) with sequence ids: the document bounds prepared once
+    per forward, the custom ops and their backward trace without a graph break, same numbers."""
+    torch._dynamo.reset()
+    ids = torch.randint(0, 101, (2, 24))
+    seq = torch.tensor([[0] * 10 + [1] * 14, [0] * 24])
+    grads = {}
+    for compiled in (False, True):
+        model = tiny_mpt(attn_impl="triton", attn_fallback=None, qk_ln=qk_ln).train()
+        run = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
+        out = run(ids, sequence_id=seq, labels=ids)
+        out.loss.backward()
+        grads[compiled] = (out.loss.detach(), [p.grad for p in model.parameters()])
+    torch.testing.assert_close(grads[True][0], grads[False][0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads[True][1], grads[False][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
