@@ -15,7 +15,8 @@
 # --steps 20: model_bench with MODEL_ARGS replaced), rows (mpt_125m and mpt_350m with every
 # backend in mp-compile-model).
 # Extra arguments per step: TEST_ARGS, ATTN_ARGS, MODEL_ARGS. GPU_TESTS: the test files (default
-# packages/mpt/tests/test_flash_alibi_gpu.py; test_model_gpu.py can be added).
+# packages/mpt/tests/test_flash_alibi_gpu.py and composer-lite's test_optim.py; test_model_gpu.py
+# can be added).
 # Limits in seconds: T_TESTS (150), T_ATTN (360), T_MODEL (540), all within GPU_RUN_BUDGET (530:
 # a device call runs 600 s at most, gpu-setup included). A step gets at most what is left of the
 # budget, and each benchmark is told to stop starting variants 20-45 s before its limit
@@ -40,6 +41,7 @@ for s in "${steps[@]}"; do
 done
 
 log() { echo "$*" | tee -a "$OUT/gpu_run.log"; }
+DEFAULT_TESTS="packages/mpt/tests/test_flash_alibi_gpu.py packages/composer-lite/tests/test_optim.py"
 summary=()
 
 # run_step NAME LIMIT COMMAND...: runs under `timeout`, output to the console and $OUT/NAME.log.
@@ -81,12 +83,12 @@ for s in "${steps[@]}"; do
   case $s in
     tests)
       files=()
-      for f in ${GPU_TESTS:-packages/mpt/tests/test_flash_alibi_gpu.py}; do [[ -e $f ]] && files+=("$f"); done
+      for f in ${GPU_TESTS:-$DEFAULT_TESTS}; do [[ -e $f ]] && files+=("$f"); done
       if (( ${#files[@]} )); then
         # shellcheck disable=SC2086
         run_step tests "${T_TESTS:-150}" "$PY" -m pytest "${files[@]}" -q -p no:cacheprovider ${TEST_ARGS:-}
       else
-        log "== tests: ${GPU_TESTS:-packages/mpt/tests/test_flash_alibi_gpu.py} not present; skipped"
+        log "== tests: ${GPU_TESTS:-$DEFAULT_TESTS} not present; skipped"
         summary+=("tests: not present")
       fi
       ;;
