@@ -508,13 +508,16 @@ def report(results: dict[str, dict], keys: list[str], env: dict) -> str:
     big = max(ours, key=lambda r: r.get("params", 0), default=None)
     if big is not None:
         same = [r for r in ours if r["model"] == big["model"]]
-        best = max(same, key=lambda r: r["tokens_per_s"])
         for name, base in (("compiled GPT + FlexAttention", gpt), ("transformers MPT", hf)):
             if base.get("tokens_per_s"):
+                # the target compares equal micro-batches when there are such rows (the GPT's 8)
+                pool = [r for r in same if r.get("micro_batch") == base.get("micro_batch")]
+                best = max(pool if base is gpt and pool else same, key=lambda r: r["tokens_per_s"])
                 ratio = best["tokens_per_s"] / base["tokens_per_s"]
                 goal = " (target >= 1.1x)" if base is gpt else ""
-                lines.append(f"{best['model']} triton/{best['mode']}: {ratio:.2f}x the {name}"
-                             f" ({base['mode']}) tokens/s{goal}")  # fmt: skip
+                lines.append(f"{best['model']} triton/{best['mode']} mb {best.get('micro_batch')}: "
+                             f"{ratio:.2f}x the {name} ({base['mode']}, mb {base.get('micro_batch')})"
+                             f" tokens/s{goal}")  # fmt: skip
         for base in gpts:  # the same precision and compile mode on both sides
             # the GPT compiles the whole model in every compile mode: X matches X and X-model
             mine = [r for r in same if r["mode"] in (base["mode"], base["mode"] + "-model")]
