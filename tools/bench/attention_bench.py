@@ -37,6 +37,7 @@ from bench_harness import (
     fmt,
     format_table,
     raise_recompile_limits,
+    resolve_device,
     run_all,
     worker_loop,
 )
@@ -578,15 +579,7 @@ def main() -> int:
                         "the whole causal sequence, so they read as effective rates")  # fmt: skip
     add_harness_args(parser, variant_timeout=300)
     args = parser.parse_args()
-    if args.dry_run:
-        args.device, args.quick = "cpu", True
-    if args.device is None:
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cpu":
-        # The Triton kernels run on CPU tensors only under the interpreter (set before import).
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    resolve_device(args)
     specs = make_specs(parse_triton_config(args.triton_config) if args.triton_config else None)
     backends = args.backends.split(",") if args.backends else default_backends(specs)
     unknown = [b for b in backends if b not in specs]

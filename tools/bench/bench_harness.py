@@ -45,6 +45,7 @@ __all__ = [
     "last_meta",
     "raise_recompile_limits",
     "read_log",
+    "resolve_device",
     "run_all",
     "supervise",
     "worker_loop",
@@ -61,6 +62,20 @@ def add_harness_args(parser: argparse.ArgumentParser, *, variant_timeout: float)
     parser.add_argument("--in-process", action="store_true", help="no worker process (debugging)")
     parser.add_argument("--_worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--_deadline", type=float, help=argparse.SUPPRESS)
+
+
+def resolve_device(args: argparse.Namespace) -> str:
+    """`--dry-run` means `--device cpu --quick`; no `--device`: cuda when there is one. On the CPU
+    the Triton kernels run under the interpreter (set before triton is imported)."""
+    if args.dry_run:
+        args.device, args.quick = "cpu", True
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    return args.device
 
 
 def default_json(name: str, device: str) -> Path:

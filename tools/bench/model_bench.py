@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import gc
 import math
-import os
 import statistics
 import sys
 import time
@@ -45,6 +44,7 @@ from bench_harness import (
     is_oom,
     kernel_profile,
     raise_recompile_limits,
+    resolve_device,
     run_all,
     worker_loop,
 )
@@ -560,15 +560,7 @@ def main() -> int:
                         help="GPU kernel time per step by category and the top kernels (cuda)")  # fmt: skip
     add_harness_args(parser, variant_timeout=420)
     args = parser.parse_args()
-    if args.dry_run:
-        args.device, args.quick = "cpu", True
-    if args.device is None:
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    cpu = args.device == "cpu"
-    if cpu:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels on CPU tensors
+    cpu = resolve_device(args) == "cpu"
     args.steps = args.steps or (3 if cpu else 5 if args.quick else 10)
     args.warmup = args.warmup or (2 if args.quick or cpu else 3)
     models = args.models.split(",") if args.models else (["tiny"] if cpu else MODELS)

@@ -81,6 +81,14 @@ def _doc_bounds(q_seq_id: Tensor, k_seq_id: Tensor) -> tuple[Tensor, Tensor]:
     return _i32(first_key), _i32(last_row)
 
 
+def _loop_bounds_buffer(kernel: str, block_d: int, rows: int, length: int, block: str, dev):
+    """Tests only (`debug`): an int32 buffer of -1s, one entry per (row, block of `length`), for a
+    kernel to store its loop bounds in; the block size comes from the forced launch config."""
+    cfg = _fixed_config(kernel, block_d)
+    assert cfg is not None, "debug loop bounds need a fixed config (set_kernel_config)"
+    return torch.full((rows, _cdiv(length, cfg[block])), -1, device=dev, dtype=torch.int32)
+
+
 def _i32(x: Tensor) -> Tensor:
     return x.to(torch.int32).contiguous()
 
@@ -121,11 +129,7 @@ def _forward_impl(
     row_bound = torch.empty((B, H, Tq), device=dev, dtype=torch.float32) if skip else dummy_f
     block_d = _block_d(D)
     store = debug is not None
-    kv_start = dummy_i
-    if store:
-        cfg = _fixed_config("fwd", block_d)
-        assert cfg is not None, "debug loop bounds need a fixed config (set_kernel_config)"
-        kv_start = torch.full((B * H, _cdiv(Tq, cfg["block_m"])), -1, device=dev, dtype=torch.int32)
+    kv_start = _loop_bounds_buffer("fwd", block_d, B * H, Tq, "block_m", dev) if store else dummy_i
     if q_seq_id is None:
         first_key = dummy_i
     elif first_key is None:
@@ -195,11 +199,7 @@ def _backward_impl(
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
     tail = (H, Tq, Tk, _bucket(Tq), _bucket(Tk))
 
-    q_end = dummy_i
-    if store:
-        cfg = _fixed_config("dkdv", block_d)
-        assert cfg is not None, "debug loop bounds need a fixed config (set_kernel_config)"
-        q_end = torch.full((B * H, _cdiv(Tk, cfg["block_n"])), -1, device=dev, dtype=torch.int32)
+    q_end = _loop_bounds_buffer("dkdv", block_d, B * H, Tk, "block_n", dev) if store else dummy_i
     _launch(
         "dkdv", _bwd.dkdv_kernel, lambda bm, bn: (_cdiv(Tk, bn), B * Hkv),
         (q, k, v, dout, slopes, lse, delta, *seq[:2], last_row, col_bound if skip else dummy_f,
@@ -207,11 +207,7 @@ def _backward_impl(
         {**consts, "STORE_Q_END": store}, block_d,
     )  # fmt: skip
 
-    kv_start = dummy_i
-    if store:
-        cfg = _fixed_config("dq", block_d)
-        assert cfg is not None, "debug loop bounds need a fixed config (set_kernel_config)"
-        kv_start = torch.full((B * H, _cdiv(Tq, cfg["block_m"])), -1, device=dev, dtype=torch.int32)
+    kv_start = _loop_bounds_buffer("dq", block_d, B * H, Tq, "block_m", dev) if store else dummy_i
     _launch(
         "dq", _bwd.dq_kernel, lambda bm, bn: (_cdiv(Tq, bm), B * H),
         (q, k, v, dout, slopes, lse, delta, *seq[:2], first_key, kmax if skip else dummy_f, dq,
