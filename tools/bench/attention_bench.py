@@ -62,6 +62,8 @@ TRITON_VARIANTS: dict[str, dict] = {
     "triton_skip40": {"skip_bits": 40.0},
     "triton_skiprounding": {"skip_bits": "rounding"},  # 25 + ceil(log2 S): fp32-rounding level
     "triton_default_cfg": {"autotune": False},
+    # what MPTForCausalLM runs: attn_skip_bits "rounding" (MPTConfig's default), default configs
+    "triton_model": {"skip_bits": "rounding", "autotune": False},
     "triton_fwd128x128": {
         "configs": {"fwd": dict(block_m=128, block_n=128, num_warps=8, num_stages=2)}
     },

@@ -22,7 +22,7 @@ SHAPE = dict(d_model=512, n_heads=8, n_layers=4, vocab_size=1000, max_seq_len=51
 def run(impl: str, ids, seq_id, **overrides):
     torch.manual_seed(0)
     model = MPTForCausalLM(
-        MPTConfig(**SHAPE, attn_impl=impl, attn_fallback=None, **overrides), device="cuda"
+        MPTConfig(**{**SHAPE, **overrides}, attn_impl=impl, attn_fallback=None), device="cuda"
     )
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(ids, sequence_id=seq_id, labels=ids)
