@@ -25,7 +25,7 @@ key's document (`LastRow[b, j]`, -1 if none), both from the launcher.
 import triton
 import triton.language as tl
 
-from ._fwd import LOG2E, doc_start, load_tile, skip_start
+from ._fwd import LOG2E, doc_start, load_tile, mask_scores, query_block, row_tile, skip_start
 
 
 @triton.jit
@@ -40,14 +40,9 @@ def preprocess_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < Tq) & (offs_d[None, :] < HEAD_DIM)
-    o = tl.load(
-        Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + offs_d[None, :],
-        mask=mask, other=0.0,
-    ).to(tl.float32)  # fmt: skip
-    do = tl.load(
-        DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dot + offs_d[None, :],
-        mask=mask, other=0.0,
-    ).to(tl.float32)  # fmt: skip
+    o = row_tile(Out + b * stride_ob + h * stride_oh, rows, stride_ot, offs_d, mask).to(tl.float32)
+    do = row_tile(DO + b * stride_dob + h * stride_doh, rows, stride_dot, offs_d, mask)
+    do = do.to(tl.float32)
     tl.store(Delta + pid_bh.to(tl.int64) * Tq + rows, tl.sum(o * do, 1), mask=rows < Tq)
 
 
@@ -70,10 +65,7 @@ def _dkdv_inner(
             q_base + rows[None, :] * stride_qt + offs_d[:, None],
             mask=d_ok[:, None] & row_ok[None, :], other=0.0,
         )  # fmt: skip
-        do = tl.load(
-            do_base + rows[:, None] * stride_dot + offs_d[None, :],
-            mask=row_ok[:, None] & d_ok[None, :], other=0.0,
-        )  # fmt: skip
+        do = row_tile(do_base, rows, stride_dot, offs_d, row_ok[:, None] & d_ok[None, :])
         if UPCAST:
             qT = qT.to(tl.float32)
             do = do.to(tl.float32)
@@ -127,14 +119,8 @@ def dkdv_kernel(
     col_ok = cols < Tk
     d_ok = offs_d < HEAD_DIM
     kv_mask = col_ok[:, None] & d_ok[None, :]
-    k = tl.load(
-        K + b64 * stride_kb + hkv * stride_kh + cols[:, None] * stride_kt + offs_d[None, :],
-        mask=kv_mask, other=0.0,
-    )  # fmt: skip
-    v = tl.load(
-        V + b64 * stride_vb + hkv * stride_vh + cols[:, None] * stride_vt + offs_d[None, :],
-        mask=kv_mask, other=0.0,
-    )  # fmt: skip
+    k = row_tile(K + b64 * stride_kb + hkv * stride_kh, cols, stride_kt, offs_d, kv_mask)
+    v = row_tile(V + b64 * stride_vb + hkv * stride_vh, cols, stride_vt, offs_d, kv_mask)
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -218,14 +204,7 @@ def _dq_inner(
             vT = vT.to(tl.float32)
         qk = tl.dot(q, kT, input_precision=DOT_PREC)  # (BLOCK_M, BLOCK_N)
         s = qk * qk_scale + (slope2 * (cols - ref).to(tl.float32))[None, :] - row_term[:, None]
-        if MASKED:
-            s = tl.where(cols[None, :] <= pos[:, None], s, float("-inf"))
-        if HAS_SEQ:
-            if MASKED:
-                k_id = tl.load(ks_base + cols * stride_kst, mask=col_ok, other=0)
-            else:
-                k_id = tl.load(ks_base + cols * stride_kst)
-            s = tl.where(q_id[:, None] == k_id[None, :], s, float("-inf"))
+        s = mask_scores(s, cols, col_ok, pos, q_id, ks_base, stride_kst, MASKED, HAS_SEQ)
         p = tl.exp2(s)  # p_ij = exp(score_ij - lse_i)
         dp = tl.dot(do, vT, input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
@@ -250,29 +229,14 @@ def dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(Tq, BLOCK_M), B * H); the last (heaviest) query blocks are launched first."""
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hkv = h // GROUP
+    pid_m, pid_bh, b, h, hkv, offs_m, pos, p0 = query_block(H, Tq, Tk, GROUP, BLOCK_M)
     b64 = b.to(tl.int64)
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < Tq
-    d_ok = offs_d < HEAD_DIM
-    io_mask = row_ok[:, None] & d_ok[None, :]
-    pos = offs_m + (Tk - Tq)
-    p0 = start_m + (Tk - Tq)
+    io_mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
 
-    q = tl.load(
-        Q + b64 * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
-        mask=io_mask, other=0.0,
-    )  # fmt: skip
-    do = tl.load(
-        DO + b64 * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
-        mask=io_mask, other=0.0,
-    )  # fmt: skip
+    q = row_tile(Q + b64 * stride_qb + h * stride_qh, offs_m, stride_qt, offs_d, io_mask)
+    do = row_tile(DO + b64 * stride_dob + h * stride_doh, offs_m, stride_dot, offs_d, io_mask)
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)

@@ -14,7 +14,7 @@ with each row's own slope; splits that lie wholly before the keys any row needs 
 import triton
 import triton.language as tl
 
-from ._fwd import LOG2E, skip_start
+from ._fwd import LOG2E, diagonal_bound, row_tile, skip_start
 
 
 @triton.jit
@@ -66,15 +66,11 @@ def split_kernel(
     lo = pid_s * split_len
     hi = tl.minimum(lo + split_len, Tk)
     if SKIP:
-        qf = q.to(tl.float32)
-        k_diag = tl.load(
-            k_base + pos[:, None] * stride_kt + offs_d[None, :], mask=io_mask, other=0.0
-        ).to(tl.float32)
         k_norm_max = tl.load(KNormMax + b * Hkv + hkv)
-        bound = sm_scale * (tl.sqrt(tl.sum(qf * qf, 1)) * k_norm_max - tl.sum(qf * k_diag, 1))
-        if HAS_SEQ:
-            diag_id = tl.load(ks_base + pos * stride_kst, mask=row_ok, other=0)
-            bound = tl.where(diag_id == q_id, bound, float("inf"))
+        bound, _ = diagonal_bound(
+            q, k_base, ks_base, pos, q_id, row_ok, io_mask, offs_d, stride_kt, stride_kst,
+            sm_scale, k_norm_max, HAS_SEQ,
+        )  # fmt: skip
         lo = tl.maximum(lo, skip_start(pos, bound, slope, skip_nats, row_ok, BLOCK_N))
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -87,10 +83,7 @@ def split_kernel(
             k_base + cols[None, :] * stride_kt + offs_d[:, None],
             mask=col_ok[None, :] & d_ok[:, None], other=0.0,
         )  # fmt: skip
-        v = tl.load(
-            v_base + cols[:, None] * stride_vt + offs_d[None, :],
-            mask=col_ok[:, None] & d_ok[None, :], other=0.0,
-        )  # fmt: skip
+        v = row_tile(v_base, cols, stride_vt, offs_d, col_ok[:, None] & d_ok[None, :])
         if UPCAST:
             kT = kT.to(tl.float32)
             v = v.to(tl.float32)

@@ -46,6 +46,58 @@ def load_tile(ptrs, ok0, ok1, CHECK0: tl.constexpr, CHECK1: tl.constexpr):
 
 
 @triton.jit
+def row_tile(base, rows, stride_t, offs_d, mask):
+    """The (rows, D) tile at `base + rows * stride_t + d`, 0 where `mask` is false."""
+    return tl.load(base + rows[:, None] * stride_t + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def query_block(H, Tq, Tk, GROUP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's block of query rows (the heaviest, last, blocks are launched first) and its
+    (batch, head): (pid_m, pid_bh, b, h, hkv, offs_m, pos, p0), with `pos` the rows' absolute
+    positions (bottom-right aligned) and `p0` the first row's."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    return pid_m, pid_bh, b, h, h // GROUP, offs_m, offs_m + (Tk - Tq), start_m + (Tk - Tq)
+
+
+@triton.jit
+def mask_scores(s, cols, col_ok, pos, q_id, ks_base, stride_kst,
+                MASKED: tl.constexpr, HAS_SEQ: tl.constexpr):  # fmt: skip
+    """Scores (rows x keys) with -inf where the causal mask (MASKED: the diagonal blocks) or the
+    documents (HAS_SEQ) hide the key. Unmasked blocks hold only keys inside the sequence."""
+    if MASKED:
+        s = tl.where(cols[None, :] <= pos[:, None], s, float("-inf"))
+    if HAS_SEQ:
+        if MASKED:
+            k_id = tl.load(ks_base + cols * stride_kst, mask=col_ok, other=0)
+        else:
+            k_id = tl.load(ks_base + cols * stride_kst)
+        s = tl.where(q_id[:, None] == k_id[None, :], s, float("-inf"))
+    return s
+
+
+@triton.jit
+def diagonal_bound(q, k_base, ks_base, pos, q_id, row_ok, io_mask, offs_d, stride_kt, stride_kst,
+                   sm_scale, k_norm_max, HAS_SEQ: tl.constexpr):  # fmt: skip
+    """The ALiBi skip's per-row bound (natural units) sm_scale * (||q_i|| Kmax - q_i . k_{pos_i})
+    on s_ij - m_i + slope * (pos_i - j), +inf where the diagonal key is in another document (it
+    then bounds nothing); and ||q_i||."""
+    qf = q.to(tl.float32)
+    q_norm = tl.sqrt(tl.sum(qf * qf, 1))
+    k_diag = row_tile(k_base, pos, stride_kt, offs_d, io_mask).to(tl.float32)
+    bound = sm_scale * (q_norm * k_norm_max - tl.sum(qf * k_diag, 1))
+    if HAS_SEQ:
+        diag_id = tl.load(ks_base + pos * stride_kst, mask=row_ok, other=0)
+        bound = tl.where(diag_id == q_id, bound, float("inf"))
+    return bound, q_norm
+
+
+@triton.jit
 def skip_start(pos, bound, slope, skip_nats, row_ok, BLOCK_N: tl.constexpr):
     """First key block any row still needs: a row drops keys with slope*(pos-j) > bound + skip_nats.
 
@@ -113,14 +165,7 @@ def _fwd_inner(
             kT = kT.to(tl.float32)
         qk = tl.dot(q, kT, input_precision=DOT_PREC)  # (BLOCK_M, BLOCK_N) fp32
         s = qk * qk_scale + (slope2 * (cols - ref).to(tl.float32))[None, :]
-        if MASKED:
-            s = tl.where(cols[None, :] <= pos[:, None], s, float("-inf"))
-        if HAS_SEQ:
-            if MASKED:
-                k_id = tl.load(ks_base + cols * stride_kst, mask=col_ok, other=0)
-            else:
-                k_id = tl.load(ks_base + cols * stride_kst)
-            s = tl.where(q_id[:, None] == k_id[None, :], s, float("-inf"))
+        s = mask_scores(s, cols, col_ok, pos, q_id, ks_base, stride_kst, MASKED, HAS_SEQ)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         if HAS_SEQ:  # a row may have seen no key yet: keep exp2 away from (-inf) - (-inf)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -157,24 +202,13 @@ def fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(Tq, BLOCK_M), B * H); the last (heaviest) query blocks are launched first."""
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hkv = h // GROUP
+    pid_m, pid_bh, b, h, hkv, offs_m, pos, p0 = query_block(H, Tq, Tk, GROUP, BLOCK_M)
     b64 = b.to(tl.int64)
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < Tq
-    d_ok = offs_d < HEAD_DIM
-    pos = offs_m + (Tk - Tq)  # absolute positions of the rows (bottom-right aligned)
-    p0 = start_m + (Tk - Tq)
+    io_mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
 
-    q = tl.load(
-        Q + b64 * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
-        mask=row_ok[:, None] & d_ok[None, :], other=0.0,
-    )  # fmt: skip
+    q = row_tile(Q + b64 * stride_qb + h * stride_qh, offs_m, stride_qt, offs_d, io_mask)
     if UPCAST:  # the interpreter multiplies bf16 dot operands wrongly
         q = q.to(tl.float32)
     k_base = K + b64 * stride_kb + hkv * stride_kh
@@ -191,17 +225,11 @@ def fwd_kernel(
     hi = tl.minimum(p0 + BLOCK_M, Tk)
     lo = 0
     if SKIP:
-        qf = q.to(tl.float32)
-        q_norm = tl.sqrt(tl.sum(qf * qf, 1))
         k_norm_max = tl.load(KNormMax + b * (H // GROUP) + hkv)
-        k_diag = tl.load(
-            k_base + pos[:, None] * stride_kt + offs_d[None, :],
-            mask=row_ok[:, None] & d_ok[None, :], other=0.0,
-        ).to(tl.float32)  # fmt: skip
-        bound = sm_scale * (q_norm * k_norm_max - tl.sum(qf * k_diag, 1))
-        if HAS_SEQ:  # the bound needs the diagonal key to be visible
-            diag_id = tl.load(ks_base + pos * stride_kst, mask=row_ok, other=0)
-            bound = tl.where(diag_id == q_id, bound, float("inf"))
+        bound, q_norm = diagonal_bound(
+            q, k_base, ks_base, pos, q_id, row_ok, io_mask, offs_d, stride_kt, stride_kst,
+            sm_scale, k_norm_max, HAS_SEQ,
+        )  # fmt: skip
         lo = tl.minimum(skip_start(pos, bound, slope, skip_nats, row_ok, BLOCK_N), n_full)
     mask_lo = n_full
     if HAS_SEQ:  # keys below every row's first visible key: other documents
@@ -235,7 +263,7 @@ def fwd_kernel(
     lse = (lse2 - slope2 * (pos - p0).to(tl.float32)) * LN2
     tl.store(
         Out + b64 * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],
-        out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :],
+        out.to(Out.dtype.element_ty), mask=io_mask,
     )  # fmt: skip
     lse_offs = pid_bh.to(tl.int64) * Tq + offs_m
     tl.store(Lse + lse_offs, lse, mask=row_ok)
