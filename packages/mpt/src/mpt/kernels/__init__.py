@@ -5,30 +5,7 @@ first run and raise a clear ImportError when it is missing. `kernels_available()
 they can run here (Triton importable, and CUDA or TRITON_INTERPRET=1).
 """
 
-from .flash_alibi import (
-    SUPPORTED_HEAD_DIMS,
-    document_bounds,
-    flash_alibi_attention,
-    flash_alibi_attention_packed,
-    flash_alibi_decode,
-    flash_alibi_forward,
-    kernels_available,
-    reset_kernel_configs,
-    set_autotune,
-    set_kernel_config,
-    supported_head_dim,
-)
+from . import flash_alibi as _flash_alibi
+from .flash_alibi import *  # noqa: F403  (the public API is flash_alibi.__all__)
 
-__all__ = [
-    "SUPPORTED_HEAD_DIMS",
-    "document_bounds",
-    "flash_alibi_attention",
-    "flash_alibi_attention_packed",
-    "flash_alibi_decode",
-    "flash_alibi_forward",
-    "kernels_available",
-    "reset_kernel_configs",
-    "set_autotune",
-    "set_kernel_config",
-    "supported_head_dim",
-]
+__all__ = list(_flash_alibi.__all__)
