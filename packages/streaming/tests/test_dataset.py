@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from streaming import MDSWriter, Stream, StreamingDataLoader, StreamingDataset
 from streaming.partition import num_global_batches
+from streaming.shardcache import _track_fill, _untrack_fill, finish_fills
 
 COLUMNS = {"id": "int", "tokens": "ndarray:int32:4"}
 
@@ -347,12 +348,49 @@ def test_corrupt_compressed_shard_is_named_and_leaves_no_raw_file(tmp_path):
     with pytest.raises(ShardTruncatedError, match=names[2]):
         ds[int(ds._shard_ends[1])]
     # shard 0 is read while it is still being decompressed (a growing temp file); let that finish
-    for thread in threading.enumerate():
-        if thread.name == "streaming-decompress":
-            thread.join(timeout=60)
+    assert finish_fills(60) == 0
     raw_files = [n for n in os.listdir(out) if n.endswith(".mds")]
     assert names[1][: -len(".zstd")] not in raw_files and names[2][: -len(".zstd")] not in raw_files
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_exit_waits_for_the_raw_files_being_written(tmp_path):
+    """A process that exits right after its read still leaves whole raw files and no temp file."""
+    out = write_dataset(tmp_path / "d", range(300), compression="zstd", size_limit=100_000)
+    code = (
+        "import time\nfrom streaming import StreamingDataset, compression, shard\n"
+        "compression._CHUNK = 256  # a slow, many-step decompression: still running at exit\n"
+        "append = shard.GrowingRaw.append\n"
+        "shard.GrowingRaw.append = lambda raw, chunk: (time.sleep(0.001), append(raw, chunk))\n"
+        f"ds = StreamingDataset(local={str(out)!r}, predownload=0)\n"
+        "print(ds[0]['id'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
+    names = os.listdir(out)
+    zipped = sorted(n for n in names if n.endswith(".mds.zstd"))
+    assert zipped and zipped[0][: -len(".zstd")] in names  # shard 0's raw file, whole
+    assert not [n for n in names if n.endswith(".tmp")], names
+
+
+def test_finish_fills_waits_and_says_what_is_left(caplog):
+    go = threading.Event()
+
+    def fill():
+        try:
+            go.wait(30)
+        finally:
+            _untrack_fill()
+
+    _track_fill(threading.Thread(target=fill, daemon=True, name="streaming-decompress"))
+    with caplog.at_level("WARNING", logger="streaming.shardcache"):
+        assert finish_fills(0.05) == 1
+    assert "1 shard decompression(s) still running at exit" in caplog.text
+    go.set()
+    assert finish_fills(10) == 0
 
 
 def test_readers_wait_only_for_the_bytes_they_need(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from streaming.stream import Stream
 from streaming.world import World
 from streaming.writer import MDSWriter
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 __all__ = ["MDSWriter", "Stream", "StreamingDataLoader", "StreamingDataset", "World"]
 
 

@@ -20,9 +20,11 @@ from __future__ import annotations
 import itertools
 import logging
 import mmap
+import multiprocessing.util
 import os
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +40,52 @@ __all__ = ["ShardCache"]
 
 log = logging.getLogger(__name__)
 _PAGE = mmap.PAGESIZE
+
+# Raw files still being written when the process exits (the reader had what it needed from the
+# shard in memory): exit waits for them, so the node's cache ends up holding them whole and no
+# temp file is left behind. One that outlasts the wait dies with the process; the next process
+# that makes that file removes its temp file (storage.produce_once).
+EXIT_WAIT_S = 60.0
+_filling: set[threading.Thread] = set()
+_filling_lock = threading.Lock()
+_exit_hook_pid: int | None = None
+
+
+def _track_fill(thread: threading.Thread) -> None:
+    """Start `thread` (a raw-file fill) and have this process's exit wait for it."""
+    global _exit_hook_pid
+    with _filling_lock:
+        if _exit_hook_pid != os.getpid():  # first fill here, or in a forked child
+            _filling.clear()  # a parent's threads do not run in a child
+            # multiprocessing's exit runs this in the main process (atexit) and in its workers
+            # (which skip atexit); a forked child starts with the registry cleared.
+            multiprocessing.util.Finalize(None, finish_fills, exitpriority=100)
+            _exit_hook_pid = os.getpid()
+        _filling.add(thread)
+    thread.start()
+
+
+def _untrack_fill() -> None:
+    with _filling_lock:
+        _filling.discard(threading.current_thread())
+
+
+def finish_fills(timeout: float | None = None) -> int:
+    """Wait up to `timeout` seconds (default `EXIT_WAIT_S`) for the raw files this process is
+    still writing; returns how many are still running. Called at exit."""
+    deadline = time.monotonic() + (EXIT_WAIT_S if timeout is None else timeout)
+    with _filling_lock:
+        threads = list(_filling)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = sum(thread.is_alive() for thread in threads)
+    if left:
+        log.warning(
+            "streaming: %d shard decompression(s) still running at exit; their temp files are "
+            "removed by the next process that prepares those shards",
+            left,
+        )
+    return left
 
 
 class _Pending:
@@ -360,8 +408,10 @@ class ShardCache:
                     self._open_file(shard_id, raw_path, None, verify=False)
             except BaseException as err:
                 handoff.put(err)
+            finally:
+                _untrack_fill()
 
-        threading.Thread(target=fill, daemon=True, name="streaming-decompress").start()
+        _track_fill(threading.Thread(target=fill, daemon=True, name="streaming-decompress"))
         got = handoff.get()
         if isinstance(got, BaseException):
             raise got
