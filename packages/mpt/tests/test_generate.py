@@ -79,6 +79,22 @@ def test_top_k_and_top_p_keep_the_right_tokens():
         sample_next(logits, temperature=1.0, top_p=0.0)
 
 
+def test_top_k_zero_filters_nothing():
+    logits = torch.randn(3, 50)
+    for top_k in (0, None):  # transformers' meaning of 0; was a ValueError
+        picks = {
+            int(
+                sample_next(
+                    logits, temperature=5.0, top_k=top_k, generator=torch.Generator().manual_seed(i)
+                )[0]
+            )
+            for i in range(200)
+        }
+        assert len(picks) > 10, top_k
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        sample_next(logits, temperature=1.0, top_k=-1)
+
+
 def test_left_pad_rejects_empty_prompts():
     ids, mask = left_pad([[1, 2], [3]], pad_token_id=9)
     assert ids.tolist() == [[1, 2], [9, 3]] and mask.tolist() == [[1, 1], [0, 1]]

@@ -130,6 +130,8 @@ def test_config_round_trip_keeps_every_mapped_field():
     # a config.json dict works too, and missing keys take transformers' defaults
     assert hf.config_from_hf(json.loads(hf_config.to_json_string())) == config
     assert hf.config_from_hf({"model_type": "mpt"}).d_model == transformers.MptConfig().d_model
+    off = {"model_type": "mpt", "attn_config": {"clip_qkv": 0}}  # transformers: 0 is off
+    assert hf.config_from_hf(off).clip_qkv is None
 
 
 def test_fractional_attn_pdrop_still_gives_a_loadable_config():

@@ -31,6 +31,18 @@ def test_value_and_gradients_match_the_plain_loss(chunk_size, logit_scale):
         assert float((a - b).norm() / b.norm()) < 1e-6  # fp32 sums in another order
 
 
+def test_no_counted_token_gives_loss_zero_both_ways(tiny_mpt):
+    model = tiny_mpt().train()
+    ids = torch.randint(0, 101, (2, 6))
+    labels = torch.full_like(ids, -100)  # an all-prompt micro-batch
+    for return_logits in (True, False):  # was: NaN with the logits, 0 through the chunked path
+        model.zero_grad()
+        loss = model(ids, labels=labels, return_logits=return_logits).loss
+        loss.backward()
+        assert float(loss.detach()) == 0.0, return_logits
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_model_loss_without_logits(tiny_mpt):
     ids = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(3))
     labels = ids.clone()

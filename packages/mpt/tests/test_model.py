@@ -50,6 +50,10 @@ def test_config_errors_name_the_values():
         MPTConfig(attn_skip_bits="fast")
     with pytest.raises(ValueError, match="attn_skip_bits"):
         MPTConfig(attn_skip_bits=-1)
+    with pytest.raises(ValueError, match="softmax_scale must be positive or None, got -0.5"):
+        MPTConfig(softmax_scale=-0.5)
+    with pytest.raises(ValueError, match="layer_norm_epsilon must be positive, got 0"):
+        MPTConfig(layer_norm_epsilon=0)
 
 
 def test_flops_per_token_is_llm_foundrys_definition():
@@ -137,6 +141,9 @@ def test_fallback_is_logged_once_and_alibi_is_kept(tiny_mpt, caplog, monkeypatch
     with caplog.at_level(logging.WARNING, logger="mpt.attention"):
         out = model(ids).logits
         model(ids)
+        model.generate(ids, max_new_tokens=2)  # other cases (KV cache), the same reason
+        with torch.no_grad():
+            model(ids)
     assert len(caplog.records) == 1 and "'triton'" in caplog.records[0].getMessage()
     torch.testing.assert_close(out, reference(ids).logits)
     strict = tiny_mpt(attn_impl="triton", attn_fallback=None)
@@ -166,6 +173,54 @@ def test_learned_positions_and_untied_head(tiny_mpt):
     assert model(ids).logits.shape == (1, 64, 101)
     with pytest.raises(ValueError, match="sequence length 65 exceeds max_seq_len 64"):
         model(torch.randint(0, 101, (1, 65)))
+
+
+def test_learned_positions_with_alibi_stop_at_max_seq_len(tiny_mpt):
+    model = tiny_mpt(learned_pos_emb=True)  # ALiBi on, learned positions too
+    ids = torch.randint(0, 101, (1, 65))
+    for mask in (None, torch.ones_like(ids)):  # was: IndexError / positions silently clamped
+        with pytest.raises(ValueError, match="65 exceeds max_seq_len 64; .* no learned positions"):
+            model(ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="prompt length 60 \\+ max_new_tokens 6 needs 65"):
+        model.generate(ids[:, :60], max_new_tokens=6)  # refused before any work
+    assert model.generate(ids[:, :60], max_new_tokens=5).shape == (1, 65)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"learned_pos_emb": True, "alibi": False}])
+def test_packed_prefill_then_decode_equals_the_full_forward(tiny_mpt, overrides):
+    """A cache prefilled with packed documents: the prefill's logits equal the cacheless forward,
+    and decode steps without sequence ids continue each row's last document."""
+    model = tiny_mpt(**overrides)
+    ids = torch.randint(0, 101, (2, 10))
+    seq = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 2, 2, 2, 2, 2]])
+    full = model(ids, sequence_id=seq).logits
+    cache = model.new_cache(2, 10)
+    parts = [model(ids[:, :6], sequence_id=seq[:, :6], past_key_values=cache).logits]
+    for t in range(6, 10):
+        parts.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_document_positions_restart_per_document_and_skip_padding():
+    from mpt.cache import document_positions
+
+    ids = torch.tensor([[-1, -1, 0, 0, 1, 1, 1], [3, 3, -1, 3, 4, -1, -1], [5, 5, 5, 6, 6, 7, 7]])
+    last_id = torch.tensor([-1, -1, 5])  # row 2 continues a cached document 5 at position 4
+    positions = torch.tensor([0, 0, 4])
+    pos, next_pos, next_id = document_positions(ids, last_id, positions)
+    real = ids >= 0
+    assert pos[real].tolist() == [0, 1, 0, 1, 2] + [0, 1, 2, 0] + [4, 5, 6, 0, 1, 0, 1]
+    assert next_pos.tolist() == [3, 1, 2] and next_id.tolist() == [1, 4, 7]
+
+
+def test_blocks_training_with_a_frozen_embedding_get_a_backend_with_a_backward(tiny_mpt, caplog):
+    model = tiny_mpt(attn_impl="flex").train()  # FlexAttention has no backward on CPU
+    model.transformer.wte.weight.requires_grad_(False)
+    ids = torch.randint(0, 101, (1, 8))
+    with caplog.at_level(logging.WARNING, logger="mpt.attention"):
+        model(ids, labels=ids).loss.backward()  # was: NotImplementedError from FlexAttention
+    assert "has no backward pass on cpu; using 'torch'" in caplog.text
+    assert model.transformer.blocks[0].attn.Wqkv.weight.grad is not None
 
 
 def test_alibi_model_runs_past_max_seq_len(tiny_mpt):

@@ -36,7 +36,10 @@ class KVCache:
             torch.zeros(norm_shape, device=device, dtype=torch.float32) for _ in range(n_layers)
         ]
         self.seq_ids = torch.zeros((batch_size, capacity), device=device, dtype=torch.long)
-        self.positions = torch.zeros((batch_size,), device=device, dtype=torch.long)  # real tokens
+        # per row: the sequence id of the last real (unpadded) token, -1 before any, and the
+        # learned position the next token takes if it continues that document
+        self.last_id = torch.full((batch_size,), -1, device=device, dtype=torch.long)
+        self.positions = torch.zeros((batch_size,), device=device, dtype=torch.long)
         self.capacity = capacity
         self.length = 0
         self.masked = False  # whether any cached position carries padding or a document id
@@ -69,6 +72,35 @@ class KVCache:
         """
         end = self.length + seq_ids.shape[1]
         self.seq_ids[:, self.length : end] = seq_ids
-        self.positions += (seq_ids >= 0).sum(dim=1)
+        _, self.positions, self.last_id = document_positions(seq_ids, self.last_id, self.positions)
         self.length = end
         self.masked = self.masked or masked
+
+
+def document_positions(
+    ids: torch.Tensor, last_id: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Learned-position indices of new tokens with sequence ids `ids` (B, T), -1 on padding.
+
+    A token's position counts the real tokens before it in its document. A document starts at a
+    real token whose id differs from the previous real token's (padding in between does not start
+    one); the first new tokens continue the document of `last_id` (B,) (-1: none), whose next
+    position is `positions` (B,). Returns (positions (B, T), the next `positions`, the next
+    `last_id`).
+    """
+    B, T = ids.shape
+    real = ids >= 0
+    before = real.long().cumsum(1) - real.long()  # real new tokens before each one
+    steps = torch.arange(T, device=ids.device).expand(B, T)
+    last_real = torch.where(real, steps, -1).cummax(1).values  # index of the last real token <= j
+    prev = torch.cat([last_real.new_full((B, 1), -1), last_real[:, :-1]], dim=1)
+    prev_id = torch.where(prev >= 0, ids.gather(1, prev.clamp(min=0)), last_id[:, None])
+    starts = real & (ids != prev_id)
+    first = torch.where(starts, before, 0).cummax(1).values  # `before` at the latest start
+    started = starts.long().cummax(1).values.bool()
+    pos = torch.where(started, before - first, positions[:, None] + before)
+    n_real = real.sum(1)
+    next_positions = torch.where(started[:, -1], n_real - first[:, -1], positions + n_real)
+    tail = ids.gather(1, last_real[:, -1:].clamp(min=0)).squeeze(1)
+    next_last_id = torch.where(n_real > 0, tail, last_id)
+    return pos, next_positions, next_last_id

@@ -114,6 +114,10 @@ class MPTConfig:
             )
         if self.clip_qkv is not None and self.clip_qkv <= 0:
             problems.append(f"clip_qkv must be positive or None, got {self.clip_qkv!r}")
+        if self.softmax_scale is not None and not self.softmax_scale > 0:
+            problems.append(f"softmax_scale must be positive or None, got {self.softmax_scale!r}")
+        if not self.layer_norm_epsilon > 0:
+            problems.append(f"layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
         if problems:
             raise ValueError("invalid MPTConfig: " + "; ".join(problems))
 

@@ -34,18 +34,19 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """(B,) next tokens from (B, vocab) logits; temperature 0 is greedy."""
+    """(B,) next tokens from (B, vocab) logits; temperature 0 is greedy, `top_k` 0 or None and
+    `top_p` 1 or None filter nothing (as in transformers)."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: no top-k filter), got {top_k}")
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
+    if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
@@ -95,6 +96,14 @@ def generate(
                 f" {tuple(input_ids.shape)}"
             )
     B, T = input_ids.shape
+    cfg = model.config
+    last = T + max_new_tokens - 1  # the longest forward: the last new token is never fed back
+    if (not cfg.alibi or cfg.learned_pos_emb) and last > cfg.max_seq_len:
+        raise ValueError(
+            f"prompt length {T} + max_new_tokens {max_new_tokens} needs {last} positions, more"
+            f" than max_seq_len {cfg.max_seq_len} (a model without ALiBi or with learned"
+            " positions has none beyond it)"
+        )
     was_training = model.training
     model.eval()
     try:

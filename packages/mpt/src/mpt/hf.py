@@ -175,7 +175,8 @@ def config_from_hf(hf_config, **overrides: Any) -> MPTConfig:
         top,
         learned_pos_emb=bool(top["learned_pos_emb"]) and not attn["alibi"],
         kv_n_heads=kinds[attn["attn_type"]],
-        **{k: attn[k] for k in ("alibi", "alibi_bias_max", "qk_ln", "clip_qkv", "softmax_scale")},
+        **{k: attn[k] for k in ("alibi", "alibi_bias_max", "qk_ln", "softmax_scale")},
+        clip_qkv=attn["clip_qkv"] or None,  # transformers: `if clip_qkv:`, so 0 means off
         attn_pdrop=float(attn["attn_pdrop"]),
     )
     return MPTConfig.from_dict({**fields, **overrides})

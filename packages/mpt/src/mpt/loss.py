@@ -26,10 +26,14 @@ def shift_labels(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100):
-    """Mean next-token cross-entropy; `labels` (B, T) aligned with the inputs, -100 where no loss."""
+    """Mean next-token cross-entropy; `labels` (B, T) aligned with the inputs, -100 where no loss.
+
+    A batch with no counted token (all prompt, or T = 1) has loss 0 and zero gradients, not NaN,
+    as in `chunked_lm_head_loss`."""
     targets = labels[:, 1:].reshape(-1)
     flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    return F.cross_entropy(flat, targets, ignore_index=ignore_index)
+    total = F.cross_entropy(flat, targets, ignore_index=ignore_index, reduction="sum")
+    return total / (targets != ignore_index).sum().clamp(min=1)
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):

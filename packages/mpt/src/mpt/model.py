@@ -17,7 +17,7 @@ from torch import nn
 
 from mpt.alibi import alibi_slopes
 from mpt.attention import ATTENTION, AttentionMeta, Case, resolve
-from mpt.cache import KVCache
+from mpt.cache import KVCache, document_positions
 from mpt.config import MPTConfig
 from mpt.init import init_weights
 from mpt.loss import causal_lm_loss, chunked_lm_head_loss
@@ -253,10 +253,11 @@ class MPTForCausalLM(nn.Module):
             )
         B, T = input_ids.shape
         total = T + (cache.length if cache is not None else 0)
-        if not cfg.alibi and total > cfg.max_seq_len:
+        if (not cfg.alibi or cfg.learned_pos_emb) and total > cfg.max_seq_len:
+            why = "learned positions" if cfg.learned_pos_emb else "without ALiBi, positions"
             raise ValueError(
-                f"sequence length {total} exceeds max_seq_len {cfg.max_seq_len}; without ALiBi the"
-                " model has no positions beyond it"
+                f"sequence length {total} exceeds max_seq_len {cfg.max_seq_len}; the model has no"
+                f" {why} beyond it"
             )
         # One host sync per forward, cheap next to a bad id's device-side assert; skipped inside a
         # compiled graph (where it would split the graph in two).
@@ -285,28 +286,28 @@ class MPTForCausalLM(nn.Module):
                     f"attention_mask has shape {tuple(attention_mask.shape)}, expected ({B}, {T})"
                     f" or ({B}, {past + T})"
                 )
-            keep = attention_mask[:, -T:].bool()
-            new = torch.where(keep, new if new is not None else 0, -1)
-        if new is None:
-            new = torch.zeros((B, T), dtype=torch.long, device=cache.seq_ids.device)
+            if new is not None or cache is None:
+                new = torch.where(attention_mask[:, -T:].bool(), new if new is not None else 0, -1)
+        if new is None:  # decode steps without ids continue each row's last document
+            new = cache.last_id.clamp(min=0)[:, None].expand(B, T)
+            if attention_mask is not None:
+                new = torch.where(attention_mask[:, -T:].bool(), new, -1)
         if cache is None:
             return new
         return torch.cat([cache.seq_ids[:, :past], new], dim=1)
 
     def _positions(self, k_ids, cache, B: int, T: int, device) -> torch.Tensor:
-        """(B, T) learned-position indices: count of real tokens before each one in its document."""
-        start = cache.positions[:, None] if cache is not None else 0
+        """(B, T) learned-position indices: count of real tokens before each one in its document
+        (packed documents restart at 0; a cached run continues its last document)."""
         if k_ids is None:
+            start = cache.positions[:, None] if cache is not None else 0
             return (start + torch.arange(T, device=device)).expand(B, T)
-        new = k_ids[:, -T:]
-        real = (new >= 0).long()
-        pos = start + real.cumsum(1) - real
-        if cache is None and new.shape[1] > 1:  # packed documents restart at 0
-            starts = torch.ones_like(new, dtype=torch.bool)
-            starts[:, 1:] = new[:, 1:] != new[:, :-1]
-            first = torch.where(starts, pos, 0).cummax(1).values
-            pos = pos - first
-        return pos.clamp(0, self.config.max_seq_len - 1)
+        if cache is None:
+            last_id = torch.full((B,), -1, dtype=torch.long, device=device)
+            positions = torch.zeros((B,), dtype=torch.long, device=device)
+        else:
+            last_id, positions = cache.last_id, cache.positions
+        return document_positions(k_ids[:, -T:], last_id, positions)[0]
 
     def _alibi_slopes(self, device) -> torch.Tensor:
         if device not in self._slopes:
@@ -328,6 +329,8 @@ class MPTForCausalLM(nn.Module):
             dropout=meta.dropout_p > 0,
             kv_cache=past > 0,
             grouped_query=cfg.n_kv_heads != cfg.n_heads,
-            backward=torch.is_grad_enabled() and x.requires_grad,
+            # the blocks may train with the embedding frozen (x then needs no grad)
+            backward=torch.is_grad_enabled()
+            and (x.requires_grad or any(p.requires_grad for p in self.parameters())),
         )
         return resolve(ATTENTION, cfg.attn_impl, cfg.attn_fallback, case), dtype

@@ -121,6 +121,7 @@ def why_unsupported(backend: Backend, case: Case) -> str | None:
 
 
 _decisions: dict[tuple, str] = {}
+_logged: set[tuple[str, str, str]] = set()  # (asked, fallback, reason): one log line each
 
 
 def resolve(backends: dict[str, Backend], name: str, fallback: str | None, case: Case) -> Backend:
@@ -144,7 +145,9 @@ def resolve(backends: dict[str, Backend], name: str, fallback: str | None, case:
             raise ValueError(
                 f"attention backend {name!r} {reason}, and the fallback {fallback!r} {second}"
             )
-        log.warning("attention backend %r %s; using %r for this case", name, reason, fallback)
+        if (name, fallback, reason) not in _logged:
+            _logged.add((name, fallback, reason))
+            log.warning("attention backend %r %s; using %r for this case", name, reason, fallback)
         chosen = fallback
     _decisions[key] = chosen
     return backends[chosen]
