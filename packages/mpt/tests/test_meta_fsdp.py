@@ -30,7 +30,14 @@ def _worker(rank: int, world: int, store: str, results) -> None:
         ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
         loss = model(ids, labels=ids).loss
         loss.backward()
-        results[rank] = (local_rows, full, loss.item())
+        # fan_out with grouped-query heads: q, k and v each get the std of their own fan_out
+        fan_out = MPTForCausalLM(
+            MPTConfig(**CONFIG, fan_mode="fan_out", kv_n_heads=1), device="meta"
+        )
+        fully_shard(fan_out)
+        fan_out.materialize("cpu", seed=7)
+        parts = fan_out.transformer.blocks[0].attn.Wqkv.weight.full_tensor().split([64, 16, 16])
+        results[rank] = (local_rows, full, loss.item(), [p.std().item() for p in parts])
     finally:
         dist.destroy_process_group()
 
@@ -39,7 +46,10 @@ def test_meta_model_shards_then_materializes_consistently(tmp_path):
     manager = mp.get_context("spawn").Manager()
     results = manager.dict()
     mp.spawn(_worker, args=(2, str(tmp_path / "store"), results), nprocs=2, join=True)
-    (rows0, full0, loss0), (rows1, full1, loss1) = results[0], results[1]
+    (rows0, full0, loss0, stds0), (rows1, full1, loss1, stds1) = results[0], results[1]
+    assert stds0 == stds1
+    for std, rows in zip(stds0, (64, 16, 16), strict=True):  # kaiming: sqrt(2 / fan_out)
+        assert 0.85 * (2 / rows) ** 0.5 < std < 1.15 * (2 / rows) ** 0.5, (std, rows)
     assert rows0 == rows1 == 3 * 64 // 2  # Wqkv (192, 64) split in two
     for name in full0:
         assert torch.equal(full0[name], full1[name]), name

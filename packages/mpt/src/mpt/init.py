@@ -3,7 +3,8 @@
 Linear and embedding weights: kaiming-normal (fan-in, `relu` gain, a = `init_gain`) or
 normal(0, `init_std`) when that is set; embeddings normal(0, `emb_init_std`) when that is set.
 Projections that write into the residual stream (`attn.out_proj`, `ffn.down_proj`) are divided by
-sqrt(2 * n_layers) (`init_div_is_residual`). Biases zero, norm weights one. Works on plain tensors
+sqrt(2 * n_layers) (`init_div_is_residual`). The fused q/k/v projection is initialized as its three
+matrices, as llm-foundry's fused init does (it matters for `fan_mode="fan_out"` only). Biases zero, norm weights one. Works on plain tensors
 and on FSDP2's sharded DTensors (each rank fills its own shards), so a meta-device model can be
 sharded first and initialized after.
 """
@@ -47,6 +48,9 @@ def init_weights(model: nn.Module, config, *, seed: int | None = None) -> None:
     for module in model.modules():
         if isinstance(module, nn.Linear):
             fill(module.weight, config.init_std)
+            rows = getattr(module, "_fused_rows", None)
+            if rows and config.init_std is None and config.fan_mode == "fan_out":
+                _fan_out_per_part(module.weight, rows)
             if getattr(module, "_is_residual", False):
                 module.weight.div_(divisor)
             if module.bias is not None:
@@ -61,3 +65,19 @@ def init_weights(model: nn.Module, config, *, seed: int | None = None) -> None:
                 module.weight.fill_(1.0)
             if module.bias is not None:
                 module.bias.zero_()
+
+
+def _fan_out_per_part(weight: torch.Tensor, rows: tuple[int, ...]) -> None:
+    """Rescale a fused weight drawn with fan_out = all its rows so that each part has the std of
+    its own fan_out (kaiming std ~ 1/sqrt(fan)): rows of a part times sqrt(total / part rows)."""
+    total = sum(rows)
+    scale = torch.cat([torch.full((n, 1), math.sqrt(total / n)) for n in rows])
+    scale = scale.to(device=weight.device, dtype=weight.dtype)
+    try:
+        from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
+    except ImportError:  # torch without distributed
+        DTensor = None
+    if DTensor is not None and isinstance(weight, DTensor):
+        mesh = weight.device_mesh
+        scale = distribute_tensor(scale, mesh, [Replicate()] * mesh.ndim)
+    weight.mul_(scale)

@@ -48,6 +48,8 @@ class MPTAttention(nn.Module):
         self.config, self.layer_idx = config, layer_idx
         d, kv_size, bias = config.d_model, config.n_kv_heads * config.head_dim, not config.no_bias
         self.Wqkv = nn.Linear(d, config.qkv_size, bias=bias, device=device)
+        kv = config.n_kv_heads * config.head_dim
+        self.Wqkv._fused_rows = (d, kv, kv)  # q, k, v: initialized as three matrices (init.py)
         if config.qk_ln:
             eps = config.layer_norm_epsilon
             self.q_ln = make_norm(config.norm_type, d, eps=eps, bias=bias, device=device)
