@@ -289,3 +289,208 @@ def test_autoresume_from_an_object_store(tmp_path, s3_bucket):
     assert resumed._resumed_from.endswith("ep0-ba2") and resumed._resumed_from.startswith("s3://")
     resumed.fit()
     assert resumed.state.timestamp.batch == 4
+
+
+# -- found in review: resume, intervals, masked microbatches, schedules --------------------------
+class _Record(Callback):
+    def __init__(self) -> None:
+        self.evals: list[int] = []
+        self.saves: list[int] = []
+
+    def eval_end(self, state, logger) -> None:
+        self.evals.append(state.timestamp.batch)
+
+    def checkpoint(self, state, logger) -> None:
+        self.saves.append(state.timestamp.batch)
+
+
+class _StopAt(Callback):
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def batch_end(self, state, logger) -> None:
+        if state.timestamp.batch == self.batch:
+            state.stop("preempted")
+
+
+def _interval_run(folder, callbacks, **kwargs) -> _Record:
+    torch.manual_seed(0)
+    model, record = TinyLM(), _Record()
+    data = [random_lm_batch(4, 8, seed=i) for i in range(12)]
+    Trainer(
+        model, data, torch.optim.SGD(model.parameters(), lr=0.1), eval_dataloader=data[:1],
+        max_duration="12ba", eval_interval="4ba", save_interval="4ba", save_folder=str(folder),
+        callbacks=[record, *callbacks], loggers=[], default_callbacks=False, **kwargs,
+    ).fit()  # fmt: skip
+    return record
+
+
+@pytest.mark.parametrize("stop_at", [4, 6])
+def test_a_resumed_run_evaluates_and_saves_on_the_same_batches(tmp_path, stop_at):
+    whole = _interval_run(tmp_path / "whole", [])
+    first = _interval_run(tmp_path / "split", [_StopAt(stop_at)])
+    assert first.evals == [4] and first.saves == sorted({4, stop_at})
+    second = _interval_run(tmp_path / "split", [], autoresume=True)
+    # was: an extra eval and save on the first batch after resuming (5 or 7)
+    assert whole.evals == whole.saves == [4, 8, 12]
+    assert second.evals == second.saves == [8, 12]
+
+
+def test_callback_state_follows_its_class_not_its_list_position(tmp_path, caplog):
+    from composer_lite.callbacks import EMA
+
+    def run(ema, **kwargs):
+        torch.manual_seed(0)
+        model = TinyLM()
+        data = [random_lm_batch(4, 8, seed=i) for i in range(4)]
+        Trainer(
+            model, data, torch.optim.SGD(model.parameters(), lr=0.1), max_duration="1ep",
+            save_folder=str(tmp_path), callbacks=[ema], loggers=[], **kwargs,
+        ).fit()  # fmt: skip
+
+    saved = EMA(decay=0.9)
+    run(saved)
+    resumed = EMA(decay=0.9)
+    run(resumed, autoresume=True, hang_timeout=600)  # a watchdog now stands before the EMA
+    assert resumed.num_updates == saved.num_updates == 4  # was: 0, its state went elsewhere
+
+
+def test_rollback_under_fp16_loss_scaling_goes_on(tmp_path):
+    from composer_lite.config import GuardConfig
+
+    class NaNOnce(TinyLM):
+        calls = 0
+
+        def loss(self, outputs, batch):
+            NaNOnce.calls += 1
+            value = super().loss(outputs, batch)
+            return value * float("nan") if NaNOnce.calls == 3 else value
+
+    torch.manual_seed(0)
+    model = NaNOnce()
+    trainer = Trainer(
+        model, [random_lm_batch(4, 8, seed=i) for i in range(6)],
+        torch.optim.SGD(model.parameters(), lr=0.1), max_duration="6ba", save_interval="1ba",
+        save_folder=str(tmp_path), guard=GuardConfig(on_nonfinite="rollback"),
+        precision="amp_fp16", loggers=[], default_callbacks=False,
+    )  # fmt: skip
+    trainer.fit()  # was: "unscale_() has already been called" on the step after the rollback
+    assert trainer.state.timestamp.batch == 6
+
+
+class _StepLoss(Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def before_optimizer_step(self, state, logger) -> None:
+        self.losses.append(state.extra["step_loss"])
+
+
+def test_a_microbatch_without_loss_tokens_adds_nothing():
+    def run(micro):
+        torch.manual_seed(0)
+        model, record = TinyLM(), _StepLoss()
+        batch = random_lm_batch(8, 6, seed=0)
+        batch["labels"][:4] = -100  # the first microbatch of 4 is all prompt
+        Trainer(
+            model, [batch], torch.optim.SGD(model.parameters(), lr=0.1), max_duration="1ba",
+            callbacks=[record], loggers=[], default_callbacks=False,
+            device_train_microbatch_size=micro, eval_dataloader=[batch, {**batch, "labels": torch.full_like(batch["labels"], -100)}],
+            eval_interval="1ba",
+        ).fit()  # fmt: skip
+        return record.losses[0], model
+
+    whole, _ = run(None)
+    split, model = run(4)  # was: NaN, and the guard stopped the run
+    assert split == pytest.approx(whole, rel=1e-5)
+
+
+def test_eval_batches_without_loss_tokens_count_zero():
+    torch.manual_seed(0)
+    model = TinyLM()
+    batch = random_lm_batch(4, 8, seed=3)
+    masked = {**batch, "labels": torch.full_like(batch["labels"], -100)}
+    trainer = Trainer(
+        model, [batch], torch.optim.SGD(model.parameters(), lr=0.1), max_duration="1ba",
+        eval_dataloader=[batch], loggers=[], default_callbacks=False,
+    )  # fmt: skip
+    alone = trainer.evaluate()["eval/loss"]
+    trainer.state.eval_dataloader = [batch, masked]
+    assert trainer.evaluate()["eval/loss"] == pytest.approx(alone)  # was: NaN
+
+
+def test_scheduler_from_a_mapping_and_clear_errors_for_the_rest():
+    from composer_lite.config import TrainerConfig
+
+    config = TrainerConfig(max_duration="4ba", scheduler={"name": "linear", "warmup": "1ba"})
+    assert isinstance(config.scheduler, Schedule) and config.scheduler.name == "linear"
+    with pytest.raises(ValueError, match="unknown scheduler keys \\['warmpu'\\]"):
+        TrainerConfig(max_duration="4ba", scheduler={"name": "linear", "warmpu": "1ba"})
+    with pytest.raises(ValueError, match="scheduler must be a Schedule.*got 'cosine'"):
+        TrainerConfig(max_duration="4ba", scheduler="cosine")
+
+
+def test_sample_and_token_times_in_a_schedule():
+    torch.manual_seed(0)
+    model = TinyLM()
+    data = [random_lm_batch(8, 6, seed=i) for i in range(8)]  # a list: no batch_size attribute
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    with pytest.raises(
+        ValueError, match="16sp needs the samples per batch"
+    ):  # was: silently 16 steps
+        Trainer(model, data, optimizer, max_duration="64sp", loggers=[],
+                scheduler=Schedule(name="linear", warmup="16sp"))  # fmt: skip
+    with pytest.raises(ValueError, match="set the Schedule's tokens_per_batch"):
+        Trainer(model, data, optimizer, max_duration="480tok", loggers=[],
+                scheduler=Schedule(name="linear", warmup="96tok"))  # fmt: skip
+
+    def lrs(schedule):
+        trainer = Trainer(
+            model, data, torch.optim.SGD(model.parameters(), lr=1.0), max_duration="8ba",
+            loggers=[], default_callbacks=False, scheduler=schedule,
+        )  # fmt: skip
+        out = []
+        for _ in range(8):
+            out.append(trainer.state.scheduler.get_last_lr()[0])
+            trainer.state.scheduler.step()
+        return out
+
+    # 48 tokens per batch: 96 tokens of warmup are 2 steps
+    in_tokens = Schedule(name="linear", warmup="96tok", t_max="8ba", tokens_per_batch=48)
+    assert lrs(in_tokens) == lrs(Schedule(name="linear", warmup="2ba", t_max="8ba"))
+
+
+def test_dur_times_move_within_an_epoch():
+    from composer_lite.algorithms import SeqLengthWarmup
+
+    class Lens(_Record):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lens: list[int] = []
+
+        def before_optimizer_step(self, state, logger) -> None:
+            self.lens.append(state.extra["seq_len"])
+
+    runs = {}
+    for max_duration in ("10ba", "1ep"):
+        torch.manual_seed(0)
+        model, record = TinyLM(), Lens()
+        data = [random_lm_batch(2, 64, seed=i) for i in range(10)]
+        Trainer(
+            model, data, torch.optim.SGD(model.parameters(), lr=0.1), max_duration=max_duration,
+            eval_dataloader=data[:1], eval_interval="0.25dur", callbacks=[record], loggers=[],
+            algorithms=[SeqLengthWarmup(duration="0.5dur", min_seq_len=8)], default_callbacks=False,
+        ).fit()  # fmt: skip
+        runs[max_duration] = (record.lens, record.evals)
+    assert runs["1ep"] == runs["10ba"]  # was: no warmup and one eval at the end with '1ep'
+    assert runs["1ep"][1] == [3, 5, 8, 10]
+
+
+def test_split_batch_keeps_tuples_of_tensors_as_fields():
+    from composer_lite.microbatch import split_batch
+
+    x, y = torch.arange(6.0).reshape(2, 3), torch.tensor([7, 8])
+    parts = split_batch((x, y), 1)  # a 2-tuple of a batch of 2: fields, not rows
+    assert [tuple(t.tolist() for t in p) for p in parts] == [([[0, 1, 2]], [7]), ([[3, 4, 5]], [8])]
+    names = split_batch({"input_ids": torch.zeros(3, 4), "names": ["a", "b", "c"]}, 2)
+    assert [p["names"] for p in names] == [["a", "b"], ["c"]]  # a list of strings: one per row

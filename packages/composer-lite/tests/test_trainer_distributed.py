@@ -226,3 +226,28 @@ def test_fsdp2_training_matches_data_parallel_and_resumes_on_one_rank(lm_data, t
     ids, losses, weights, resumed = _train(0, 1, lm_data, str(tmp_path / "ck"), "8ba", 8, True, 0.0)
     assert resumed.endswith("ep0-ba6")  # a sharded checkpoint, loaded whole on one rank
     assert losses == pytest.approx(dp[0][1][6:], rel=1e-4)
+
+
+def _eval_with_an_empty_rank(rank, world):
+    torch.manual_seed(0)
+    model = TinyLM()
+    batches = [random_lm_batch(4, 8, seed=10), random_lm_batch(4, 8, seed=11)]
+    mine = batches if rank == 0 else []  # an eval set smaller than the world
+    trainer = Trainer(
+        model, [random_lm_batch(4, 8)], torch.optim.SGD(model.parameters(), lr=0.1),
+        max_duration="1ba", eval_dataloader=mine, loggers=[], default_callbacks=False,
+    )  # fmt: skip
+    return trainer.evaluate()
+
+
+def test_evaluate_when_a_rank_has_no_eval_batch():
+    results = run_distributed(_eval_with_an_empty_rank, world_size=2, timeout=120)
+    assert results[0] == results[1]  # was: the ranks reduced lists of different lengths
+    torch.manual_seed(0)
+    model = TinyLM()
+    alone = Trainer(
+        model, [random_lm_batch(4, 8)], torch.optim.SGD(model.parameters(), lr=0.1),
+        max_duration="1ba", loggers=[], default_callbacks=False,
+        eval_dataloader=[random_lm_batch(4, 8, seed=10), random_lm_batch(4, 8, seed=11)],
+    ).evaluate()  # fmt: skip
+    assert results[0]["eval/loss"] == pytest.approx(alone["eval/loss"], rel=1e-6)

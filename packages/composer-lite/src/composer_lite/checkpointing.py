@@ -38,8 +38,8 @@ class Checkpointing:
             "timestamp": state.timestamp.state_dict(),
             "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
             "dataloader": loader.state_dict() if hasattr(loader, "state_dict") else None,
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
-            "algorithms": [alg.state_dict() for alg in self.algorithms],
+            "callbacks": _states_by_type(self.callbacks),
+            "algorithms": _states_by_type(self.algorithms),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "microbatch_size": self._auto_size
             if self.microbatch_size == "auto"
@@ -81,12 +81,11 @@ class Checkpointing:
                     f"the train dataloader has no state_dict: skipping {self._skip_batches} batches to resume mid-epoch",
                     stacklevel=2,
                 )
-        for owner, saved in (
-            (self.callbacks, objects["callbacks"]),
-            (self.algorithms, objects["algorithms"]),
+        for owner, saved, what in (
+            (self.callbacks, objects["callbacks"], "callback"),
+            (self.algorithms, objects["algorithms"], "algorithm"),
         ):
-            for item, item_state in zip(owner, saved, strict=False):
-                item.load_state_dict(item_state)
+            _load_states_by_type(owner, saved, what, path)
         if self.scaler is not None and objects.get("scaler") is not None:
             self.scaler.load_state_dict(objects["scaler"])
         if self.microbatch_size == "auto" and objects.get("microbatch_size"):
@@ -130,3 +129,34 @@ class Checkpointing:
             keep=None if keep < 0 else keep,
             storage_options=self.config.save_storage_options,
         )
+
+
+def _type_keys(items: list[Any]) -> list[str]:
+    """'EMA', 'EMA#1', ...: a callback's class name and its index among those of its class, so a
+    resumed run with callbacks added, removed or reordered gives each its own state back."""
+    seen: dict[str, int] = {}
+    keys = []
+    for item in items:
+        name = type(item).__name__
+        keys.append(name if name not in seen else f"{name}#{seen[name]}")
+        seen[name] = seen.get(name, 0) + 1
+    return keys
+
+
+def _states_by_type(items: list[Any]) -> dict[str, Any]:
+    return {key: item.state_dict() for key, item in zip(_type_keys(items), items, strict=True)}
+
+
+def _load_states_by_type(items: list[Any], saved: Any, what: str, path: str) -> None:
+    if isinstance(saved, list):  # checkpoints of composer-lite <= 0.2.0: by position
+        saved = dict(zip(_type_keys(items), saved, strict=False))
+    keys = _type_keys(items)
+    for key, item in zip(keys, items, strict=True):
+        if key in saved:
+            item.load_state_dict(saved[key])
+    lost = sorted(key for key, value in saved.items() if key not in keys and value)
+    if lost:
+        log.warning(
+            "%s: saved state of %s %s matches no %s of this run; it is not restored",
+            path, what, ", ".join(lost), what,
+        )  # fmt: skip

@@ -102,6 +102,7 @@ class TrainerConfig:
             raise ValueError(
                 f"device_train_microbatch_size must be a positive int, 'auto' or None; got {mb!r}"
             )
+        self.scheduler = _coerce_scheduler(self.scheduler)
         if isinstance(self.guard, dict):
             self.guard = GuardConfig(**self.guard)
         if isinstance(self.parallelism, dict):
@@ -135,3 +136,24 @@ class TrainerConfig:
                 value = repr(value)
             out[f.name] = value
         return out
+
+
+def _coerce_scheduler(scheduler: Any) -> Any:
+    """A `Schedule` from a mapping (as YAML gives it); anything else must step like a torch LR
+    scheduler and checkpoint (`step`, `state_dict`, `load_state_dict`), or be None."""
+    from composer_lite.schedulers import Schedule
+
+    if isinstance(scheduler, dict):
+        reject_unknown_keys(Schedule, scheduler, "scheduler")
+        return Schedule(**scheduler)
+    missing = [
+        name
+        for name in ("step", "state_dict", "load_state_dict")
+        if not callable(getattr(scheduler, name, None))
+    ]
+    if scheduler is not None and not isinstance(scheduler, Schedule) and missing:
+        raise ValueError(
+            f"scheduler must be a Schedule, a mapping of its fields, a torch LR scheduler or None;"
+            f" got {scheduler!r} (no {', '.join(missing)})"
+        )
+    return scheduler

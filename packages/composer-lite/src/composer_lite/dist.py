@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 __all__ = [
     "all_reduce",
+    "all_gather_object",
     "all_reduce_tensor",
     "barrier",
     "broadcast_object",
@@ -88,6 +89,15 @@ def all_reduce_tensor(
 def barrier() -> None:
     if get_world_size() > 1:
         dist.barrier()
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's `obj`, in rank order ([obj] without a process group)."""
+    if get_world_size() == 1:
+        return [obj]
+    out: list[object] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:

@@ -43,13 +43,18 @@ def split_batch(batch: Any, size: int) -> list[Any]:
             return value[start : start + size]
         if isinstance(value, Mapping):
             return {k: part(v, start) for k, v in value.items()}
-        if isinstance(value, (list, tuple)) and len(value) == total:
-            return type(value)(value[start : start + size])
+        if isinstance(value, (list, tuple)) and len(value) == total and not _holds_tensors(value):
+            return type(value)(value[start : start + size])  # one entry per row (e.g. strings)
         if isinstance(value, (list, tuple)):
             return type(value)(part(v, start) for v in value)
         return value
 
     return [part(batch, start) for start in range(0, total, size)]
+
+
+def _holds_tensors(value: Any) -> bool:
+    """Whether a list/tuple holds tensors (or containers): fields of the batch, not its rows."""
+    return any(isinstance(v, (torch.Tensor, Mapping, list, tuple)) for v in value)
 
 
 def count_loss_tokens(model: Any, batch: Any) -> int:

@@ -70,12 +70,14 @@ class Schedule:
     warmup:  a Time ('100ba', '0.01dur', ...); 0 for none.
     alpha_f: the final multiplier of decaying schedules.
     t_max:   the schedule's length (default: the run's max_duration).
+    tokens_per_batch: the global batch's tokens, to convert 'tok' times into steps.
     """
 
     name: str = "cosine"
     warmup: Time | str = "0ba"
     alpha_f: float = 0.0
     t_max: Time | str | None = None
+    tokens_per_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:

@@ -133,6 +133,10 @@ class Timestamp:
     sample_in_epoch: int = 0
     token_in_epoch: int = 0
 
+    # batches per epoch when the train loader has a length (set by the Trainer, not a field and
+    # not checkpointed): with max_duration in epochs, `fraction_of` then moves within an epoch
+    epoch_length = None
+
     def get(self, unit: TimeUnit) -> int:
         """The total count in `unit` (not `dur`, which needs the run's `max_duration`)."""
         unit = TimeUnit(unit)
@@ -151,7 +155,10 @@ class Timestamp:
         """The fraction of `max_duration` done (may pass 1.0 by less than a batch)."""
         if max_duration.unit is TimeUnit.DURATION:
             raise ValueError("max_duration cannot be given in 'dur'")
-        return self.get(max_duration.unit) / max(max_duration.value, 1e-12)
+        done: float = self.get(max_duration.unit)
+        if max_duration.unit is TimeUnit.EPOCH and self.epoch_length:
+            done += min(self.batch_in_epoch / self.epoch_length, 1.0)
+        return done / max(max_duration.value, 1e-12)
 
     def reached(self, time: Time, max_duration: Time) -> bool:
         """Whether this timestamp is at or past `time` (a `dur` time counts against `max_duration`)."""
@@ -164,7 +171,7 @@ class Timestamp:
         time: Time,
         max_duration: Time,
         steps_per_epoch: int | None,
-        samples_per_batch: int,
+        samples_per_batch: int | None,
         tokens_per_batch: int | None = None,
     ) -> int:
         """An approximate number of optimizer steps for `time` (for schedulers' warmup and length)."""
@@ -182,9 +189,17 @@ class Timestamp:
                 raise ValueError(f"{time} needs a dataloader with a length to count its steps")
             return int(time.value) * steps_per_epoch
         if time.unit is TimeUnit.SAMPLE:
+            if not samples_per_batch:
+                raise ValueError(
+                    f"{time} needs the samples per batch to count its steps: give the dataloader"
+                    " a batch_size, or use 'ba', 'ep' or 'dur'"
+                )
             return -(-int(time.value) // samples_per_batch)
         if not tokens_per_batch:
-            raise ValueError(f"{time} needs the tokens per batch to count its steps")
+            raise ValueError(
+                f"{time} needs the tokens per batch to count its steps: set the Schedule's"
+                " tokens_per_batch (global batch x sequence length), or use 'ba', 'ep' or 'dur'"
+            )
         return -(-int(time.value) // tokens_per_batch)
 
     def advance_batch(self, samples: int, tokens: int) -> None:

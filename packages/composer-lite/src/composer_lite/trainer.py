@@ -82,6 +82,10 @@ class Trainer(Checkpointing):
         self.logger = self._make_logger(loggers, rank)
         self.scaler = grad_scaler(cfg.precision, device)
         self.microbatch_size = cfg.device_train_microbatch_size
+        try:
+            self.state.timestamp.epoch_length = len(train_dataloader) or None
+        except TypeError:  # an iterable without a length
+            self.state.timestamp.epoch_length = None
         self.state.scheduler = self._build_scheduler(cfg.scheduler)
         self._run(Event.INIT)
         self.checkpoints = self._checkpoint_manager()
@@ -92,6 +96,9 @@ class Trainer(Checkpointing):
         self._every_eval = Every(cfg.eval_interval, cfg.max_duration)
         self._every_save = Every(cfg.save_interval, cfg.max_duration)
         self._every_log = Every(cfg.log_interval, cfg.max_duration)
+        if self._resumed_from is not None:  # intervals count on from the resumed batch
+            for every in (self._every_eval, self._every_save, self._every_log):
+                every.reset(self.state.timestamp)
         self._signal: int | None = None
         self.logger.log_hyperparameters(
             {**cfg.to_dict(), "world_size": world, "rank_device": str(device)}
@@ -159,6 +166,8 @@ class Trainer(Checkpointing):
         rollback = state.extra.pop("rollback", None)
         if rollback:
             self._rollback(rollback)
+            if self.scaler is not None:  # a guard may have unscaled this step's gradients
+                self.scaler.update()
         elif not state.skip_step:
             self._optimizer_step()
         elif self.scaler is not None:
@@ -216,7 +225,8 @@ class Trainer(Checkpointing):
             scaled = state.loss * (weight * state.world_size)
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             self._run(Event.AFTER_BACKWARD)
-            share += state.loss.detach().double() * weight.double()
+            # a microbatch with no loss token (all labels -100) adds nothing, not its 0/0 NaN
+            share += torch.where(weight > 0, state.loss.detach().double() * weight.double(), 0.0)
         return share
 
     def _after_batch(self, epoch_end: bool = False) -> None:
@@ -303,10 +313,16 @@ class Trainer(Checkpointing):
                 tokens = count_loss_tokens(model, batch)
                 sums["_tokens"] = sums.get("_tokens", 0.0) + tokens
                 for name, value in values.items():
-                    sums[name] = sums.get(name, 0.0) + float(value) * tokens
-        names = sorted(sums)
+                    # a batch with no loss token counts 0 (its mean is 0/0, NaN)
+                    sums[name] = sums.get(name, 0.0) + (float(value) * tokens if tokens else 0.0)
+        # every rank reduces the same names, also one that had no eval batch
+        names = sorted(set().union(*dist.all_gather_object(sorted(sums))))
         totals = dict(
-            zip(names, dist.all_reduce([sums[n] for n in names], device=state.device), strict=True)
+            zip(
+                names,
+                dist.all_reduce([sums.get(n, 0.0) for n in names], device=state.device),
+                strict=True,
+            )
         )
         count = max(totals.pop("_tokens", 0.0), 1.0)
         state.eval_metrics = {f"eval/{name}": value / count for name, value in totals.items()}
@@ -363,12 +379,16 @@ class Trainer(Checkpointing):
             return scheduler
         state, loader = self.state, self.state.train_dataloader
         steps_per_epoch = len(loader) if hasattr(loader, "__len__") else None
-        samples = getattr(loader, "batch_size", None) or 1
+        samples = getattr(loader, "batch_size", None)  # None: 'sp' times cannot be converted
         return scheduler.build(
             state.optimizer,
             lambda t: state.timestamp.to_steps(
-                t, state.max_duration, steps_per_epoch, samples * state.world_size
-            ),
+                t,
+                state.max_duration,
+                steps_per_epoch,
+                samples and samples * state.world_size,
+                scheduler.tokens_per_batch,
+            ),  # fmt: skip
             state.max_duration,
         )
 
