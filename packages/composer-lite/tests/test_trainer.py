@@ -494,3 +494,57 @@ def test_split_batch_keeps_tuples_of_tensors_as_fields():
     assert [tuple(t.tolist() for t in p) for p in parts] == [([[0, 1, 2]], [7]), ([[3, 4, 5]], [8])]
     names = split_batch({"input_ids": torch.zeros(3, 4), "names": ["a", "b", "c"]}, 2)
     assert [p["names"] for p in names] == [["a", "b"], ["c"]]  # a list of strings: one per row
+
+
+def test_resume_mid_epoch_keeps_a_shuffling_dataloaders_order(tmp_path):
+    from torch.utils.data import DataLoader
+
+    class Ids(Callback):
+        def __init__(self) -> None:
+            self.ids: list[list[int]] = []
+
+        def batch_start(self, state, logger) -> None:
+            self.ids.append(state.batch["id"].tolist())
+
+    batch = random_lm_batch(32, 8, seed=0)
+    rows = [{"input_ids": batch["input_ids"][i], "labels": batch["labels"][i], "id": i} for i in range(32)]  # fmt: skip
+
+    def run(folder, callbacks=(), **kwargs):
+        torch.manual_seed(0)
+        model, ids = TinyLM(), Ids()
+        loader = DataLoader(rows, batch_size=4, shuffle=True)  # seeds from the global RNG
+        Trainer(
+            model, loader, torch.optim.SGD(model.parameters(), lr=0.1), max_duration="2ep",
+            save_folder=str(folder), callbacks=[ids, *callbacks], loggers=[],
+            default_callbacks=False, **kwargs,
+        ).fit()  # fmt: skip
+        return ids.ids
+
+    whole = run(tmp_path / "whole")
+    first = run(tmp_path / "split", [_StopAt(6)])
+    second = run(tmp_path / "split", autoresume=True)
+    assert first + second == whole  # was: another order for the rest of the epoch
+
+
+def test_resume_with_a_parameter_that_never_had_a_gradient(tmp_path):
+    class WithUnusedHead(TinyLM):
+        def __init__(self) -> None:
+            super().__init__()
+            self.aux = torch.nn.Linear(32, 8)  # e.g. a head a later stage trains
+
+    def run(folder, callbacks=(), **kwargs):
+        torch.manual_seed(0)
+        model = WithUnusedHead()
+        Trainer(
+            model, [random_lm_batch(4, 8, seed=i) for i in range(4)],
+            torch.optim.AdamW(model.parameters(), lr=0.01), max_duration="4ba",
+            save_folder=str(folder), callbacks=list(callbacks), loggers=[],
+            default_callbacks=False, **kwargs,
+        ).fit()  # fmt: skip
+        return model
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "split", [_StopAt(2)])
+    resumed = run(tmp_path / "split", autoresume=True)  # was: "Missing key in checkpoint"
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -26,7 +26,8 @@ class Checkpointing:
         protect = {self._resumed_from} if self._resumed_from else set()
         path = self.checkpoints.save(
             f"ep{ts.epoch}-ba{ts.batch}", model=state.model, optimizer=state.optimizer,
-            objects=self._run_state(), rank_objects={"rng": capture_rng()}, protect=protect,
+            objects=self._run_state(), protect=protect,
+            rank_objects={"rng": capture_rng(), "epoch_rng": self._epoch_rng or capture_rng()},
         )  # fmt: skip
         self._last_saved = ts.batch
         self._run(Event.CHECKPOINT)
@@ -91,7 +92,9 @@ class Checkpointing:
         if self.microbatch_size == "auto" and objects.get("microbatch_size"):
             self._auto_size = objects["microbatch_size"]
         if rank_objects is not None and state.timestamp.batch_in_epoch:
-            self._pending_rng = rank_objects["rng"]  # restored once the epoch's iterator exists
+            # restored once the epoch's iterator exists (see Trainer._epoch_batches)
+            self._pending_rng = rank_objects["rng"]
+            self._pending_epoch_rng = rank_objects.get("epoch_rng")  # None: before 0.2.1
         elif rank_objects is not None:
             restore_rng(rank_objects["rng"])
         self._resumed_from = path

@@ -92,6 +92,8 @@ class Trainer(Checkpointing):
         self._resumed_from: str | None = None
         self._skip_batches = 0
         self._pending_rng: dict[str, Any] | None = None
+        self._pending_epoch_rng: dict[str, Any] | None = None
+        self._epoch_rng: dict[str, Any] | None = None  # the RNG as this epoch's iterator began
         self._load_start_checkpoint()
         self._every_eval = Every(cfg.eval_interval, cfg.max_duration)
         self._every_save = Every(cfg.save_interval, cfg.max_duration)
@@ -252,18 +254,24 @@ class Trainer(Checkpointing):
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.state.timestamp.epoch)
-        skip, self._skip_batches = self._skip_batches, 0
-        iterator = iter(loader)
-        if self._pending_rng is not None:
-            # Resumed mid-epoch: the uninterrupted run made this epoch's iterator (which may
-            # draw from the global RNG) before the checkpoint, so restore the RNG after ours.
-            from composer_lite.checkpoint import restore_rng
+        from composer_lite.checkpoint import capture_rng, restore_rng
 
+        skip, self._skip_batches = self._skip_batches, 0
+        if self._pending_epoch_rng is not None:
+            # Resumed mid-epoch: the uninterrupted run began this epoch's iterator, and fetched
+            # the batches before the checkpoint, from the RNG as it was then (a shuffling sampler
+            # draws its seed at the first batch), so do the same, then go on from the saved RNG.
+            restore_rng(self._pending_epoch_rng)
+            self._pending_epoch_rng = None
+        self._epoch_rng = capture_rng()
+        iterator = iter(loader)
+        for _ in range(skip):
+            if next(iterator, None) is None:
+                break
+        if self._pending_rng is not None:
             restore_rng(self._pending_rng)
             self._pending_rng = None
-        for index, batch in enumerate(iterator):
-            if index >= skip:
-                yield batch
+        yield from iterator
 
     def _optimizer_step(self) -> None:
         state = self.state

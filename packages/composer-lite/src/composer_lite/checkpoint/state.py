@@ -18,8 +18,10 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
@@ -134,8 +136,10 @@ def load_state(
     reader = dcp.FileSystemReader(state_dir)
     metadata = reader.read_metadata()
     state: dict[str, Any] = {}
+    dropped: list[str] = []
     if optimizer is not None and optimizer_kind == "sharded":
         state["model"], state["optimizer"] = get_state_dict(model, optimizer)
+        dropped = _drop_unsaved_optimizer_state(state["optimizer"], metadata)
     else:
         state["model"] = get_model_state_dict(model)
     _check_model_keys(state["model"], metadata, where)
@@ -145,14 +149,34 @@ def load_state(
     try:
         with single_process_quiet():
             dcp.load(state, storage_reader=reader)
-    except Exception as err:
+    except (Exception, CheckpointException) as err:  # DCP's exception is a BaseException
         raise CheckpointError(f"cannot load the state of checkpoint {where}: {err}") from err
     set_model_state_dict(model, state["model"])
     if "optimizer" in state:
-        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+        set_optimizer_state_dict(
+            model, optimizer, state["optimizer"], options=StateDictOptions(strict=not dropped)
+        )
+        params = dict(model.named_parameters())
+        for fqn in dropped:  # as in the saved run: no state until their first gradient
+            optimizer.state.pop(params[fqn], None)
     elif optimizer is not None and optimizer_kind == "empty":
         _restore_fresh_optimizer(optimizer, payload["optimizer_param_groups"], where)
     return join_objects(payload["objects"], state["objects"])
+
+
+def _drop_unsaved_optimizer_state(optim_sd: dict[str, Any], metadata: Metadata) -> list[str]:
+    """Remove (and return) the parameters whose optimizer state the checkpoint lacks: those that
+    had no gradient before it was saved (a frozen or unused part), which DCP's state-dict helper
+    gave a fresh state to load into."""
+    saved = metadata.state_dict_metadata
+    dropped = [
+        fqn
+        for fqn, entries in optim_sd.get("state", {}).items()
+        if not all(f"optimizer.state.{fqn}.{key}" in saved for key in entries)
+    ]
+    for fqn in dropped:
+        del optim_sd["state"][fqn]
+    return dropped
 
 
 def _check_model_keys(model_sd: dict[str, Any], metadata: Metadata, where: str) -> None:
