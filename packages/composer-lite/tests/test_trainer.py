@@ -548,3 +548,12 @@ def test_resume_with_a_parameter_that_never_had_a_gradient(tmp_path):
     resumed = run(tmp_path / "split", autoresume=True)  # was: "Missing key in checkpoint"
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_guard_settings_are_checked_when_the_config_is_made():
+    from composer_lite.config import GuardConfig, TrainerConfig
+
+    with pytest.raises(ValueError, match="unknown guard keys \\['on_nan', 'spike'\\]"):
+        TrainerConfig(max_duration="1ba", guard={"on_nan": "skip", "spike": 3})  # was: TypeError
+    with pytest.raises(ValueError, match="bad guard settings: on_nonfinite='retry'"):
+        GuardConfig(on_nonfinite="retry")  # was: only once the Trainer had set everything up

@@ -32,6 +32,28 @@ class GuardConfig:
     spike_window: int = 100
     on_spike: str = "skip"
 
+    def __post_init__(self) -> None:
+        problems = guard_problems(self)
+        if problems:
+            raise ValueError(f"bad guard settings: {', '.join(problems)}; policies are {POLICIES}")
+
+
+POLICIES = ("skip", "rollback", "stop")
+
+
+def guard_problems(config: GuardConfig) -> list[str]:
+    """What is wrong with a guard's settings, each naming its value (empty when all is well)."""
+    bad = [
+        f"{name}={getattr(config, name)!r}"
+        for name in ("on_nonfinite", "on_spike")
+        if getattr(config, name) not in POLICIES
+    ]
+    if config.spike_factor is not None and not config.spike_factor > 1.0:
+        bad.append(f"spike_factor={config.spike_factor!r} (expected a number > 1, or None)")
+    if not (isinstance(config.spike_window, int) and config.spike_window >= 1):
+        bad.append(f"spike_window={config.spike_window!r} (expected a positive int)")
+    return bad
+
 
 @dataclass(kw_only=True)
 class TrainerConfig:
@@ -104,6 +126,7 @@ class TrainerConfig:
             )
         self.scheduler = _coerce_scheduler(self.scheduler)
         if isinstance(self.guard, dict):
+            reject_unknown_keys(GuardConfig, self.guard, "guard")
             self.guard = GuardConfig(**self.guard)
         if isinstance(self.parallelism, dict):
             from composer_lite.parallel import ParallelConfig

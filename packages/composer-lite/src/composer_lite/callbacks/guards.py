@@ -39,14 +39,12 @@ import time
 from collections import deque
 from typing import Any
 
-from composer_lite.config import GuardConfig
+from composer_lite.config import POLICIES, GuardConfig, guard_problems
 from composer_lite.core import Callback, Logger, State
 
 __all__ = ["POLICIES", "Guard", "HangWatchdog", "TrainingDivergedError"]
 
 log = logging.getLogger(__name__)
-
-POLICIES = ("skip", "rollback", "stop")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -68,15 +66,7 @@ class Guard(Callback):
 
     def __init__(self, config: GuardConfig | None = None, *, max_consecutive: int = 10) -> None:
         config = config or GuardConfig()
-        bad = [
-            f"{name}={getattr(config, name)!r}"
-            for name in ("on_nonfinite", "on_spike")
-            if getattr(config, name) not in POLICIES
-        ]
-        if config.spike_factor is not None and not config.spike_factor > 1.0:
-            bad.append(f"spike_factor={config.spike_factor!r} (expected a number > 1, or None)")
-        if not (isinstance(config.spike_window, int) and config.spike_window >= 1):
-            bad.append(f"spike_window={config.spike_window!r} (expected a positive int)")
+        bad = guard_problems(config)  # again: a GuardConfig's fields may be changed after it
         if not (isinstance(max_consecutive, int) and max_consecutive >= 1):
             bad.append(f"max_consecutive={max_consecutive!r} (expected a positive int)")
         if bad:
