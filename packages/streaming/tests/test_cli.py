@@ -92,3 +92,22 @@ def test_cli_errors_are_clear(tmp_path, jsonl):
     result = run_cli("convert", str(jsonl), "--out", str(tmp_path / "o2"), "--compression", "lz77")
     assert result.returncode == 2 and "lz77" in result.stderr
     assert "inspect" in run_cli("--help").stdout
+
+
+def test_convert_errors_name_the_file_and_line(tmp_path):
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"text": "a", "n": 1}\n\n{"text": "b", "n": 2.5}\n')
+    result = run_cli("convert", str(mixed), "--out", str(tmp_path / "o1"))
+    assert result.returncode == 2
+    assert f"{mixed}:3: column 'n' (encoding 'int')" in result.stderr  # was: no file, no line
+    assert f"columns inferred from {mixed}:1" in result.stderr and "--columns" in result.stderr
+    ok = run_cli(
+        "convert", str(mixed), "--out", str(tmp_path / "o2"), "--columns", "text:str,n:float64"
+    )
+    assert ok.returncode == 0, ok.stderr
+    binary = tmp_path / "bad.txt"
+    binary.write_bytes(b"ok\nfine\n\xff\xfe bad\n")
+    result = run_cli("convert", str(binary), "--out", str(tmp_path / "o3"))
+    assert result.returncode == 2 and f"{binary}:3: not UTF-8 text" in result.stderr
+    for out in ("o1", "o3"):
+        assert not (tmp_path / out / "index.json").exists()

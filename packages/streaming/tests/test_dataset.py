@@ -193,6 +193,30 @@ def test_state_dict_at_epoch_end_resumes_next_epoch(two_streams):
     assert [s["id"] for s in ds] == [make(two_streams)[int(i)]["id"] for i in expected]
 
 
+def test_resume_on_another_node_count_keeps_the_default_shuffle_block(tmp_path, monkeypatch):
+    """The default shuffle block size follows the canonical node count: a run resumed on fewer
+    nodes takes the checkpoint's count, and with it the block size the first run shuffled with."""
+    out = write_dataset(tmp_path / "d", range(1))
+    index = json.loads((out / "index.json").read_text())
+    shard = index["shards"][0]
+    # 5,000,000 samples listed (only the order is computed; no shard is read): the default block
+    # is 262,144 on 16 canonical nodes and 500,000 on 8, and both are below a node's 312,500
+    # samples (a shuffle window never spans more than one canonical node's range).
+    index["shards"] = [
+        dict(shard, samples=50_000, raw_data=dict(shard["raw_data"], basename=f"s.{i}.mds"))
+        for i in range(100)
+    ]
+    (out / "index.json").write_text(json.dumps(index))
+    set_world(monkeypatch, 0, 16, per_node=1)  # 16 nodes of one rank
+    first = StreamingDataset(local=str(out), batch_size=4, shuffle=True)
+    state = first.state_dict(num_samples=64 * 100, from_beginning=True)
+    set_world(monkeypatch, 0, 8, per_node=1)  # resumed on 8 nodes, same global batch
+    resumed = StreamingDataset(local=str(out), batch_size=8, shuffle=True)
+    resumed.load_state_dict(state)
+    assert resumed.num_canonical_nodes == 16
+    np.testing.assert_array_equal(resumed.epoch_sequence(0), first.epoch_sequence(0))
+
+
 def test_bad_state_dict_is_rejected(two_streams):
     with pytest.raises(ValueError, match=r"missing \['interleave_chunk'.*unknown \['bogus'\]"):
         make(two_streams).load_state_dict({"epoch": 0, "sample_in_epoch": 0, "bogus": 1})
@@ -287,6 +311,23 @@ def test_cache_limit_evicts_least_recently_used(tmp_path, s3_bucket):
     assert len(cached) < len([n for n in os.listdir(tmp_path / "src") if n.startswith("shard.")])
     with pytest.raises(ValueError, match="cache_limit 10 bytes is below twice the largest shard"):
         StreamingDataset(remote=remote, local=str(tmp_path / "cache2"), cache_limit=10)
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_cache_limit_holds_with_the_default_max_open_shards(tmp_path, compression):
+    """Files of open shards are evicted too (they read through their descriptors): the limit
+    holds with the default 64 open shards, not only once more shards than that are open."""
+    src = write_dataset(tmp_path / "src", range(60), compression=compression, size_limit=120)
+    stored = sorted(n for n in os.listdir(src) if n.startswith("shard."))
+    assert 20 < len(stored) < 64
+    limit = 3 * max(os.path.getsize(src / n) for n in stored)
+    cache = tmp_path / "cache"
+    ds = StreamingDataset(remote=str(src), local=str(cache), cache_limit=limit)
+    assert [s["id"] for s in ds] == list(range(60))
+    assert finish_fills(30) == 0  # the last raw files landed, and were followed by an eviction
+    cached = [n for n in os.listdir(cache) if n.startswith("shard.") and not n.endswith(".lock")]
+    # Nothing is being prepared any more, so nothing is spared beyond the limit.
+    assert sum(os.path.getsize(cache / n) for n in cached) <= limit, cached
 
 
 def test_spawned_workers_agree_on_the_epoch(two_streams):
@@ -408,6 +449,29 @@ def test_readers_wait_only_for_the_bytes_they_need(tmp_path, monkeypatch):
     while time.time() < deadline and not os.path.exists(out / "shard.00000.mds"):
         time.sleep(0.05)
     assert os.path.exists(out / "shard.00000.mds")
+
+
+def test_worker_forked_during_a_decompression_prepares_the_shard_itself(tmp_path, monkeypatch):
+    """A worker forked while the main process is still decompressing a shard does not inherit
+    the half-written shard (nor the pending work, locks or gate) whose threads it lacks."""
+    import time
+
+    from streaming import compression, shard
+
+    out = write_dataset(tmp_path / "d", range(300), compression="zstd", size_limit=100_000)
+    monkeypatch.setattr(compression, "_CHUNK", 256)  # ~65 steps of 128 bytes: about 0.7 s
+    append = shard.GrowingRaw.append
+    monkeypatch.setattr(
+        shard.GrowingRaw, "append", lambda raw, chunk: (time.sleep(0.01), append(raw, chunk))
+    )
+    ds = StreamingDataset(local=str(out), batch_size=10)
+    assert ds[0]["id"] == 0  # the shard is open, its raw file still being written
+    assert not os.path.exists(out / "shard.00000.mds")
+    loader = DataLoader(
+        ds, batch_size=10, num_workers=1, multiprocessing_context="fork", timeout=20
+    )
+    assert sorted(int(i) for b in loader for i in b["id"]) == list(range(300))
+    assert ds[299]["id"] == 299  # the main process's shard is unaffected
 
 
 def test_missing_remote_index_and_missing_remote_shard_name_the_url(tmp_path, s3_bucket):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -217,6 +218,31 @@ def test_pair_output_crash_uploads_no_index(tmp_path):
                 w.write(fixed_sample(i))
             raise KeyError("crash")
     assert INDEX_NAME not in os.listdir(remote) and INDEX_NAME not in os.listdir(local)
+
+
+def test_rewriting_a_remote_dataset(tmp_path, s3_bucket):
+    """A remote that holds a dataset: an error unless exist_ok; then its index goes first, so a
+    crashed rewrite never looks complete (mixing new shards with the old index)."""
+    from streaming.storage import object_exists
+
+    for remote in (str(tmp_path / "remote"), f"{s3_bucket}/rewrite"):
+        with MDSWriter(out=(str(tmp_path / "a"), remote), columns=FIXED, size_limit=600) as w:
+            for i in range(12):
+                w.write(fixed_sample(i))
+        with pytest.raises(FileExistsError, match=f"{remote}/index.json exists.*exist_ok=True"):
+            MDSWriter(out=(str(tmp_path / "b"), remote), columns=FIXED)
+        with pytest.raises(KeyError):
+            with MDSWriter(out=(str(tmp_path / "c"), remote), columns=FIXED, size_limit=600, exist_ok=True) as w:  # fmt: skip
+                for i in range(100, 106):
+                    w.write(fixed_sample(i))
+                raise KeyError("crash")  # was: the old index.json listed the new shards
+        assert not object_exists(f"{remote}/{INDEX_NAME}")
+        with MDSWriter(out=(str(tmp_path / "d"), remote), columns=FIXED, size_limit=600, exist_ok=True) as w:  # fmt: skip
+            for i in range(200, 203):
+                w.write(fixed_sample(i))
+        assert object_exists(f"{remote}/{INDEX_NAME}")
+        for sub in "abcd":
+            shutil.rmtree(tmp_path / sub, ignore_errors=True)
 
 
 @pytest.mark.parametrize("keep_local", [False, True])

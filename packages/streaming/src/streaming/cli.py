@@ -140,13 +140,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _read_inputs(paths: list[str], fmt: str, text_key: str, unit: str) -> Iterator[dict[str, Any]]:
+def _read_inputs(
+    paths: list[str], fmt: str, text_key: str, unit: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, record) for each sample: `where` is "path:line" (or the path, one per file)."""
     for path in paths:
         kind = fmt if fmt != "auto" else ("jsonl" if path.endswith((".jsonl", ".json")) else "text")
-        with open(path, encoding="utf-8") as f:
-            if kind == "jsonl":
+        line_no = 0
+        try:
+            with open(path, encoding="utf-8") as f:
+                if kind != "jsonl" and unit == "file":
+                    yield path, {text_key: f.read()}
+                    continue
                 for line_no, line in enumerate(f, 1):
                     if not line.strip():
+                        continue
+                    if kind != "jsonl":
+                        yield f"{path}:{line_no}", {text_key: line.rstrip("\n")}
                         continue
                     try:
                         record = json.loads(line)
@@ -158,13 +168,22 @@ def _read_inputs(paths: list[str], fmt: str, text_key: str, unit: str) -> Iterat
                         raise StreamingError(
                             f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"
                         )
-                    yield record
-            elif unit == "file":
-                yield {text_key: f.read()}
-            else:
-                for line in f:
-                    if line.strip():
-                        yield {text_key: line.rstrip("\n")}
+                    yield f"{path}:{line_no}", record
+        except UnicodeDecodeError as err:
+            raise StreamingError(
+                f"{_first_undecodable(path)}: not UTF-8 text ({err.reason})"
+            ) from None
+
+
+def _first_undecodable(path: str) -> str:
+    """ "path:line" of the first line that is not UTF-8 (the error comes from a read-ahead block)."""
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return f"{path}:{line_no}"
+    return path
 
 
 def _infer_columns(record: dict[str, Any]) -> dict[str, str]:
@@ -185,7 +204,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     columns = (
         dict(c.split(":", 1) for c in args.columns.split(","))
         if args.columns
-        else _infer_columns(first)
+        else _infer_columns(first[1])
+    )
+    hint = (
+        ""
+        if args.columns
+        else f" (columns inferred from {first[0]}: {columns}; --columns sets them)"
     )
     start, count = time.perf_counter(), 0
     with MDSWriter(
@@ -196,8 +220,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         size_limit=args.size_limit,
         exist_ok=args.overwrite,
     ) as writer:
-        for record in _chain(first, records):
-            writer.write(record)
+        for where, record in _chain(first, records):
+            try:
+                writer.write(record)
+            except (StreamingError, ValueError, TypeError) as err:
+                raise StreamingError(f"{where}: {err}{hint}") from err
             count += 1
             if count % 10_000 == 0 and sys.stderr.isatty():
                 print(f"\r{count:,} samples", end="", file=sys.stderr, flush=True)
@@ -206,7 +233,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def _chain(
+    first: tuple[str, dict[str, Any]], rest: Iterator[tuple[str, dict[str, Any]]]
+) -> Iterator[tuple[str, dict[str, Any]]]:
     yield first
     yield from rest
 

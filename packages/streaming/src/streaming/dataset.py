@@ -50,7 +50,9 @@ class StreamingDataset(_Base):
                          times the number of ranks, and fixes the global order together with the
                          seed and `num_canonical_nodes`.
     epoch_size:          samples per epoch (default: what the stream weights give).
-    shuffle, shuffle_algo ('py1e', 'py1s', 'naive'), shuffle_seed, shuffle_block_size.
+    shuffle, shuffle_algo ('py1e', 'py1s', 'naive'), shuffle_seed, shuffle_block_size (default:
+                         max(4,000,000 // canonical nodes, 2**18), with the checkpoint's canonical
+                         nodes after `load_state_dict`).
     num_canonical_nodes: default: the number of physical nodes of the first run (kept on resume).
     cache_limit:         bytes (or '10gb') of shards to keep per remote stream's cache folder.
     predownload:         samples ahead of reading whose shards are fetched and decompressed in the
@@ -150,8 +152,9 @@ class StreamingDataset(_Base):
             shuffle=shuffle,
             shuffle_algo=shuffle_algo,
             shuffle_seed=shuffle_seed,
-            shuffle_block_size=shuffle_block_size or max(4_000_000 // canonical, 1 << 18),
         )
+        # None: derived from the canonical node count in use (see _set_plan).
+        self._shuffle_block_size = shuffle_block_size
         self._set_plan(canonical, max(1, batch_size * world.num_ranks // canonical))
         self._resume: tuple[int, int] = (0, 0)  # (epoch, sample in epoch) of the first pass
         self._passes = PassCounter()
@@ -194,7 +197,13 @@ class StreamingDataset(_Base):
 
     # -- the epoch's order ------------------------------------------------------------------
     def _set_plan(self, canonical: int, chunk: int) -> None:
-        self._plan = PlanConfig(num_canonical_nodes=canonical, chunk=chunk, **self._plan_args)
+        # The default block size depends on the number of canonical nodes, so it is derived from
+        # the number in use: a run resumed with another node count takes the checkpoint's number
+        # and must shuffle with the block size the checkpointed run used, or samples repeat.
+        block = self._shuffle_block_size or max(4_000_000 // canonical, 1 << 18)
+        self._plan = PlanConfig(
+            num_canonical_nodes=canonical, chunk=chunk, shuffle_block_size=block, **self._plan_args
+        )
 
     @property
     def num_canonical_nodes(self) -> int:

@@ -305,6 +305,12 @@ class Shard:
         return self.info.samples
 
     @property
+    def is_growing(self) -> bool:
+        """Whether the shard reads a raw file that was still being written when it was made
+        (`Shard.growing`): its reads wait on the writing thread, which a forked child lacks."""
+        return isinstance(self._backing, GrowingRaw)
+
+    @property
     def nbytes(self) -> int:
         """Size of the raw (decompressed) shard in bytes."""
         return self.info.raw_data.bytes

@@ -13,6 +13,9 @@ Getting shard s (in the reader's thread, or ahead of time in a pool thread):
 Readers never wait for the raw file to be written, only for the decompression, and preparing
 several shards at once uses every core (zstandard and file I/O release the GIL). Evicted or
 superseded shards are dropped, not closed, so a reader still holding one keeps a valid shard.
+
+A process forked from one using the cache (a dataloader worker) keeps the shards open in files
+or memory and drops everything the parent's threads were still working on (see `_after_fork`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +90,22 @@ def finish_fills(timeout: float | None = None) -> int:
             left,
         )
     return left
+
+
+# Every ShardCache of this process, for the fork handler below.
+_caches: weakref.WeakSet[ShardCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child, which has only the thread that forked: reset the state that the
+    parent's other threads held or were about to finish."""
+    global _filling_lock
+    _filling_lock = threading.Lock()  # a fill thread may have held it at the fork
+    for cache in list(_caches):
+        cache._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Pending:
@@ -189,6 +209,7 @@ class ShardCache:
         self._gate = _Gate(os.cpu_count() or 1)
         self._order = itertools.count()
         self._need: dict[int, float] = {}  # shard -> fraction upcoming reads need (see prefetch)
+        _caches.add(self)
 
     def __getstate__(self) -> dict:
         # A copy in another process (a dataloader worker) starts with nothing open or pending.
@@ -203,6 +224,22 @@ class ShardCache:
         self._open, self._pending, self._verified = OrderedDict(), {}, set()
         self._pool, self._pool_pid = None, -1
         self._gate, self._order, self._need = _Gate(os.cpu_count() or 1), itertools.count(), {}
+        _caches.add(self)
+
+    def _after_fork(self) -> None:
+        """Start over in a forked child with what needs none of the parent's threads.
+
+        A shard published while its raw file is still being written, a shard being prepared,
+        the lock and the gate's slots all depend on threads the child does not have: a reader
+        would wait on them forever. Shards backed by a whole file or by memory stay open (the
+        descriptors and pages are the child's too); a dropped shard is prepared again on demand,
+        which waits on the node lock for the parent's raw file instead of decompressing twice.
+        """
+        self._lock = threading.Lock()
+        self._open = OrderedDict((i, s) for i, s in self._open.items() if not s.is_growing)
+        self._pending, self._need = {}, {}
+        self._pool, self._pool_pid = None, -1
+        self._gate, self._order = _Gate(os.cpu_count() or 1), itertools.count()
 
     # -- public -------------------------------------------------------------------------------
     def get(self, shard_id: int) -> Shard:
@@ -438,11 +475,18 @@ class ShardCache:
         self._publish(shard_id, shard, pending)
 
     def _evict(self, keep: set[str]) -> None:
+        """Hold each remote stream's cache folder to `cache_limit`, sparing `keep` (the file just
+        produced) and the files of shards being prepared, which are yet to be opened.
+
+        Open shards are not spared: they read through their own descriptor, which outlives the
+        file's name (as in other processes, see streaming.cache), so a reader never notices. The
+        disk space of such a file is freed once its shard is dropped from the open shards.
+        """
         if self.cache_limit is None:
             return
         with self._lock:
-            in_use = set(self._open) | set(self._pending)
-        for shard_id in in_use:
+            pending = list(self._pending)
+        for shard_id in pending:
             keep |= set(self._paths(shard_id)[2:])
         by_stream: dict[str, set[str]] = {}
         for shard_id, (stream, _) in enumerate(self.shards):

@@ -65,8 +65,10 @@ class MDSWriter:
     compression:  None, "zstd", "zstd:7", "gz", "bz2", "br", "snappy" (see `streaming.compression`).
     hashes:       algorithms recorded for each shard file, sorted, e.g. ["sha1", "xxh64"].
     size_limit:   raw shard size limit in bytes or "64mb"; None or 0: one shard (default 64 MiB).
-    exist_ok:     a non-empty local folder is an error unless True; then its contents are removed
-                  (index.json first, so the old dataset never looks complete beside new shards).
+    exist_ok:     a non-empty local folder, or a remote that holds an index.json, is an error
+                  unless True; then the local contents are removed and the remote index.json is
+                  deleted, index.json first, so the old dataset never looks complete beside new
+                  shards (a crashed rewrite leaves no index).
     keep_local:   for "s3://..." output, keep the staged local copies (a tuple always keeps them).
     progress:     print one line per finished shard to stderr (`progress_bar` is accepted too).
     **storage_options: passed to `streaming.storage.Uploader` (endpoint_url, ...) for remote output.
@@ -131,6 +133,7 @@ class MDSWriter:
             self._prepare_local(exist_ok)
             if self.remote is not None:  # checks the bucket and credentials now
                 self._uploader = Uploader(self.remote, **storage_options)
+                self._prepare_remote(exist_ok)
         except BaseException:
             self._cleanup()
             raise
@@ -168,6 +171,16 @@ class MDSWriter:
                 else:
                     os.remove(entry.path)
         os.makedirs(self.local, exist_ok=True)
+
+    def _prepare_remote(self, exist_ok: bool) -> None:
+        if not self._uploader.exists(INDEX_NAME):
+            return
+        if not exist_ok:
+            raise FileExistsError(
+                f"{self.remote}/{INDEX_NAME} exists: the remote holds a dataset (pass"
+                " exist_ok=True to replace it)"
+            )
+        self._uploader.delete(INDEX_NAME)  # the old dataset stops looking complete, at once
 
     @property
     def shards(self) -> tuple[ShardInfo, ...]:
