@@ -278,6 +278,45 @@ def test_two_processes_share_one_remote_cache(tmp_path, s3_bucket):
     assert not [n for n in leftovers if not n.endswith(".lock")], leftovers
 
 
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_a_shard_evicted_by_another_process_before_it_opens_is_fetched_again(
+    tmp_path, monkeypatch, compression
+):
+    """Another worker's cache_limit may delete a file between our fetching and opening it."""
+    import streaming.storage
+
+    out = write_dataset(tmp_path / "src", range(30), compression=compression, size_limit=150)
+    real, evicted = streaming.storage.download, []
+
+    def download_then_lose_it(url, path, **kwargs):
+        result = real(url, path, **kwargs)
+        if not evicted:  # the first fetched file goes at once, as another process's evict would
+            evicted.append(path)
+            os.remove(path)
+        return result
+
+    monkeypatch.setattr(streaming.storage, "download", download_then_lose_it)
+    ds = StreamingDataset(remote=str(out), local=str(tmp_path / "cache"), predownload=0)
+    assert [s["id"] for s in ds] == list(range(30))  # was: FileNotFoundError
+    assert evicted
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_workers_sharing_a_small_cache_never_lose_a_shard_to_each_others_eviction(
+    tmp_path, compression
+):
+    """Each worker evicts for the shared cache_limit; none may delete a file another worker has
+    just fetched and not opened yet (was: FileNotFoundError in a worker)."""
+    out = write_dataset(tmp_path / "src", range(600), compression=compression, size_limit=300)
+    shard = max(os.path.getsize(out / n) for n in os.listdir(out) if n.startswith("shard"))
+    ds = StreamingDataset(
+        remote=str(out), local=str(tmp_path / "cache"), cache_limit=2 * shard, batch_size=4,
+        shuffle=True,
+    )  # fmt: skip
+    loader = StreamingDataLoader(ds, num_workers=3, collate_fn=lambda b: [s["id"] for s in b])
+    assert sorted(i for batch in loader for i in batch) == list(range(600))
+
+
 def test_cache_limit_evicts_least_recently_used(tmp_path, s3_bucket):
     remote = f"{s3_bucket}/ds"
     write_dataset(tmp_path / "src", range(60), size_limit=120)

@@ -2,14 +2,16 @@
 
 Only shards of streams with a remote are ever evicted (a local-only stream *is* the dataset).
 Several processes may share a cache folder: a shard is deleted only by unlinking a complete file,
-which leaves any process that already opened or mapped it unaffected, and a reader that finds it
-gone downloads it again. Recency is the file's mtime, which readers touch when they open a shard.
+which leaves any process that already opened or mapped it unaffected; a file another process used
+or made in the last seconds is spared (it may be about to open it), and a reader that still finds
+its file gone downloads it again. Recency is the file's mtime, which readers touch when they open a shard.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterable
 
 __all__ = ["enforce_cache_limit", "parse_bytes", "touch"]
@@ -46,11 +48,22 @@ def touch(path: str) -> None:
         pass
 
 
-def enforce_cache_limit(paths: Iterable[str], limit: int, keep: set[str]) -> list[str]:
+def enforce_cache_limit(
+    paths: Iterable[str],
+    limit: int,
+    keep: set[str],
+    *,
+    own: dict[str, float] | None = None,
+    grace_s: float = 0.0,
+) -> list[str]:
     """Delete the least recently used of `paths` until their total size is at most `limit`.
 
-    `keep` (paths in use now) are never deleted. Returns the deleted paths.
+    `keep` (paths in use now) are never deleted. With `own` ({path: the mtime this process left
+    it with}), a path that another process used or made within the last `grace_s` seconds (its
+    mtime is newer than ours, or it is not ours) is spared too: that process may have just fetched
+    it and not opened it yet. Returns the deleted paths.
     """
+    fresh_after = time.time() - grace_s
     present = []
     for path in paths:
         try:
@@ -60,10 +73,11 @@ def enforce_cache_limit(paths: Iterable[str], limit: int, keep: set[str]) -> lis
         present.append((st.st_mtime, st.st_size, path))
     total = sum(size for _, size, _ in present)
     deleted = []
-    for _, size, path in sorted(present):
+    for mtime, size, path in sorted(present):
         if total <= limit:
             break
-        if path in keep:
+        others = own is not None and mtime > own.get(path, float("-inf"))
+        if path in keep or (others and mtime > fresh_after):
             continue
         try:
             os.unlink(path)

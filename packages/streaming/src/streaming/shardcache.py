@@ -20,6 +20,7 @@ or memory and drops everything the parent's threads were still working on (see `
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import mmap
@@ -35,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from streaming.cache import enforce_cache_limit, touch
 from streaming.compression import decompress_stream
-from streaming.errors import ShardCorruptError, ShardTruncatedError
+from streaming.errors import RemoteNotFoundError, ShardCorruptError, ShardTruncatedError
 from streaming.format import ShardInfo
 from streaming.shard import GrowingRaw, Shard, verify_hashes
 from streaming.stream import Stream
@@ -50,6 +51,9 @@ _PAGE = mmap.PAGESIZE
 # temp file is left behind. One that outlasts the wait dies with the process; the next process
 # that makes that file removes its temp file (storage.produce_once).
 EXIT_WAIT_S = 60.0
+# A file another process on the node fetched or used this recently is not evicted: it may be
+# between its fetch and its open (a reader that still finds it gone fetches it again).
+EVICT_GRACE_S = 5.0
 _filling: set[threading.Thread] = set()
 _filling_lock = threading.Lock()
 _exit_hook_pid: int | None = None
@@ -204,6 +208,9 @@ class ShardCache:
         self._open: OrderedDict[int, Shard] = OrderedDict()
         self._pending: dict[int, _Pending] = {}
         self._verified: set[int] = set()
+        # path -> the mtime this process left it with (its touch on open, or its own download):
+        # a later mtime means another process used or re-made the file since (see _evict)
+        self._touched: dict[str, float] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = -1
         self._gate = _Gate(os.cpu_count() or 1)
@@ -222,6 +229,7 @@ class ShardCache:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         self._open, self._pending, self._verified = OrderedDict(), {}, set()
+        self._touched = {}
         self._pool, self._pool_pid = None, -1
         self._gate, self._order, self._need = _Gate(os.cpu_count() or 1), itertools.count(), {}
         _caches.add(self)
@@ -327,7 +335,32 @@ class ShardCache:
             os.path.join(stream.local, info.basename),
         )
 
-    def _make_ready(self, shard_id: int, pending: _Pending) -> None:
+    def _make_ready(self, shard_id: int, pending: _Pending, attempts: int = 8) -> None:
+        """Open (fetching and decompressing first if need be) shard `shard_id`. Another process
+        on the node may evict a remote stream's file between our finding or fetching it and our
+        opening it (streaming.cache): then it is fetched again, a few times at most."""
+        stream, info = self.shards[shard_id]
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._make_ready_once(shard_id, pending)
+            except FileNotFoundError as err:
+                gone_from_remote = isinstance(err, RemoteNotFoundError)
+                if stream.remote is None or gone_from_remote or pending.event.is_set():
+                    raise
+                if attempt == attempts:
+                    raise FileNotFoundError(
+                        f"shard {info.basename} was evicted from {stream.local} {attempts} times"
+                        " before it could be opened: the cache_limit of the processes sharing"
+                        f" that folder ({self.cache_limit} bytes here) is too small for the"
+                        " shards the node's workers and ranks use at once; raise it"
+                    ) from err
+                log.info(
+                    "shard %s was evicted from %s before it was opened; fetching it again",
+                    info.basename, stream.local,
+                )  # fmt: skip
+                time.sleep(0.01 * attempt)  # let the other process's eviction finish
+
+    def _make_ready_once(self, shard_id: int, pending: _Pending) -> None:
         stream, info, raw_path, stored_path = self._paths(shard_id)
         compressed = info.zip_data is not None
         if compressed and os.path.exists(raw_path):
@@ -346,6 +379,7 @@ class ShardCache:
                 timeout=stream.download_timeout,
                 **stream.storage_options,
             )
+            self._touch(stored_path)  # fresh to others' eviction (a copy may keep an old mtime)
             self._evict(keep={stored_path})
         if not compressed:
             verify = self.validate_hash and shard_id not in self._verified
@@ -471,8 +505,13 @@ class ShardCache:
             path, self.shards[shard_id][1], verify=verify, allow_pickle=self.allow_pickle
         )
         self._verified.add(shard_id)
-        touch(path)
+        self._touch(path)
         self._publish(shard_id, shard, pending)
+
+    def _touch(self, path: str) -> None:
+        touch(path)
+        with contextlib.suppress(OSError):
+            self._touched[path] = os.stat(path).st_mtime
 
     def _evict(self, keep: set[str]) -> None:
         """Hold each remote stream's cache folder to `cache_limit`, sparing `keep` (the file just
@@ -488,9 +527,12 @@ class ShardCache:
             pending = list(self._pending)
         for shard_id in pending:
             keep |= set(self._paths(shard_id)[2:])
+        own = dict(self._touched)
         by_stream: dict[str, set[str]] = {}
         for shard_id, (stream, _) in enumerate(self.shards):
             if stream.remote is not None:
                 by_stream.setdefault(stream.local, set()).update(self._paths(shard_id)[2:])
-        for paths in by_stream.values():
-            enforce_cache_limit(sorted(paths), self.cache_limit, keep)
+        for paths in by_stream.values():  # others' fresh files: maybe fetched, not yet opened
+            enforce_cache_limit(
+                sorted(paths), self.cache_limit, keep, own=own, grace_s=EVICT_GRACE_S
+            )
