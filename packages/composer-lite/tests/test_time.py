@@ -54,3 +54,11 @@ def test_timestamp_counts_and_state():
     assert ts.to_steps(Time.parse("0.5dur"), Time.parse("100ba"), None, 8) == 50
     assert ts.to_steps(Time.parse("2ep"), Time.parse("100ba"), 30, 8) == 60
     assert ts.to_steps(Time.parse("20sp"), Time.parse("100ba"), None, 8) == 3
+
+
+def test_counts_parse_exactly_and_huge_times_are_refused():
+    assert Time.parse("12345678901234567890tok").value == 12345678901234567890  # was: ...7168
+    assert Time.parse("2e9tok").value == 2_000_000_000
+    for text in ("1e400ba", "1e400dur", "1e999999999tok"):  # was: a bare OverflowError, or a hang
+        with pytest.raises(ValueError, match="too large a time"):
+            Time.parse(text)

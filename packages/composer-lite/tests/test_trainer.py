@@ -161,6 +161,22 @@ def test_auto_microbatch_halves_on_out_of_memory():
         assert torch.linalg.norm(a - b) / torch.linalg.norm(a) < 1e-6
 
 
+def test_auto_microbatch_without_a_loader_batch_size_starts_at_the_batch():
+    class Counting(OOMOver):
+        tries = 0
+
+        def forward(self, batch):
+            Counting.tries += 1
+            return super().forward(batch)
+
+    data = [random_lm_batch(8, 6, seed=i) for i in range(2)]  # a list: no batch_size attribute
+    trainer = make_trainer(model=Counting(), data=data, device_train_microbatch_size="auto")
+    trainer.fit()
+    assert trainer._auto_size == 2
+    # 8 rows OOM, 4 OOM, then 4 microbatches of 2 per batch (was: 27 retries of the whole batch)
+    assert Counting.tries == 2 + 4 + 4
+
+
 def test_sigterm_finishes_the_batch_saves_and_stops(tmp_path):
     class Kill(Callback):  # the signal arrives in the middle of batch 3
         def after_forward(self, state, logger):

@@ -7,8 +7,10 @@ Units: `ep` (epochs), `ba` (batches, i.e. optimizer steps), `sp` (samples), `tok
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, fields
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
@@ -40,7 +42,7 @@ class Time:
         if self.value < 0:
             raise ValueError(f"a Time cannot be negative, got {self.value}{self.unit.value}")
         if self.unit is not TimeUnit.DURATION:
-            if float(self.value) != int(self.value):
+            if not isinstance(self.value, int) and float(self.value) != int(self.value):
                 raise ValueError(
                     f"{self.value}{self.unit.value}: {self.unit.name.lower()}s are counted in whole numbers"
                 )
@@ -58,7 +60,19 @@ class Time:
         number, unit = match.groups()
         if unit not in {u.value for u in TimeUnit}:
             raise ValueError(f"unknown time unit {unit!r} in {text!r}; expected one of {units}")
-        return cls(float(number), TimeUnit(unit))
+        if unit != TimeUnit.DURATION.value:  # counts: exact, however large ('2e9tok' included)
+            try:
+                exact = Decimal(number)
+            except InvalidOperation:
+                exact = None
+            if exact is not None and exact.adjusted() > 30:
+                raise ValueError(f"{text!r} is too large a time (more than 1e30)")
+            if exact is not None and exact == exact.to_integral_value():
+                return cls(int(exact), TimeUnit(unit))
+        value = float(number)
+        if not math.isfinite(value):
+            raise ValueError(f"{text!r} is too large a time")
+        return cls(value, TimeUnit(unit))
 
     @classmethod
     def coerce(cls, value: Time | str | int, default_unit: TimeUnit = TimeUnit.BATCH) -> Time:

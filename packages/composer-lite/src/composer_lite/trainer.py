@@ -190,7 +190,8 @@ class Trainer(Checkpointing):
         """
         state = self.state
         auto = self.microbatch_size == "auto"
-        size = self._auto_size if auto else (self.microbatch_size or batch_size_of(batch))
+        rows = batch_size_of(batch)
+        size = min(self._auto_size, rows) if auto else (self.microbatch_size or rows)
         while True:
             try:
                 share, oom = self._microbatches(batch, size, total_tokens), 0.0
