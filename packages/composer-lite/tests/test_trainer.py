@@ -573,3 +573,34 @@ def test_guard_settings_are_checked_when_the_config_is_made():
         TrainerConfig(max_duration="1ba", guard={"on_nan": "skip", "spike": 3})  # was: TypeError
     with pytest.raises(ValueError, match="bad guard settings: on_nonfinite='retry'"):
         GuardConfig(on_nonfinite="retry")  # was: only once the Trainer had set everything up
+
+
+def test_the_final_model_is_evaluated_and_epoch_end_metrics_are_logged():
+    class Memory:
+        def __init__(self) -> None:
+            self.metrics: list[tuple[dict, int]] = []
+
+        def log_hyperparameters(self, config) -> None:
+            pass
+
+        def log_metrics(self, metrics, step) -> None:
+            self.metrics.append((dict(metrics), step))
+
+        def close(self) -> None:
+            pass
+
+    class EpochMetric(Callback):
+        def epoch_end(self, state, logger) -> None:
+            state.metrics["epoch/seen"] = float(state.timestamp.epoch)
+
+    torch.manual_seed(0)
+    model, record, memory = TinyLM(), _Record(), Memory()
+    data = [random_lm_batch(4, 8, seed=i) for i in range(5)]
+    Trainer(
+        model, data, torch.optim.SGD(model.parameters(), lr=0.1), max_duration="2ep",
+        eval_dataloader=data[:1], eval_interval="4ba", log_interval="3ba",
+        callbacks=[record, EpochMetric()], loggers=[memory], default_callbacks=False,
+    ).fit()  # fmt: skip
+    assert record.evals == [4, 8, 10]  # was: [4, 8], the final model never evaluated
+    epoch_logs = [step for metrics, step in memory.metrics if "epoch/seen" in metrics]
+    assert epoch_logs == [5, 10]  # was: cleared unlogged at batch 5 (not a multiple of 3)

@@ -93,6 +93,7 @@ class Trainer(Checkpointing):
         self._skip_batches = 0
         self._pending_rng: dict[str, Any] | None = None
         self._pending_epoch_rng: dict[str, Any] | None = None
+        self._last_eval = -1  # the batch of the last evaluation
         self._epoch_rng: dict[str, Any] | None = None  # the RNG as this epoch's iterator began
         self._load_start_checkpoint()
         self._every_eval = Every(cfg.eval_interval, cfg.max_duration)
@@ -129,6 +130,13 @@ class Trainer(Checkpointing):
                     state.timestamp.advance_epoch()
                     self._run(Event.EPOCH_END)
                     self._after_batch(epoch_end=True)
+            finished = state.stop_reason is None  # ran to max_duration, not stopped or signalled
+            if (
+                finished
+                and state.eval_dataloader is not None
+                and self._last_eval != state.timestamp.batch
+            ):
+                self.evaluate()  # the final model is always evaluated, as composer does
             if self.checkpoints is not None and self._last_saved != state.timestamp.batch:
                 self.save_checkpoint()
             self._run(Event.FIT_END)
@@ -234,7 +242,8 @@ class Trainer(Checkpointing):
 
     def _after_batch(self, epoch_end: bool = False) -> None:
         state = self.state
-        if self._every_log.due(state.timestamp, epoch_end):
+        # at an epoch end, what callbacks added at EPOCH_END is logged even between intervals
+        if self._every_log.due(state.timestamp, epoch_end) or (epoch_end and state.metrics):
             self.logger.log_metrics(dict(state.metrics), step=state.timestamp.batch)
         state.metrics.clear()
         if state.eval_dataloader is not None and self._every_eval.due(state.timestamp, epoch_end):
@@ -337,6 +346,7 @@ class Trainer(Checkpointing):
         state.eval_metrics = {f"eval/{name}": value / count for name, value in totals.items()}
         model.train(was_training)
         self.logger.log_metrics(state.eval_metrics, step=state.timestamp.batch)
+        self._last_eval = state.timestamp.batch
         self._run(Event.EVAL_END)
         return state.eval_metrics
 
