@@ -604,3 +604,29 @@ def test_the_final_model_is_evaluated_and_epoch_end_metrics_are_logged():
     assert record.evals == [4, 8, 10]  # was: [4, 8], the final model never evaluated
     epoch_logs = [step for metrics, step in memory.metrics if "epoch/seen" in metrics]
     assert epoch_logs == [5, 10]  # was: cleared unlogged at batch 5 (not a multiple of 3)
+
+
+@pytest.mark.parametrize("policy", ["skip", "rollback"])
+def test_the_schedule_follows_the_batches_through_skipped_and_rolled_back_steps(tmp_path, policy):
+    class LRs(Callback):
+        def __init__(self) -> None:
+            self.lrs: list[float] = []
+
+        def batch_start(self, state, logger) -> None:
+            self.lrs.append(state.optimizer.param_groups[0]["lr"])
+
+    def run(model, folder, **kwargs):
+        torch.manual_seed(0)
+        lrs = LRs()
+        Trainer(
+            model, [random_lm_batch(4, 8, seed=i) for i in range(8)],
+            torch.optim.SGD(model.parameters(), lr=1.0), max_duration="8ba",
+            scheduler=Schedule(name="linear", warmup="0ba"), callbacks=[lrs], loggers=[],
+            default_callbacks=False, save_folder=str(tmp_path / folder), save_interval="1ba", **kwargs,
+        ).fit()  # fmt: skip
+        return lrs.lrs
+
+    torch.manual_seed(0)
+    plain = run(TinyLM(), "plain")
+    guarded = run(NaNAt({3}), "guarded", guard={"on_nonfinite": policy})
+    assert guarded == plain  # was: one step behind from the bad step on

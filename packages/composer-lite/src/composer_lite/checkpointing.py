@@ -112,8 +112,8 @@ class Checkpointing:
         self.load_checkpoint(latest, weights_only=True)
         if (
             state.scheduler is not None
-        ):  # keep the schedule where the run is, not where the checkpoint was
-            state.scheduler.last_epoch = state.timestamp.batch
+        ):  # the schedule follows the run, not the checkpoint: this batch counts as a step
+            state.scheduler.last_epoch = state.timestamp.batch + 1
             for group, lr in zip(
                 state.optimizer.param_groups, state.scheduler.get_lr(), strict=True
             ):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -180,8 +181,13 @@ class Trainer(Checkpointing):
                 self.scaler.update()
         elif not state.skip_step:
             self._optimizer_step()
-        elif self.scaler is not None:
-            self.scaler.update()
+        else:
+            if self.scaler is not None:
+                self.scaler.update()
+            if state.scheduler is not None:  # the schedule follows the batches, trained or not
+                with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
+                    warnings.simplefilter("ignore", UserWarning)
+                    state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
         state.skip_step = False
         state.timestamp.advance_batch(int(total_samples), int(total_tokens))
