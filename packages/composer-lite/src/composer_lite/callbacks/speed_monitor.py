@@ -2,11 +2,14 @@
 
 Each batch is timed from BATCH_START to BATCH_END (forward, backward, optimizer step; not the
 wait for data, evaluation or checkpoints), and the rates are totals over the last `window`
-batches divided by their time, so one slow batch does not swing them. Tokens and samples are
-the global counts the Trainer puts in `state.extra["step_tokens"]` / `["step_samples"]`.
+batches divided by their time, so one slow batch does not swing them. Samples are the global
+count the Trainer puts in `state.extra["step_samples"]`; tokens are the tokens the model
+processed, samples x sequence length (`state.extra["seq_len"]`), as composer and llm-foundry
+count them, or the loss tokens (`["step_tokens"]`) when the batch has no (B, T) input_ids.
 
 MFU (llm-foundry's definition): `flops_per_token(seq_len)` of the model (forward + backward)
-times the tokens per second of one device, over the device's dense bf16 peak from
+times the processed tokens per second of one device (prompt and padding tokens are computed on
+too, so loss tokens would undercount), over the device's dense bf16 peak from
 `gpu_peaks.GPU_PEAKS` (or `peak_flops` when given). On CPU, MFU is not reported; on a GPU the
 table does not know, FIT_START raises naming the device.
 
@@ -78,9 +81,9 @@ class SpeedMonitor(Callback):
         self._started = None
 
     def _end_of_batch(self, state: State, seconds: float) -> None:
-        tokens = int(state.extra.get("step_tokens", 0))
         samples = int(state.extra.get("step_samples", 0))
         flops_per_token, seq_len = _flops_fn(state), state.extra.get("seq_len")
+        tokens = samples * seq_len if seq_len else int(state.extra.get("step_tokens", 0))
         flops = (
             float(flops_per_token(seq_len)) * tokens
             if callable(flops_per_token) and seq_len
