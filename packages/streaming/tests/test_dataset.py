@@ -20,6 +20,15 @@ from streaming.shardcache import _track_fill, _untrack_fill, finish_fills
 COLUMNS = {"id": "int", "tokens": "ndarray:int32:4"}
 
 
+def least_cache_limit(out: Path) -> int:
+    """The smallest cache_limit StreamingDataset accepts for the dataset at `out`: one raw shard
+    in use plus one arriving (its download and its raw file)."""
+    shards = json.loads((out / "index.json").read_text())["shards"]
+    raw = [s["raw_data"]["bytes"] for s in shards]
+    zipped = [(s.get("zip_data") or {}).get("bytes", 0) for s in shards]
+    return max(raw) + max(r + z for r, z in zip(raw, zipped, strict=True))
+
+
 def write_dataset(out: Path, ids: range, compression=None, size_limit=200) -> Path:
     with MDSWriter(
         out=str(out),
@@ -308,9 +317,8 @@ def test_workers_sharing_a_small_cache_never_lose_a_shard_to_each_others_evictio
     """Each worker evicts for the shared cache_limit; none may delete a file another worker has
     just fetched and not opened yet (was: FileNotFoundError in a worker)."""
     out = write_dataset(tmp_path / "src", range(600), compression=compression, size_limit=300)
-    shard = max(os.path.getsize(out / n) for n in os.listdir(out) if n.startswith("shard"))
     ds = StreamingDataset(
-        remote=str(out), local=str(tmp_path / "cache"), cache_limit=2 * shard, batch_size=4,
+        remote=str(out), local=str(tmp_path / "cache"), cache_limit=least_cache_limit(out), batch_size=4,
         shuffle=True,
     )  # fmt: skip
     loader = StreamingDataLoader(ds, num_workers=3, collate_fn=lambda b: [s["id"] for s in b])
@@ -348,7 +356,7 @@ def test_cache_limit_evicts_least_recently_used(tmp_path, s3_bucket):
     ]
     assert sum(os.path.getsize(tmp_path / "cache" / n) for n in cached) <= limit
     assert len(cached) < len([n for n in os.listdir(tmp_path / "src") if n.startswith("shard.")])
-    with pytest.raises(ValueError, match="cache_limit 10 bytes is below twice the largest shard"):
+    with pytest.raises(ValueError, match="cache_limit 10 bytes is below one shard in use plus one"):
         StreamingDataset(remote=remote, local=str(tmp_path / "cache2"), cache_limit=10)
 
 
@@ -359,7 +367,7 @@ def test_cache_limit_holds_with_the_default_max_open_shards(tmp_path, compressio
     src = write_dataset(tmp_path / "src", range(60), compression=compression, size_limit=120)
     stored = sorted(n for n in os.listdir(src) if n.startswith("shard."))
     assert 20 < len(stored) < 64
-    limit = 3 * max(os.path.getsize(src / n) for n in stored)
+    limit = least_cache_limit(src) + max(os.path.getsize(src / n) for n in stored)
     cache = tmp_path / "cache"
     ds = StreamingDataset(remote=str(src), local=str(cache), cache_limit=limit)
     assert [s["id"] for s in ds] == list(range(60))
@@ -563,3 +571,13 @@ def test_other_workers_wait_for_worker_zeros_first_batch_but_never_stall(tmp_pat
     got = [ids_of(b) for b in DataLoader(ds, batch_size=8, num_workers=2)]
     assert got == [list(range(8)), list(range(8, 16))]
     assert time.monotonic() - start < 8
+
+
+def test_cache_limit_is_checked_against_decompressed_shards(tmp_path):
+    out = write_dataset(tmp_path / "src", range(60), compression="zstd", size_limit=600)
+    zipped = max(os.path.getsize(out / n) for n in os.listdir(out) if n.endswith(".zstd"))
+    least = least_cache_limit(out)
+    assert 2 * zipped < least  # the old rule (twice the stored file) let this through
+    with pytest.raises(ValueError, match="below one shard in use plus one arriving"):
+        StreamingDataset(remote=str(out), local=str(tmp_path / "c"), cache_limit=2 * zipped)
+    StreamingDataset(remote=str(out), local=str(tmp_path / "c"), cache_limit=least)

@@ -140,10 +140,17 @@ class StreamingDataset(_Base):
         )
         self.epoch_size = int(self._counts.sum())
         if self.cache_limit is not None:
-            biggest = max((info.zip_data or info.raw_data).bytes for _, info in self._shards)
-            if self.cache_limit < 2 * biggest:
+            # The cache keeps raw files; a compressed shard being decompressed holds its download
+            # and its raw file at once. Room for one shard in use and one arriving is the least.
+            raw = max(info.raw_data.bytes for _, info in self._shards)
+            arriving = max(
+                info.raw_data.bytes + (info.zip_data.bytes if info.zip_data else 0)
+                for _, info in self._shards
+            )
+            if self.cache_limit < raw + arriving:
                 raise ValueError(
-                    f"cache_limit {self.cache_limit} bytes is below twice the largest shard ({biggest} bytes)"
+                    f"cache_limit {self.cache_limit} bytes is below one shard in use plus one"
+                    f" arriving ({raw} + {arriving} bytes: the cache keeps decompressed shards)"
                 )
 
         world = World.detect()
