@@ -581,3 +581,24 @@ def test_cache_limit_is_checked_against_decompressed_shards(tmp_path):
     with pytest.raises(ValueError, match="below one shard in use plus one arriving"):
         StreamingDataset(remote=str(out), local=str(tmp_path / "c"), cache_limit=2 * zipped)
     StreamingDataset(remote=str(out), local=str(tmp_path / "c"), cache_limit=least)
+
+
+def test_load_state_dict_reaches_persistent_workers(tmp_path):
+    out = write_dataset(tmp_path / "d", range(40))
+
+    def ids(loader, limit=None):
+        got = []
+        for batch in loader:
+            got += batch["id"].tolist()
+            if limit and len(got) >= limit:
+                break
+        return got
+
+    first = StreamingDataLoader(StreamingDataset(local=str(out), batch_size=4, shuffle=False))
+    assert ids(first, 8) == list(range(8))
+    state = first.state_dict()
+    ds = StreamingDataset(local=str(out), batch_size=4, shuffle=False)
+    loader = StreamingDataLoader(ds, num_workers=1, persistent_workers=True)
+    assert ids(loader) == list(range(40))  # the workers exist now
+    loader.load_state_dict(state)
+    assert ids(loader) == list(range(8, 40))  # was: from 0 again, the workers never saw it

@@ -61,3 +61,11 @@ class StreamingDataLoader(DataLoader):
         if isinstance(self.dataset, StreamingDataset):
             self.dataset.load_state_dict(obj)
         self.num_samples_yielded = 0
+        # Persistent workers hold copies of the dataset made before this state: start new ones
+        # (they would go on from where they were, ignoring it).
+        iterator = getattr(self, "_iterator", None)
+        if iterator is not None:
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if callable(shutdown):
+                shutdown()
+            self._iterator = None
