@@ -602,3 +602,23 @@ def test_load_state_dict_reaches_persistent_workers(tmp_path):
     assert ids(loader) == list(range(40))  # the workers exist now
     loader.load_state_dict(state)
     assert ids(loader) == list(range(8, 40))  # was: from 0 again, the workers never saw it
+
+
+def test_with_only_raw_hashes_no_sample_is_served_before_its_shard_is_checked(tmp_path):
+    from streaming.errors import HashMismatchError
+
+    out = tmp_path / "d"
+    with MDSWriter(out=str(out), columns={"id": "int"}, compression="zstd", hashes=["xxh64"],
+                   size_limit=2000) as writer:  # fmt: skip
+        for i in range(40):
+            writer.write({"id": i})
+    index = json.loads((out / "index.json").read_text())
+    for shard in index["shards"]:
+        shard["zip_data"]["hashes"] = {}  # only the raw file's hash is recorded ...
+    index["shards"][0]["raw_data"]["hashes"]["xxh64"] = "0" * 16  # ... and it does not match
+    (out / "index.json").write_text(json.dumps(index))
+    ds = StreamingDataset(local=str(out), predownload=0)
+    with pytest.raises(HashMismatchError, match="shard.00000.mds"):
+        ds[0]  # was: served (the check came after readers started, and only warned)
+    assert finish_fills(30) == 0
+    assert not (out / "shard.00000.mds").exists()  # no raw file from a shard that failed it

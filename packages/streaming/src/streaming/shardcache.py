@@ -425,9 +425,13 @@ class ShardCache:
                         )
                     zipped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
                 try:
+                    # Only the raw file's hashes to check: readers wait for the whole shard
+                    # (its bytes may not be served before they are checked).
+                    late = self.validate_hash and not info.zip_data.hashes and info.raw_data.hashes
                     if self.validate_hash and info.zip_data.hashes:
                         verify_hashes(zipped, info.zip_data, where=stored_path)
-                    handoff.put(raw)  # checked: readers may start on the prefix
+                    if not late:
+                        handoff.put(raw)  # checked: readers may start on the prefix
 
                     def write(
                         chunk: memoryview,
@@ -454,8 +458,9 @@ class ShardCache:
                     raise ShardCorruptError(
                         f"{stored_path}: decompresses to {size} bytes, index.json expects {raw.size}"
                     )
-                if self.validate_hash and not info.zip_data.hashes:
+                if late:
                     verify_hashes(raw.whole(), info.raw_data, where=stored_path)
+                    handoff.put(raw)
             except BaseException as err:
                 raw.fail(err)
                 raise
