@@ -57,7 +57,9 @@ def test_events_fire_in_loop_order_and_time_advances():
     trainer.fit()
     ts = trainer.state.timestamp
     assert (ts.epoch, ts.batch, ts.sample, ts.batch_in_epoch) == (2, 8, 64, 0)
-    assert ts.token == sum(int((b["labels"] != -100).sum()) for b in batches(4)) * 2
+    # tokens the model read (as composer counts them), not only those with a loss
+    assert ts.token == sum(b["input_ids"].numel() for b in batches(4)) * 2
+    assert ts.token > sum(int((b["labels"] != -100).sum()) for b in batches(4)) * 2
     first_batch = rec.events[
         rec.events.index(Event.BATCH_START) : rec.events.index(Event.BATCH_END) + 1
     ]
@@ -500,6 +502,16 @@ def test_dur_times_move_within_an_epoch():
         runs[max_duration] = (record.lens, record.evals)
     assert runs["1ep"] == runs["10ba"]  # was: no warmup and one eval at the end with '1ep'
     assert runs["1ep"][1] == [3, 5, 8, 10]
+
+
+def test_input_tokens_leave_out_padding():
+    from composer_lite.microbatch import count_input_tokens
+
+    batch = random_lm_batch(2, 5)
+    assert count_input_tokens(batch) == 10
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert count_input_tokens({**batch, "attention_mask": mask}) == 8
+    assert count_input_tokens((torch.zeros(2, 3), torch.zeros(2))) is None
 
 
 def test_split_batch_keeps_tuples_of_tensors_as_fields():

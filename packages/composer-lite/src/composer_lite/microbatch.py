@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["batch_size_of", "count_loss_tokens", "is_out_of_memory", "split_batch"]
+__all__ = [
+    "batch_size_of",
+    "count_input_tokens",
+    "count_loss_tokens",
+    "is_out_of_memory",
+    "split_batch",
+]
 
 
 def batch_size_of(batch: Any) -> int:
@@ -69,6 +75,19 @@ def count_loss_tokens(model: Any, batch: Any) -> int:
     if isinstance(batch, Mapping) and isinstance(batch.get("labels"), torch.Tensor):
         return int((batch["labels"] != -100).sum())
     return batch_size_of(batch)
+
+
+def count_input_tokens(batch: Any) -> int | None:
+    """Tokens the model reads, as composer's timestamp counts them: the ones of an
+    `attention_mask` (padding left out), else every entry of `input_ids`; None for a batch
+    without them (the Trainer then counts its loss tokens)."""
+    if isinstance(batch, Mapping):
+        mask, ids = batch.get("attention_mask"), batch.get("input_ids")
+        if isinstance(mask, torch.Tensor):
+            return int(mask.sum())
+        if isinstance(ids, torch.Tensor):
+            return ids.numel()
+    return None
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -1,7 +1,8 @@
 """Training time: `Time` (an amount in one unit) and `Timestamp` (how far a run has got).
 
-Units: `ep` (epochs), `ba` (batches, i.e. optimizer steps), `sp` (samples), `tok` (tokens) and
-`dur` (a fraction of the run's `max_duration`). Strings parse as a number and a unit:
+Units: `ep` (epochs), `ba` (batches, i.e. optimizer steps), `sp` (samples), `tok` (tokens the
+model read: an attention mask's ones, else every input id, as composer counts them) and `dur` (a
+fraction of the run's `max_duration`). Strings parse as a number and a unit:
 `"1ep"`, `"1000ba"`, `"4096sp"`, `"2e9tok"`, `"0.1dur"`.
 """
 

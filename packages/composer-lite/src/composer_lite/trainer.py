@@ -24,7 +24,13 @@ from composer_lite.checkpointing import Checkpointing
 from composer_lite.config import TrainerConfig
 from composer_lite.core import Algorithm, Callback, State
 from composer_lite.events import Event
-from composer_lite.microbatch import batch_size_of, count_loss_tokens, is_out_of_memory, split_batch
+from composer_lite.microbatch import (
+    batch_size_of,
+    count_input_tokens,
+    count_loss_tokens,
+    is_out_of_memory,
+    split_batch,
+)
 from composer_lite.precision import autocast, grad_scaler
 from composer_lite.protocols import check_trainable_model
 from composer_lite.schedulers import Schedule
@@ -153,16 +159,19 @@ class Trainer(Checkpointing):
         state.batch = batch
         self._run(Event.BATCH_START)
         model = state.model
+        loss_tokens = count_loss_tokens(model, state.batch)
+        input_tokens = count_input_tokens(state.batch)
         counts = dist.all_reduce_tensor(
-            [count_loss_tokens(model, state.batch), batch_size_of(state.batch)], state.device
-        )
+            [loss_tokens, batch_size_of(state.batch), loss_tokens if input_tokens is None else input_tokens],
+            state.device,
+        )  # fmt: skip
         share = self._forward_backward(state.batch, counts[0].clamp(min=1.0))
         if state.world_size > 1 and not getattr(model, "_composer_sharded", False):
             self._sync_gradients()
         if self.scaler is not None:
             self.scaler.unscale_(state.optimizer)
         reduced = dist.all_reduce_tensor([share, 1.0 if self._signal else 0.0], state.device)
-        step_loss, signalled, total_tokens, total_samples = torch.cat(
+        step_loss, signalled, total_tokens, total_samples, total_input_tokens = torch.cat(
             [reduced, counts.to(reduced.device)]
         ).tolist()
         if signalled:  # every rank stops after this batch if any rank was signalled
@@ -171,8 +180,9 @@ class Trainer(Checkpointing):
                 if self._signal
                 else "signal on another rank"
             )
-        state.extra.update(step_loss=step_loss, grad_norm=total_grad_norm(model), step_tokens=int(total_tokens),
-                           step_samples=int(total_samples), seq_len=_seq_len(state.batch))  # fmt: skip
+        state.extra.update(step_loss=step_loss, grad_norm=total_grad_norm(model), step_tokens=int(total_input_tokens),
+                           step_loss_tokens=int(total_tokens), step_samples=int(total_samples),
+                           seq_len=_seq_len(state.batch))  # fmt: skip
         self._run(Event.BEFORE_OPTIMIZER_STEP)
         rollback = state.extra.pop("rollback", None)
         if rollback:
@@ -190,7 +200,7 @@ class Trainer(Checkpointing):
                     state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
         state.skip_step = False
-        state.timestamp.advance_batch(int(total_samples), int(total_tokens))
+        state.timestamp.advance_batch(int(total_samples), int(total_input_tokens))
         state.metrics.update({"loss/train/total": step_loss, "time/batch": state.timestamp.batch})
         self._run(Event.BATCH_END)
 
