@@ -5,7 +5,8 @@ wait for data, evaluation or checkpoints), and the rates are totals over the las
 batches divided by their time, so one slow batch does not swing them. Samples are the global
 count the Trainer puts in `state.extra["step_samples"]`; tokens are the tokens the model
 processed, samples x sequence length (`state.extra["seq_len"]`), as composer and llm-foundry
-count them, or the loss tokens (`["step_tokens"]`) when the batch has no (B, T) input_ids.
+count them, or the Trainer's count of tokens read (`["step_tokens"]`) when the batch has no
+(B, T) input_ids.
 
 MFU (llm-foundry's definition): `flops_per_token(seq_len)` of the model (forward + backward)
 times the processed tokens per second of one device (prompt and padding tokens are computed on
