@@ -532,12 +532,11 @@ class ShardCache:
             pending = list(self._pending)
         for shard_id in pending:
             keep |= set(self._paths(shard_id)[2:])
-        own = dict(self._touched)
         by_stream: dict[str, set[str]] = {}
         for shard_id, (stream, _) in enumerate(self.shards):
             if stream.remote is not None:
                 by_stream.setdefault(stream.local, set()).update(self._paths(shard_id)[2:])
         for paths in by_stream.values():  # others' fresh files: maybe fetched, not yet opened
             enforce_cache_limit(
-                sorted(paths), self.cache_limit, keep, own=own, grace_s=EVICT_GRACE_S
+                sorted(paths), self.cache_limit, keep, own=self._touched, grace_s=EVICT_GRACE_S
             )

@@ -87,18 +87,22 @@ def _fwd_op(
     )
 
 
-@_fwd_op.register_fake
-def _(q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits, first_key, last_row):
-    B, Tq, H, D = q.shape
-    Hkv = k.shape[2]
+def _fake_forward_outputs(like: Tensor, B: int, Tq: int, H: int, Hkv: int, D: int, skip_bits):
+    """Empty (out, lse, kmax, col_bound) of the forward's shapes, for the ops' fake kernels."""
     skip = skip_bits > 0
     f32 = torch.float32
     return (
-        q.new_empty((B, Tq, H, D)),
-        q.new_empty((B, H, Tq), dtype=f32),
-        q.new_empty((B, Hkv) if skip else (0,), dtype=f32),
-        q.new_empty((B, H) if skip else (0,), dtype=f32),
+        like.new_empty((B, Tq, H, D)),
+        like.new_empty((B, H, Tq), dtype=f32),
+        like.new_empty((B, Hkv) if skip else (0,), dtype=f32),
+        like.new_empty((B, H) if skip else (0,), dtype=f32),
     )
+
+
+@_fwd_op.register_fake
+def _(q, k, v, slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits, first_key, last_row):
+    B, Tq, H, D = q.shape
+    return _fake_forward_outputs(q, B, Tq, H, k.shape[2], D, skip_bits)
 
 
 @torch.library.custom_op("mpt::flash_alibi_bwd", mutates_args=())
@@ -185,14 +189,7 @@ def _(
 ):  # fmt: skip
     B, T, width = qkv.shape
     D = width // (n_heads + 2 * n_kv_heads)
-    skip = skip_bits > 0
-    f32 = torch.float32
-    return (
-        qkv.new_empty((B, T, n_heads, D)),
-        qkv.new_empty((B, n_heads, T), dtype=f32),
-        qkv.new_empty((B, n_kv_heads) if skip else (0,), dtype=f32),
-        qkv.new_empty((B, n_heads) if skip else (0,), dtype=f32),
-    )
+    return _fake_forward_outputs(qkv, B, T, n_heads, n_kv_heads, D, skip_bits)
 
 
 @torch.library.custom_op("mpt::flash_alibi_packed_bwd", mutates_args=())
