@@ -223,8 +223,40 @@ def test_blocks_training_with_a_frozen_embedding_get_a_backend_with_a_backward(t
     assert model.transformer.blocks[0].attn.Wqkv.weight.grad is not None
 
 
-def test_alibi_model_runs_past_max_seq_len(tiny_mpt):
-    assert tiny_mpt()(torch.randint(0, 101, (1, 80))).logits.shape == (1, 80, 101)
+def test_alibi_runs_past_max_seq_len_only_when_the_config_says_so(tiny_mpt):
+    ids = torch.randint(0, 101, (1, 80))
+    with pytest.raises(ValueError, match="80 exceeds max_seq_len 64; ALiBi extrapolates: set alib"):
+        tiny_mpt()(ids)  # was accepted silently
+    with pytest.raises(ValueError, match="needs 80 exceeds max_seq_len 64; ALiBi extrapolates"):
+        tiny_mpt().generate(ids[:, :70], max_new_tokens=11)  # refused before any work
+    model = tiny_mpt(alibi_extrapolate=True)
+    logits = model(ids).logits
+    assert logits.shape == (1, 80, 101)  # causal: the first 64 positions are the short forward's
+    torch.testing.assert_close(logits[:, :64], model(ids[:, :64]).logits)
+    assert model.generate(ids[:, :70], max_new_tokens=11).shape == (1, 81)
+    with pytest.raises(ValueError, match="alibi_extrapolate=True needs alibi=True and learned"):
+        MPTConfig(alibi_extrapolate=True, learned_pos_emb=True)
+
+
+def test_attention_backend_names_are_checked_in_the_config():
+    with pytest.raises(ValueError, match="attn_impl 'trition' is not an attention backend"):
+        MPTConfig(attn_impl="trition")  # was accepted until the first forward
+    with pytest.raises(ValueError, match="attn_fallback 'math' is not an attention backend"):
+        MPTConfig(attn_fallback="math")
+    assert MPTConfig(attn_impl="flash", attn_fallback=None).attn_fallback is None
+
+
+def test_labels_outside_the_vocabulary_are_named(tiny_mpt):
+    model, ids = tiny_mpt(), torch.randint(0, 101, (2, 8))
+    labels = ids.clone()
+    labels[1, 3] = 101  # was an IndexError deep in cross_entropy (a device assert on a GPU)
+    for return_logits in (True, False):
+        with pytest.raises(ValueError, match=r"1 label\(s\) outside .* labels\[1, 3\] = 101"):
+            model(ids, labels=labels, return_logits=return_logits)
+    labels[1, 3] = -100  # the ignore index is fine
+    assert model(ids, labels=labels).loss is not None
+    with pytest.raises(ValueError, match="labels must be an integer tensor shaped like"):
+        model(ids, labels=labels[:, :4])
 
 
 def test_token_ids_outside_the_vocabulary_are_named(tiny_mpt):

@@ -47,6 +47,10 @@ class MPTConfig:
     attn_fallback: str | None = "torch"  # backend for cases attn_impl cannot serve; None: raise
     alibi: bool = True
     alibi_bias_max: float = 8
+    # ALiBi extrapolates past the training length (MPT-StoryWriter, trained at 65k tokens, read
+    # 84k): True accepts sequences longer than max_seq_len. Off by default, so that a sequence
+    # longer than the model was built for is an error unless it is asked for.
+    alibi_extrapolate: bool = False
     # triton backend: skip key blocks whose softmax weight is provably below 2^-bits; "rounding":
     # 25 + ceil(log2(keys)) bits, the skipped weights of a row sum to < 2^-25 of the row's sum (an
     # fp32-rounding-level change; 1.7% faster mpt_1b training steps on an H100 than 150); 150:
@@ -103,6 +107,12 @@ class MPTConfig:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.alibi and self.alibi_bias_max <= 0:
             problems.append(f"alibi_bias_max must be positive, got {self.alibi_bias_max!r}")
+        if self.alibi_extrapolate and (not self.alibi or self.learned_pos_emb):
+            problems.append(
+                "alibi_extrapolate=True needs alibi=True and learned_pos_emb=False (a model with"
+                " learned positions or without ALiBi has no positions beyond max_seq_len)"
+            )
+        problems += _attention_problems(self.attn_impl, self.attn_fallback)
         skip = self.attn_skip_bits
         if (
             isinstance(skip, str)
@@ -120,6 +130,24 @@ class MPTConfig:
             problems.append(f"layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
         if problems:
             raise ValueError("invalid MPTConfig: " + "; ".join(problems))
+
+    def check_length(self, total: int, described: str | None = None) -> None:
+        """Raise when a forward over `total` positions exceeds what this model may run.
+
+        `described` says how the total came about (default: "sequence length <total>")."""
+        if total <= self.max_seq_len or self.alibi_extrapolate:
+            return
+        if self.learned_pos_emb:
+            hint = "the model has no learned positions beyond it"
+        elif not self.alibi:
+            hint = "without ALiBi the model has no positions beyond it"
+        else:
+            hint = (
+                "ALiBi extrapolates: set alibi_extrapolate=True to run longer sequences on"
+                " purpose, or raise max_seq_len (ALiBi weights do not depend on it)"
+            )
+        described = described or f"sequence length {total}"
+        raise ValueError(f"{described} exceeds max_seq_len {self.max_seq_len}; {hint}")
 
     # derived sizes
     @property
@@ -188,3 +216,19 @@ class MPTConfig:
     def replace(self, **changes: Any) -> MPTConfig:
         """A copy with some fields changed (validated; unknown names listed)."""
         return MPTConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _attention_problems(impl: Any, fallback: Any) -> list[str]:
+    """Names that are not attention backends (checked here, not hours later at the first forward)."""
+    from mpt.attention import ATTENTION  # the backend table imports torch and the kernels' glue
+
+    known = ", ".join(ATTENTION)
+    problems = []
+    if not isinstance(impl, str) or impl not in ATTENTION:
+        problems.append(f"attn_impl {impl!r} is not an attention backend (known: {known})")
+    if fallback is not None and (not isinstance(fallback, str) or fallback not in ATTENTION):
+        problems.append(
+            f"attn_fallback {fallback!r} is not an attention backend (known: {known}; None raises"
+            " instead of falling back)"
+        )
+    return problems

@@ -96,14 +96,10 @@ def generate(
                 f" {tuple(input_ids.shape)}"
             )
     B, T = input_ids.shape
-    cfg = model.config
     last = T + max_new_tokens - 1  # the longest forward: the last new token is never fed back
-    if (not cfg.alibi or cfg.learned_pos_emb) and last > cfg.max_seq_len:
-        raise ValueError(
-            f"prompt length {T} + max_new_tokens {max_new_tokens} needs {last} positions, more"
-            f" than max_seq_len {cfg.max_seq_len} (a model without ALiBi or with learned"
-            " positions has none beyond it)"
-        )
+    model.config.check_length(
+        last, f"prompt length {T} + max_new_tokens {max_new_tokens} needs {last}"
+    )
     was_training = model.training
     model.eval()
     try:

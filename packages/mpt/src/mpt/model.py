@@ -180,7 +180,7 @@ class MPTForCausalLM(nn.Module):
         never holds the (B, T, vocab) logits (training with large vocabularies and micro-batches).
         """
         cfg, cache = self.config, past_key_values
-        B, T = self._check_input(input_ids, cache)
+        B, T = self._check_input(input_ids, cache, labels)
         past = cache.length if cache is not None else 0
         k_ids = self._key_seq_ids(attention_mask, sequence_id, cache, B, T)  # (B, past + T) | None
         x = self.transformer.wte(input_ids)  # (B, T, d)
@@ -246,7 +246,9 @@ class MPTForCausalLM(nn.Module):
         return generate(self, input_ids, **kwargs)
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _check_input(self, input_ids: torch.Tensor, cache: KVCache | None) -> tuple[int, int]:
+    def _check_input(
+        self, input_ids: torch.Tensor, cache: KVCache | None, labels: torch.Tensor | None
+    ) -> tuple[int, int]:
         cfg = self.config
         if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.is_complex():
             raise ValueError(
@@ -254,20 +256,21 @@ class MPTForCausalLM(nn.Module):
                 f" {tuple(input_ids.shape)}"
             )
         B, T = input_ids.shape
-        total = T + (cache.length if cache is not None else 0)
-        if (not cfg.alibi or cfg.learned_pos_emb) and total > cfg.max_seq_len:
-            why = "learned positions" if cfg.learned_pos_emb else "without ALiBi, positions"
+        if labels is not None and (
+            labels.shape != input_ids.shape or labels.dtype.is_floating_point
+        ):
             raise ValueError(
-                f"sequence length {total} exceeds max_seq_len {cfg.max_seq_len}; the model has no"
-                f" {why} beyond it"
+                f"labels must be an integer tensor shaped like input_ids {(B, T)}, got"
+                f" {labels.dtype} {tuple(labels.shape)}"
             )
+        total = T + (cache.length if cache is not None else 0)
+        cfg.check_length(
+            total, None if cache is None else f"sequence length {total} (cached + new)"
+        )
         # One host sync per forward, cheap next to a bad id's device-side assert; skipped inside a
         # compiled graph (where it would split the graph in two).
         if input_ids.numel() and not torch.compiler.is_compiling():
-            low, high = torch.stack(torch.aminmax(input_ids)).tolist()
-            if low < 0 or high >= cfg.vocab_size:
-                bad = low if low < 0 else high
-                raise ValueError(f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size})")
+            _check_token_ids(input_ids, labels, cfg.vocab_size)
         if cache is not None:
             if cache.batch_size != B:
                 raise ValueError(f"KV cache is for batch size {cache.batch_size}, input has {B}")
@@ -336,3 +339,22 @@ class MPTForCausalLM(nn.Module):
             and (x.requires_grad or any(p.requires_grad for p in self.parameters())),
         )
         return resolve(ATTENTION, cfg.attn_impl, cfg.attn_fallback, case), dtype
+
+
+def _check_token_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab: int) -> None:
+    """Token ids and labels (other than -100) must lie in [0, vocab): one host sync for both."""
+    stats = list(torch.aminmax(input_ids))
+    if labels is not None:
+        bad_labels = (labels != -100) & ((labels < 0) | (labels >= vocab))  # (B, T)
+        stats.append(bad_labels.sum())
+    values = torch.stack([s.long() for s in stats]).tolist()
+    if values[0] < 0 or values[1] >= vocab:
+        bad_id = values[0] if values[0] < 0 else values[1]
+        raise ValueError(f"token id {bad_id} is outside the vocabulary [0, {vocab}) (in input_ids)")
+    if labels is not None and values[2]:
+        row, col = bad_labels.nonzero()[0].tolist()
+        raise ValueError(
+            f"{values[2]} label(s) outside the vocabulary [0, {vocab}), the first"
+            f" labels[{row}, {col}] = {int(labels[row, col])}; labels are token ids, or -100"
+            " where no loss counts"
+        )
