@@ -1,4 +1,4 @@
-"""The Python examples in each package's README run as written."""
+"""The Python examples in each package's README run as written, without printing a warning."""
 
 from __future__ import annotations
 
@@ -24,3 +24,4 @@ def test_readme_example_runs(code: str, tmp_path: Path):
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, f"the example prints a warning:\n{result.stderr}"

@@ -64,3 +64,48 @@ def test_public_module_has_docstring_and_all(path: Path):
         if isinstance(t, ast.Name)
     }
     assert "__all__" in names, f"{path} has no __all__"
+
+
+def readme_package_rows() -> dict[str, str]:
+    """{package folder: status cell} of the top-level README's package table."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        found = re.match(r"\|\s*\[packages/([\w-]+)\]\(packages/[\w-]+\)\s*\|(.*)\|\s*$", line)
+        if found:
+            rows[found[1]] = found[2].split("|")[-1].strip()
+    return rows
+
+
+@pytest.mark.parametrize("folder", sorted(PACKAGES))
+def test_top_level_readme_shows_each_packages_version(folder: str):
+    rows = readme_package_rows()
+    assert folder in rows, f"README.md's package table has no row for packages/{folder}"
+    version = tomllib.loads((ROOT / "packages" / folder / "pyproject.toml").read_text())
+    version = version["project"]["version"]
+    assert rows[folder].startswith(f"{version}:"), (
+        f"README.md says {rows[folder]!r} for packages/{folder}; its pyproject says {version}"
+    )
+
+
+FAULT_TABLE = re.compile(r"^## What happens with [^\n]*\n(.*?)(?=^## |\Z)", re.M | re.S)
+
+
+@pytest.mark.parametrize("folder", ["mpt"])
+def test_fault_table_rows_name_tests_that_exist(folder: str):
+    """Each built package's README has a fault table ("What happens with ..."): bad input -> what
+    the user sees -> the test in the package's suite that holds the row true."""
+    pkg = ROOT / "packages" / folder
+    section = FAULT_TABLE.search((pkg / "README.md").read_text())
+    assert section, f"packages/{folder}/README.md has no '## What happens with ...' fault table"
+    rows = [r for r in section[1].splitlines() if r.startswith("|") and "---" not in r][1:]
+    assert rows, f"the fault table of packages/{folder}/README.md has no rows"
+    defined = set()
+    for path in (pkg / "tests").rglob("test_*.py"):
+        defined |= set(re.findall(r"^\s*(?:async )?def (test_\w+)", path.read_text(), re.M))
+    for row in rows:
+        named = re.findall(r"`(test_\w+)`", row.split("|")[-2])
+        assert named, f"packages/{folder} fault-table row names no test: {row}"
+        missing = [name for name in named if name not in defined]
+        assert not missing, (
+            f"packages/{folder} fault table names tests that do not exist: {missing}"
+        )
