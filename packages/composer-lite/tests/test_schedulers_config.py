@@ -41,6 +41,6 @@ def test_config_names_every_unknown_key_and_bad_values():
         TrainerConfig(max_duration="0.5dur")
     with pytest.raises(ValueError, match="autoresume=True needs a save_folder"):
         TrainerConfig(max_duration="1ep", autoresume=True)
-    cfg = TrainerConfig(max_duration=100, save_interval="10ba")
+    cfg = TrainerConfig(max_duration="100ba", save_interval="10ba")
     assert cfg.max_duration == Time.parse("100ba")
     assert cfg.to_dict()["save_interval"] == "10ba"

@@ -49,17 +49,24 @@ class Checkpointing:
         }
 
     def _load_start_checkpoint(self) -> None:
-        cfg = self.config
-        path = (
-            self.checkpoints.latest() if (cfg.autoresume and self.checkpoints is not None) else None
-        )
-        path = path or cfg.load_path
-        if path:
-            self.load_checkpoint(path)
+        """autoresume: the newest checkpoint of save_folder that loads, else load_path. A new
+        run into a save_folder holding checkpoints is refused unless save_overwrite."""
+        from composer_lite.checkpoint.resume import check_unused, load_newest
+
+        cfg, manager, state = self.config, self.checkpoints, self.state
+        if manager is not None and cfg.autoresume:
+            found = load_newest(manager, model=state.model, optimizer=state.optimizer)
+            if found is not None:
+                self._restore(*found)
+                return
+        elif manager is not None and not cfg.save_overwrite:
+            check_unused(manager, resuming_from=cfg.load_path)
+        if cfg.load_path:
+            self.load_checkpoint(cfg.load_path)
 
     def load_checkpoint(self, path: str, *, weights_only: bool = False) -> None:
         """Restore a run (or only model/optimizer/scheduler for `weights_only`, as in rollback)."""
-        from composer_lite.checkpoint import CheckpointManager, restore_rng
+        from composer_lite.checkpoint import CheckpointManager
 
         state = self.state
         manager = self.checkpoints or CheckpointManager(
@@ -67,6 +74,15 @@ class Checkpointing:
             storage_options=self.config.save_storage_options,
         )
         objects, rank_objects = manager.load(path, model=state.model, optimizer=state.optimizer)
+        self._restore(path, objects, rank_objects, weights_only=weights_only)
+
+    def _restore(
+        self, path: str, objects: dict[str, Any], rank_objects: Any, *, weights_only: bool = False
+    ) -> None:
+        """Put what `CheckpointManager.load` returned back into the run."""
+        from composer_lite.checkpoint import restore_rng
+
+        state = self.state
         if state.scheduler is not None and objects.get("scheduler") is not None:
             state.scheduler.load_state_dict(objects["scheduler"])
         if weights_only:

@@ -57,7 +57,8 @@ def guard_problems(config: GuardConfig) -> list[str]:
 
 @dataclass(kw_only=True)
 class TrainerConfig:
-    """Settings of a run. Times are strings like '1ep', '1000ba', '4096sp', '2e9tok', '0.1dur'.
+    """Settings of a run. Times are strings like '1ep', '1000ba', '4096sp', '2e9tok', '0.1dur' (or
+    `Time`s); a bare number is refused: composer counts it in epochs, so its unit would be a guess.
 
     max_duration:                 how long to train (required).
     scheduler:                    a `Schedule` (warmup as a Time), a torch LR scheduler, or None.
@@ -68,9 +69,12 @@ class TrainerConfig:
     parallelism:                  a `ParallelConfig` (FSDP2, hybrid sharding, activation
                                   checkpointing, compile); None: plain data parallel.
     save_folder, save_interval, save_num_checkpoints_to_keep (-1: all), save_storage_options.
+    save_overwrite:               let a new run save into a save_folder that holds checkpoints
+                                  (refused otherwise; composer's name).
     load_path:                    a checkpoint to start from; autoresume: continue from the newest
-                                  complete checkpoint in save_folder if there is one.
-    seed, deterministic:          RNG seed (each rank derives its own) and deterministic kernels.
+                                  checkpoint in save_folder that loads, if there is one.
+    seed, deterministic:          RNG seed, an int (each rank derives its own), and deterministic
+                                  kernels.
     device:                       'cpu', 'cuda' or None (cuda:LOCAL_RANK when available).
     run_name, log_interval:       naming and how often metrics are logged.
     guard:                        a `GuardConfig` (non-finite and loss-spike policy).
@@ -91,6 +95,7 @@ class TrainerConfig:
     save_interval: Time | str | int = "1ep"
     save_num_checkpoints_to_keep: int = -1
     save_storage_options: dict[str, Any] = field(default_factory=dict)
+    save_overwrite: bool = False
     load_path: str | None = None
     autoresume: bool = False
     seed: int = 17
@@ -106,11 +111,17 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_duration", "eval_interval", "save_interval", "log_interval"):
-            setattr(self, name, Time.coerce(getattr(self, name), TimeUnit.BATCH))
+            setattr(self, name, _time_setting(name, getattr(self, name)))
         if self.max_duration.unit is TimeUnit.DURATION:
             raise ValueError(
                 f"max_duration {self.max_duration} cannot be in 'dur' (a fraction of itself)"
             )
+        _check_eval_interval(self.eval_interval, self.max_duration)
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed={seed!r}: expected an int from 0 to 2**63 - 1 (e.g. 17)")
+        if self.device == "gpu":
+            raise ValueError("device='gpu' is composer's name; composer-lite says 'cuda'")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"unknown precision {self.precision!r}; choose from {sorted(PRECISIONS)}"
@@ -138,7 +149,7 @@ class TrainerConfig:
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> TrainerConfig:
         """A config from a mapping; every unknown key is named in one error."""
-        reject_unknown_keys(cls, options, "Trainer.Config")
+        reject_unknown_keys(cls, options, "Trainer.Config", hints=COMPOSER_NAMES)
         if "max_duration" not in options:
             raise ValueError("Trainer.Config needs max_duration (e.g. '1ep' or '1000ba')")
         return cls(**options)
@@ -159,6 +170,53 @@ class TrainerConfig:
                 value = repr(value)
             out[f.name] = value
         return out
+
+
+# Keyword arguments of composer's Trainer that composer-lite spells otherwise (or does not have),
+# named in the error about unknown keys with what to use instead.
+COMPOSER_NAMES = {
+    "optimizers": "optimizer (one optimizer: the third argument)",
+    "schedulers": "scheduler (one Schedule or torch LR scheduler)",
+    "deterministic_mode": "deterministic",
+    "fsdp_config": "parallelism (a ParallelConfig)",
+    "parallelism_config": "parallelism (a ParallelConfig)",
+    "compile_config": "parallelism (ParallelConfig(compile=True))",
+    "grad_accum": "device_train_microbatch_size",
+    "console_log_interval": "log_interval",
+    "progress_bar": "default_callbacks (the progress bar is one of them)",
+    "grad_clip_norm": "callbacks=[GradClip(max_norm)] (composer_lite.callbacks)",
+    "load_object_store": "save_storage_options (endpoint and credentials of an s3:// path)",
+    "save_object_store": "save_storage_options (endpoint and credentials of an s3:// path)",
+    "step_schedulers_every_batch": "nothing: schedules always step every batch",
+    "save_filename": "nothing: checkpoints are folders named ep<epoch>-ba<batch>",
+}
+
+
+def _time_setting(name: str, value: Any) -> Time:
+    """A time setting as a `Time`; a bare number is refused with the unit strings to use."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        units = ", ".join(f"'{value:g}{u.value}'" for u in TimeUnit if u is not TimeUnit.DURATION)
+        raise ValueError(
+            f"{name}={value!r} has no unit (composer counts a bare number in epochs, other "
+            f"tools in batches): give a string with its unit, one of {units}"
+            + ("" if name == "max_duration" else ", or a fraction of the run like '0.25dur'")
+        )
+    return Time.coerce(value, TimeUnit.BATCH)
+
+
+def _check_eval_interval(interval: Time, max_duration: Time) -> None:
+    """Refuse an eval_interval that cannot come round within the run (it would mean "only at the
+    end" without saying so); '1dur' says it on purpose."""
+    if interval.unit is TimeUnit.DURATION:
+        longer = interval.value > 1
+    else:
+        longer = interval.unit is max_duration.unit and interval.value > max_duration.value
+    if longer:
+        raise ValueError(
+            f"eval_interval {interval} is longer than the whole run (max_duration "
+            f"{max_duration}): it would never come round, and the model would be evaluated only "
+            "at the end; say eval_interval='1dur' for that, or give an interval within the run"
+        )
 
 
 def _coerce_scheduler(scheduler: Any) -> Any:

@@ -43,6 +43,7 @@ from composer_lite.training import (
     restore_signal_handlers,
     seed_everything,
     total_grad_norm,
+    warn_if_interval_never_comes,
 )
 
 __all__ = ["Trainer"]
@@ -59,7 +60,7 @@ class Trainer(Checkpointing):
         self,
         model: nn.Module,
         train_dataloader: Iterable,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | None = None,
         *,
         eval_dataloader: Iterable | None = None,
         callbacks: Sequence[Callback] = (),
@@ -73,7 +74,9 @@ class Trainer(Checkpointing):
             raise ValueError(
                 f"give either config= or keyword options, not both (got {sorted(options)})"
             )
-        self.config = cfg = config or TrainerConfig.from_dict(options)
+        self.config = cfg = config or TrainerConfig.from_dict(options)  # names composer's keys
+        if optimizer is None:
+            raise TypeError("Trainer needs an optimizer: the third argument, or optimizer=")
         device = device_of(cfg.device)
         rank, world = dist.init_distributed(device, cfg.dist_timeout)
         seed_everything(cfg.seed + rank, deterministic=cfg.deterministic)
@@ -94,6 +97,10 @@ class Trainer(Checkpointing):
         except TypeError:  # an iterable without a length
             self.state.timestamp.epoch_length = None
         self.state.scheduler = self._build_scheduler(cfg.scheduler)
+        if eval_dataloader is not None:
+            warn_if_interval_never_comes(
+                "eval_interval", cfg.eval_interval, cfg.max_duration, self.state.timestamp
+            )
         self._run(Event.INIT)
         self.checkpoints = self._checkpoint_manager()
         self._resumed_from: str | None = None

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "rebind_optimizer",
     "seed_everything",
     "total_grad_norm",
+    "warn_if_interval_never_comes",
 ]
 
 
@@ -55,6 +57,24 @@ class Every:
 
     def reset(self, timestamp: Timestamp) -> None:
         self._last = self._count(timestamp)
+
+
+def warn_if_interval_never_comes(
+    name: str, interval: Time, max_duration: Time, timestamp: Timestamp
+) -> None:
+    """Warn when an interval in epochs or batches is longer than a run given in the other unit
+    (known once the loader's length is: the config alone cannot tell)."""
+    per_epoch, units = timestamp.epoch_length, {interval.unit, max_duration.unit}
+    if not per_epoch or units != {TimeUnit.EPOCH, TimeUnit.BATCH}:
+        return
+    batches = {TimeUnit.EPOCH: per_epoch, TimeUnit.BATCH: 1}
+    if interval.value * batches[interval.unit] > max_duration.value * batches[max_duration.unit]:
+        warnings.warn(
+            f"{name} {interval} is longer than the run (max_duration {max_duration}, "
+            f"{per_epoch} batches an epoch): it never comes round, so it happens only at the "
+            f"end; set {name} within the run, or '1dur' to say that on purpose",
+            stacklevel=3,
+        )
 
 
 def device_of(name: str | None) -> torch.device:

@@ -7,13 +7,15 @@
     restore_rng(mine["rng"])
 
 `format` defines the layout and the manifest (versioned); `state` what goes into
-torch.distributed.checkpoint; `locations` the folder operations for local paths and URLs alike.
+torch.distributed.checkpoint; `verify` the content hashes and how a load checks them;
+`locations` the folder operations for local paths and URLs alike.
 """
 
 from composer_lite.checkpoint.format import (
     FORMAT_VERSION,
     CheckpointError,
     CheckpointNotFoundError,
+    CorruptCheckpointError,
     IncompleteCheckpointError,
     Manifest,
 )
@@ -25,6 +27,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointManager",
     "CheckpointNotFoundError",
+    "CorruptCheckpointError",
     "IncompleteCheckpointError",
     "Manifest",
     "capture_rng",

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from composer_lite.checkpoint.format import CheckpointError
 from composer_lite.dist import get_world_size
 
-__all__ = ["broadcast_from_zero", "on_all_ranks", "single_process_quiet"]
+__all__ = ["broadcast_from_zero", "on_all_ranks", "on_all_ranks_local", "single_process_quiet"]
 
 T = TypeVar("T")
 
@@ -53,6 +53,13 @@ def on_all_ranks(action: str, fn: Callable[[], T]) -> list[T]:
             other_error.add_note(f"(raised on rank {other} while {action})")
             raise other_error
     return [value for value, _ in gathered]
+
+
+def on_all_ranks_local(action: str, fn: Callable[[], T]) -> T:
+    """`on_all_ranks` for a result that stays on its rank (only errors are exchanged)."""
+    box: list[T] = []
+    on_all_ranks(action, lambda: box.append(fn()))
+    return box[0]
 
 
 @contextlib.contextmanager

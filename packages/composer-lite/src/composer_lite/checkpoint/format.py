@@ -1,4 +1,4 @@
-"""The on-disk format of a checkpoint, defined here and nowhere else (version 1).
+"""The on-disk format of a checkpoint, defined here and nowhere else (version 2; 1 is read too).
 
 A save folder (a local path or an object-store URL) holds:
 
@@ -12,15 +12,19 @@ A save folder (a local path or an object-store URL) holds:
         rank_objects/rank<r>.pt      # torch.save of rank r's own objects (RNG states), one per rank
       .<name>.tmp-<hex>/             # a local checkpoint being written (renamed to <name> when done)
 
-`manifest.json` records what a loader checks before it starts: the format and its version, the
-world size at save, every file with its size in bytes, whether optimizer state is present, and
-which ranks wrote rank objects. Readers refuse a version they do not know.
+`manifest.json` records what a loader checks: the format and its version, the world size at save,
+every file with its size in bytes and (since version 2) its content hash (`hash_algorithm`, xxh3
+64-bit, hex), whether optimizer state is present, and which ranks wrote rank objects. Sizes are
+checked before a load starts, hashes as the load reads the files (`checkpoint.verify`). Readers
+refuse a version they do not know; version 1 (composer-lite <= 0.2.1) has no hashes and loads
+unverified.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,9 +35,12 @@ __all__ = [
     "MANIFEST_NAME",
     "OBJECTS_NAME",
     "OPTIMIZER_KINDS",
+    "RANK_OBJECTS_DIR",
     "STATE_DIR",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "CorruptCheckpointError",
+    "HASH_ALGORITHM",
     "IncompleteCheckpointError",
     "Manifest",
     "TensorRef",
@@ -42,8 +49,9 @@ __all__ = [
 ]
 
 FORMAT_NAME = "composer-lite-checkpoint"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2  # 2: content hashes of the files (composer-lite 0.2.2)
+SUPPORTED_VERSIONS = (1, 2)
+HASH_ALGORITHM = "xxh3_64"
 MANIFEST_NAME = "manifest.json"
 LATEST_NAME = "latest"
 STATE_DIR = "state"
@@ -52,6 +60,7 @@ RANK_OBJECTS_DIR = "rank_objects"
 # How the optimizer was saved: "sharded" (its state is in DCP), "empty" (no step taken yet: only
 # the param groups' hyperparameters, in objects.pt), "none" (saved without an optimizer).
 OPTIMIZER_KINDS = ("sharded", "empty", "none")
+_HEX16 = re.compile(r"[0-9a-f]{16}")
 
 
 class CheckpointError(RuntimeError):
@@ -64,6 +73,11 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 class IncompleteCheckpointError(CheckpointError):
     """The checkpoint exists but its save did not finish (no manifest, or files missing)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The checkpoint's bytes are not what was saved: a file's content hash differs from the one
+    its manifest recorded, or the manifest itself is unreadable."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,8 @@ def check_name(name: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
-    """What `manifest.json` holds. `files` maps paths relative to the checkpoint to byte sizes."""
+    """What `manifest.json` holds. `files` maps paths relative to the checkpoint to byte sizes,
+    `hashes` the same paths to their content hashes (empty in version 1)."""
 
     name: str
     id: str
@@ -106,6 +121,8 @@ class Manifest:
     optimizer: str
     rank_objects: list[int] = field(default_factory=list)
     torch_version: str = ""
+    hashes: dict[str, str] = field(default_factory=dict)
+    hash_algorithm: str = HASH_ALGORITHM
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
 
@@ -114,16 +131,17 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> Manifest:
-        """Parse and check a manifest read from `where` (named in every error)."""
+        """Parse and check a manifest read from `where` (named in every error): one that cannot be
+        read raises `CorruptCheckpointError`, an unknown version `CheckpointError`."""
         try:
             raw = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"the manifest of checkpoint {where} is not valid JSON: {err}"
             ) from err
         if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
             got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"{where} is not a composer-lite checkpoint manifest: expected format "
                 f"{FORMAT_NAME!r}, got {got!r}"
             )
@@ -133,15 +151,13 @@ class Manifest:
                 f"checkpoint {where} has format version {version!r}; this composer-lite reads "
                 f"version(s) {list(SUPPORTED_VERSIONS)}: use the composer-lite that wrote it"
             )
-        known = {f for f in cls.__dataclass_fields__}
-        missing = sorted(
-            f
-            for f in ("name", "id", "saved_at_ns", "world_size", "files", "optimizer")
-            if f not in raw
-        )
+        since_2 = {"hashes", "hash_algorithm"}
+        known = set(cls.__dataclass_fields__) - (since_2 if version == 1 else set())
+        required = {"name", "id", "saved_at_ns", "world_size", "files", "optimizer"}
+        missing = sorted((required | (since_2 if version >= 2 else set())) - set(raw))
         unknown = sorted(set(raw) - known)
         if missing or unknown:
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"the manifest of checkpoint {where} is malformed: missing keys {missing}, "
                 f"unknown keys {unknown}"
             )
@@ -163,10 +179,30 @@ class Manifest:
                     problems.append(f"file entry {path!r}: {size!r}")
             if MANIFEST_NAME in self.files:
                 problems.append(f"the manifest lists itself ({MANIFEST_NAME})")
+            if self.version >= 2:
+                problems.extend(self._hash_problems())
         if problems:
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"the manifest of checkpoint {where} is malformed: {'; '.join(problems)}"
             )
+
+    def _hash_problems(self) -> list[str]:
+        if self.hash_algorithm != HASH_ALGORITHM:
+            return [f"hash_algorithm {self.hash_algorithm!r} (expected {HASH_ALGORITHM!r})"]
+        if not isinstance(self.hashes, dict):
+            return [f"hashes of type {type(self.hashes).__name__} (expected a mapping)"]
+        problems = [f"no hash for {path!r}" for path in self.files if path not in self.hashes]
+        problems += [
+            f"a hash for {path!r}, not a listed file"
+            for path in self.hashes
+            if path not in self.files
+        ]
+        problems += [
+            f"hash of {path!r}: {value!r} (expected 16 hex digits)"
+            for path, value in self.hashes.items()
+            if not (isinstance(value, str) and _HEX16.fullmatch(value))
+        ]
+        return problems
 
     def summary(self) -> dict[str, Any]:
         """A short description for logs and error messages."""

@@ -7,6 +7,7 @@ of them is collective.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -17,6 +18,7 @@ from composer_lite.checkpoint.format import (
     LATEST_NAME,
     MANIFEST_NAME,
     CheckpointNotFoundError,
+    CorruptCheckpointError,
     IncompleteCheckpointError,
     Manifest,
 )
@@ -26,6 +28,7 @@ from streaming.storage import (
     is_remote,
     join_url,
     list_objects,
+    local_path_of,
     read_bytes,
     upload_bytes,
 )
@@ -36,12 +39,16 @@ __all__ = [
     "complete_checkpoints",
     "delete_checkpoint",
     "fsync_folder",
+    "location_key",
+    "normalize_location",
     "read_manifest",
     "read_pointer",
     "walk_files",
     "write_bytes_atomic",
     "write_pointer",
 ]
+
+log = logging.getLogger(__name__)
 
 _THREADS = 8  # parallel requests when reading many manifests or deleting many objects
 
@@ -112,8 +119,9 @@ def check_files(location: str, manifest: Manifest, options: dict[str, Any]) -> N
 def complete_checkpoints(folder: str, options: dict[str, Any]) -> list[tuple[str, Manifest]]:
     """(location, manifest) of every complete checkpoint directly in `folder`, newest first.
 
-    A checkpoint is complete when its manifest exists; hidden names (saves in progress, deletions)
-    are ignored. Newest means the latest `saved_at_ns`, then the greatest name.
+    A checkpoint is complete when its manifest exists and can be read (an unreadable one is
+    skipped with a warning; a manifest of an unknown version raises); hidden names (saves in
+    progress, deletions) are ignored. Newest means the latest `saved_at_ns`, then the greatest name.
     """
     if is_remote(folder):
         prefix = _prefix(folder)
@@ -142,7 +150,12 @@ def complete_checkpoints(folder: str, options: dict[str, Any]) -> list[tuple[str
             with open(path, "rb") as file:
                 data.append(file.read())
             locations.append(os.path.join(folder, name))
-    found = [(loc, Manifest.from_json(raw, loc)) for loc, raw in zip(locations, data, strict=True)]
+    found = []
+    for location, raw in zip(locations, data, strict=True):
+        try:
+            found.append((location, Manifest.from_json(raw, location)))
+        except CorruptCheckpointError as err:  # not loadable, so not complete; never fatal here
+            log.warning("ignoring checkpoint %s: %s", location, err)
     return sorted(found, key=lambda item: (item[1].saved_at_ns, item[1].name), reverse=True)
 
 
@@ -213,3 +226,18 @@ def walk_files(root: str) -> dict[str, int]:
             path = os.path.join(folder, name)
             found[os.path.relpath(path, root).replace(os.sep, "/")] = os.path.getsize(path)
     return dict(sorted(found.items()))
+
+
+def normalize_location(location: str) -> str:
+    """A URL without a trailing '/', or a local path (a file:// URL becomes its path)."""
+    if is_remote(location):
+        return location.rstrip("/")
+    path = local_path_of(location)
+    return path.rstrip("/") or path
+
+
+def location_key(location: str) -> str:
+    """What identifies a checkpoint location when comparing two (e.g. with `protect`)."""
+    if is_remote(location):
+        return location.rstrip("/")
+    return os.path.realpath(local_path_of(location))

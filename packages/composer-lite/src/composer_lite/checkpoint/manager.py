@@ -17,6 +17,7 @@ downloaded, once per node, into `cache_dir`. One job saves into a folder at a ti
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ from torch import nn
 from composer_lite.checkpoint.collective import (
     broadcast_from_zero,
     on_all_ranks,
+    on_all_ranks_local,
     single_process_quiet,
 )
 from composer_lite.checkpoint.format import (
@@ -50,14 +52,17 @@ from composer_lite.checkpoint.locations import (
     complete_checkpoints,
     delete_checkpoint,
     fsync_folder,
+    location_key,
+    normalize_location,
     read_manifest,
     walk_files,
     write_bytes_atomic,
     write_pointer,
 )
 from composer_lite.checkpoint.state import load_state, save_state, to_bytes
+from composer_lite.checkpoint.verify import CheckedReader, hash_file, own_files, read_checked
 from composer_lite.dist import barrier, get_rank, get_world_size
-from streaming.storage import download, is_remote, join_url, local_path_of, upload_file
+from streaming.storage import download, is_remote, join_url, upload_file
 
 __all__ = ["CheckpointManager"]
 
@@ -95,7 +100,7 @@ class CheckpointManager:
             isinstance(keep, bool) or not isinstance(keep, int) or (keep < 1 and keep != -1)
         ):
             raise ValueError(f"keep={keep!r}: expected None or -1 (keep all) or an int >= 1")
-        self.folder = _normalize(text)
+        self.folder = normalize_location(text)
         self.remote = is_remote(self.folder)
         self.keep = None if keep in (None, -1) else keep
         self.storage_options = dict(storage_options or {})
@@ -119,7 +124,7 @@ class CheckpointManager:
     def inspect(self, path: str | os.PathLike[str]) -> Manifest:
         """The manifest of a complete checkpoint; raises `CheckpointNotFoundError` (nothing there)
         or `IncompleteCheckpointError` (no manifest, or files missing) naming it. Not collective."""
-        location = _normalize(os.fspath(path))
+        location = normalize_location(os.fspath(path))
         manifest = read_manifest(location, self.storage_options)
         check_files(location, manifest, self.storage_options)
         return manifest
@@ -159,13 +164,14 @@ class CheckpointManager:
                 "writing its files",
                 lambda: self._write_rank_files(root, target, payload, rank_objects, rank),
             )
-            files = {rel: size for uploaded, _ in written for rel, size in uploaded.items()}
-            ranks = [r for r, (_, has_own) in enumerate(written) if has_own]
+            files = {rel: size for uploaded, _, _ in written for rel, size in uploaded.items()}
+            hashes = {rel: value for _, hashed, _ in written for rel, value in hashed.items()}
+            ranks = [r for r, (_, _, has_own) in enumerate(written) if has_own]
             publish = self._publish_remote if self.remote else self._publish_local
             return on_all_ranks(
                 "publishing",
                 lambda: (
-                    publish(root, name, files, optimizer_kind, ranks, set(protect))
+                    publish(root, name, files, hashes, optimizer_kind, ranks, set(protect))
                     if rank == 0
                     else None
                 ),
@@ -185,18 +191,22 @@ class CheckpointManager:
 
     def _write_rank_files(
         self, root: str, target: str, payload: dict[str, Any], rank_objects: Any, rank: int
-    ) -> tuple[dict[str, int], bool]:
-        """objects.pt (rank 0) and this rank's objects; remote: upload everything staged here.
-        Returns ({relative path: size} of what this rank uploaded (remote) or {} (local), whether
-        this rank wrote rank objects)."""
+    ) -> tuple[dict[str, int], dict[str, str], bool]:
+        """objects.pt (rank 0) and this rank's objects; hash the files this rank wrote; remote:
+        upload everything staged here. Returns ({relative path: size} of what this rank uploaded
+        (remote) or {} (local), {relative path: hash} of its files, whether it wrote rank
+        objects)."""
         if rank == 0:
             write_bytes_atomic(os.path.join(root, OBJECTS_NAME), to_bytes(payload, "objects"))
         if rank_objects is not None:
             path = os.path.join(root, *rank_objects_name(rank).split("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_bytes_atomic(path, to_bytes(rank_objects, "rank_objects"))
+        # a local folder is shared by the ranks: each hashes what it wrote (the rest: rank 0)
+        mine = walk_files(root) if self.remote else own_files(root, rank, rank_objects is not None)
+        hashes = {rel: hash_file(os.path.join(root, *rel.split("/"))) for rel in mine}
         if not self.remote:
-            return {}, rank_objects is not None
+            return {}, hashes, rank_objects is not None
         files = walk_files(root)
         with ThreadPoolExecutor(_THREADS) as pool:
             list(
@@ -209,13 +219,24 @@ class CheckpointManager:
                     files,
                 )
             )
-        return files, rank_objects is not None
+        return files, hashes, rank_objects is not None
 
     def _publish_local(
-        self, tmp: str, name: str, files: dict[str, int], kind: str, ranks: list[int], protect: set
+        self,
+        tmp: str,
+        name: str,
+        files: dict[str, int],
+        hashes: dict[str, str],
+        kind: str,
+        ranks: list[int],
+        protect: set,
     ) -> str:
         existing = complete_checkpoints(self.folder, self.storage_options)
-        manifest = self._manifest(name, walk_files(tmp), kind, ranks, existing)
+        files = walk_files(tmp)
+        hashes = {
+            rel: hashes.get(rel) or hash_file(os.path.join(tmp, *rel.split("/"))) for rel in files
+        }
+        manifest = self._manifest(name, files, hashes, kind, ranks, existing)
         write_bytes_atomic(os.path.join(tmp, MANIFEST_NAME), manifest.to_json())
         final = os.path.join(self.folder, name)
         if os.path.exists(final):
@@ -229,10 +250,17 @@ class CheckpointManager:
         return final
 
     def _publish_remote(
-        self, root: str, name: str, files: dict[str, int], kind: str, ranks: list[int], protect: set
+        self,
+        root: str,
+        name: str,
+        files: dict[str, int],
+        hashes: dict[str, str],
+        kind: str,
+        ranks: list[int],
+        protect: set,
     ) -> str:
         existing = complete_checkpoints(self.folder, self.storage_options)
-        manifest = self._manifest(name, files, kind, ranks, existing)
+        manifest = self._manifest(name, files, hashes, kind, ranks, existing)
         target = join_url(self.folder, name)
         path = os.path.join(root, MANIFEST_NAME)
         write_bytes_atomic(path, manifest.to_json())
@@ -241,7 +269,13 @@ class CheckpointManager:
         return target
 
     def _manifest(
-        self, name: str, files: dict[str, int], kind: str, ranks: list[int], existing: list
+        self,
+        name: str,
+        files: dict[str, int],
+        hashes: dict[str, str],
+        kind: str,
+        ranks: list[int],
+        existing: list,
     ) -> Manifest:
         # Newest is the greatest saved_at_ns: never below an existing one, even if the clock
         # went back, so a new checkpoint always sorts first.
@@ -252,6 +286,7 @@ class CheckpointManager:
             saved_at_ns=max(time.time_ns(), newest + 1),
             world_size=get_world_size(),
             files=dict(sorted(files.items())),
+            hashes={rel: hashes[rel] for rel in sorted(files)},
             optimizer=kind,
             rank_objects=ranks,
             torch_version=torch.__version__,
@@ -262,10 +297,10 @@ class CheckpointManager:
         write_pointer(self.folder, name, self.storage_options)
         if self.keep is None:
             return
-        protected = {_key(p) for p in protect} | set(protect)
+        protected = {location_key(p) for p in protect} | set(protect)
         older = [(loc, m) for loc, m in existing if m.name != name]
         for loc, manifest in older[self.keep - 1 :]:
-            if _key(loc) in protected or manifest.name in protected:
+            if location_key(loc) in protected or manifest.name in protected:
                 continue
             try:
                 delete_checkpoint(loc, self.storage_options)
@@ -283,38 +318,38 @@ class CheckpointManager:
         """Load a complete checkpoint into `model` and `optimizer` (collective).
 
         Returns (objects, this rank's rank_objects, or None if no rank of that number saved any).
-        Tensors in objects come back whole (unsharded) on the CPU. The checkpoint's pickles are
-        trusted: load only checkpoints you or your jobs wrote.
+        Tensors in objects come back whole (unsharded) on the CPU. Every file is checked against
+        its recorded hash as it is read (`checkpoint.verify`); a mismatch raises
+        `CorruptCheckpointError` on every rank, and the model and optimizer are then partly
+        loaded. The checkpoint's pickles are trusted: load only checkpoints you or your jobs wrote.
         """
-        location = _normalize(os.fspath(path))
+        location = normalize_location(os.fspath(path))
         rank = get_rank()
         manifest = on_all_ranks(
             "checking the checkpoint", lambda: self.inspect(location) if rank == 0 else None
         )[0]
+        if not manifest.hashes and rank == 0:
+            log.warning(
+                "checkpoint %s has format version %d (composer-lite 0.2.1 or older): it records "
+                "no content hashes, so its files cannot be verified",
+                location,
+                manifest.version,
+            )
         local = location
         if self.remote or is_remote(location):
             local = os.path.join(self.cache_dir, f"{manifest.name}-{manifest.id[:16]}")
-            on_all_ranks("downloading", lambda: self._download(location, local, manifest))
-        payload = torch.load(
-            os.path.join(local, OBJECTS_NAME), map_location="cpu", weights_only=False
-        )
-        objects = load_state(
-            os.path.join(local, STATE_DIR),
-            model=model,
-            optimizer=optimizer,
-            optimizer_kind=manifest.optimizer,
-            payload=payload,
-            where=location,
-        )
-        rank_objects = None
-        if rank in manifest.rank_objects:
-            rank_file = os.path.join(local, *rank_objects_name(rank).split("/"))
-            rank_objects = torch.load(rank_file, map_location="cpu", weights_only=False)
+        try:
+            if local != location:
+                on_all_ranks("downloading", lambda: self._download(location, local, manifest))
+            loaded = _load_files(local, location, manifest, model, optimizer)
+        except BaseException:
+            if local != location:  # every rank failed in the same collective: none reads it now
+                _drop_download(local)
+            raise
         if local != location:  # the downloaded copy has served; every rank is done with it
             barrier()
-            if int(os.environ.get("LOCAL_RANK", rank)) == 0:
-                shutil.rmtree(local, ignore_errors=True)
-        return objects, rank_objects
+            _drop_download(local)
+        return loaded
 
     def _download(self, location: str, local: str, manifest: Manifest) -> None:
         """Fetch every file once per node (ranks of a node start at different files)."""
@@ -337,16 +372,45 @@ class CheckpointManager:
         check_files(local, manifest, {})
 
 
-def _normalize(location: str) -> str:
-    """A URL without a trailing '/', or a local path (a file:// URL becomes its path)."""
-    if is_remote(location):
-        return location.rstrip("/")
-    path = local_path_of(location)
-    return path.rstrip("/") or path
+def _load_files(
+    local: str,
+    where: str,
+    manifest: Manifest,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Load a local complete checkpoint (`where` names it in errors), checking its files."""
+    rank, hashes = get_rank(), manifest.hashes
+
+    def read(relative: str) -> Any:
+        path = os.path.join(local, *relative.split("/"))
+        data = read_checked(path, relative, hashes.get(relative), where)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+    payload = on_all_ranks_local("reading its objects", lambda: read(OBJECTS_NAME))
+    reader = CheckedReader(
+        os.path.join(local, STATE_DIR),
+        hashes=hashes,
+        sizes=manifest.files,
+        where=where,
+        rank=rank,
+        world=get_world_size(),
+    )
+    objects = load_state(
+        reader,
+        model=model,
+        optimizer=optimizer,
+        optimizer_kind=manifest.optimizer,
+        payload=payload,
+        where=where,
+    )
+    mine = rank in manifest.rank_objects
+    rank_objects = on_all_ranks_local(
+        "reading its rank objects", lambda: read(rank_objects_name(rank)) if mine else None
+    )
+    return objects, rank_objects
 
 
-def _key(location: str) -> str:
-    """What identifies a checkpoint location when comparing with `protect`."""
-    if is_remote(location):
-        return location.rstrip("/")
-    return os.path.realpath(local_path_of(location))
+def _drop_download(local: str) -> None:
+    if int(os.environ.get("LOCAL_RANK", get_rank())) == 0:
+        shutil.rmtree(local, ignore_errors=True)

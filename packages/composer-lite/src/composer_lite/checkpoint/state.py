@@ -28,8 +28,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from composer_lite.checkpoint.collective import single_process_quiet
+from composer_lite.checkpoint.collective import (
+    on_all_ranks,
+    on_all_ranks_local,
+    single_process_quiet,
+)
 from composer_lite.checkpoint.format import CheckpointError, TensorRef
+from composer_lite.checkpoint.verify import CheckedReader
 
 __all__ = ["join_objects", "load_state", "save_state", "split_objects", "to_bytes"]
 
@@ -119,7 +124,7 @@ def save_state(
 
 
 def load_state(
-    state_dir: str,
+    reader: CheckedReader,
     *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
@@ -127,14 +132,15 @@ def load_state(
     payload: dict[str, Any],
     where: str,
 ) -> Any:
-    """Load DCP state from `state_dir` into `model` and `optimizer`; return the run objects."""
+    """Load DCP state through `reader` into `model` and `optimizer` (collective); return the run
+    objects. The files are checked as they are read: a mismatch on any rank raises
+    `CorruptCheckpointError` on every rank."""
     if optimizer is not None and optimizer_kind == "none":
         raise CheckpointError(
             f"checkpoint {where} was saved without optimizer state, but an optimizer was given: "
             "pass optimizer=None to load only the model"
         )
-    reader = dcp.FileSystemReader(state_dir)
-    metadata = reader.read_metadata()
+    metadata = on_all_ranks_local("reading its metadata", reader.read_metadata)
     state: dict[str, Any] = {}
     dropped: list[str] = []
     if optimizer is not None and optimizer_kind == "sharded":
@@ -150,7 +156,9 @@ def load_state(
         with single_process_quiet():
             dcp.load(state, storage_reader=reader)
     except (Exception, CheckpointException) as err:  # DCP's exception is a BaseException
+        on_all_ranks("checking its files", reader.verify)  # a corrupt file explains it best
         raise CheckpointError(f"cannot load the state of checkpoint {where}: {err}") from err
+    on_all_ranks("checking its files", reader.verify)
     set_model_state_dict(model, state["model"])
     if "optimizer" in state:
         set_optimizer_state_dict(
