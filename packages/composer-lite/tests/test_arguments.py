@@ -10,12 +10,9 @@ from composer_lite import Trainer, TrainerConfig
 from composer_lite.testing import TinyLM, random_lm_batch
 
 
-def _trainer(model=None, optimizer=..., data=None, **options):
-    model = model or TinyLM()
-    options.setdefault("max_duration", "2ba")
-    if optimizer is ...:
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    data = data if data is not None else [random_lm_batch(4, 6, seed=i) for i in range(4)]
+def _trainer(data, **options):
+    model = TinyLM()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     return Trainer(model, data, optimizer, loggers=[], default_callbacks=False, **options)
 
 
@@ -42,9 +39,9 @@ def test_an_eval_interval_longer_than_the_run_is_refused(interval, max_duration)
 def test_an_eval_interval_beyond_the_run_in_another_unit_is_warned_about():
     data = [random_lm_batch(4, 6, seed=i) for i in range(8)]  # an epoch of 8 batches
     with pytest.warns(UserWarning, match=r"eval_interval 1ep is longer than the run .*8 batches"):
-        _trainer(data=data, eval_dataloader=data[:1], max_duration="5ba", eval_interval="1ep")
+        _trainer(data, eval_dataloader=data[:1], max_duration="5ba", eval_interval="1ep")
     with pytest.warns(UserWarning, match=r"eval_interval 20ba is longer than the run"):
-        _trainer(data=data, eval_dataloader=data[:1], max_duration="2ep", eval_interval="20ba")
+        _trainer(data, eval_dataloader=data[:1], max_duration="2ep", eval_interval="20ba")
 
 
 @pytest.mark.parametrize("seed", ["x", "17", 1.5, -1, True, 2**64])

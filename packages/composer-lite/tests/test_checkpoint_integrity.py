@@ -4,9 +4,11 @@ loading unverified, and a new run refused in a folder that holds another run's c
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import pickle
 import re
 
 import pytest
@@ -21,6 +23,7 @@ from composer_lite.checkpoint import (
     CorruptCheckpointError,
     capture_rng,
 )
+from composer_lite.checkpoint.verify import HashingStream, hash_file
 from composer_lite.testing import TinyLM, random_lm_batch
 from streaming.storage import read_bytes, upload_bytes
 from streaming.testing.distributed import run_distributed
@@ -282,3 +285,16 @@ def test_hashes_are_recorded_for_every_file(tmp_path):
     for rel, value in manifest.hashes.items():
         with open(os.path.join(path, *rel.split("/")), "rb") as file:
             assert xxhash.xxh3_64_hexdigest(file.read()) == value, rel
+
+
+def test_a_hashing_stream_hashes_each_byte_once_however_it_is_read(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(pickle.dumps({"a": list(range(5000))}) + os.urandom(30000))
+    with open(path, "rb") as raw:
+        stream = HashingStream(raw)
+        assert stream.read_range(20000, 100) == path.read_bytes()[20000:20100]  # skips ahead
+        stream.seek(0)
+        assert pickle.load(stream) == {"a": list(range(5000))}  # goes back, reads on
+        stream.seek(-10, io.SEEK_END)
+        assert stream.read() == path.read_bytes()[-10:]
+        assert stream.finish() == hash_file(str(path))

@@ -24,7 +24,7 @@ from composer_lite.schedulers import Schedule
 from composer_lite.time import Time, Timestamp, TimeUnit
 from composer_lite.trainer import Trainer
 
-__version__ = "0.2.1"
+__version__ = "0.2.2"
 __all__ = [
     "Algorithm",
     "Callback",

@@ -70,7 +70,8 @@ class TrainerConfig:
                                   checkpointing, compile); None: plain data parallel.
     save_folder, save_interval, save_num_checkpoints_to_keep (-1: all), save_storage_options.
     save_overwrite:               let a new run save into a save_folder that holds checkpoints
-                                  (refused otherwise; composer's name).
+                                  (refused otherwise; composer's name): checkpoints of the same
+                                  name are replaced, and retention counts the older ones too.
     load_path:                    a checkpoint to start from; autoresume: continue from the newest
                                   checkpoint in save_folder that loads, if there is one.
     seed, deterministic:          RNG seed, an int (each rank derives its own), and deterministic
@@ -195,7 +196,8 @@ COMPOSER_NAMES = {
 def _time_setting(name: str, value: Any) -> Time:
     """A time setting as a `Time`; a bare number is refused with the unit strings to use."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        units = ", ".join(f"'{value:g}{u.value}'" for u in TimeUnit if u is not TimeUnit.DURATION)
+        count = f"{value:.0f}" if float(value).is_integer() else "<n>"  # counts are whole
+        units = ", ".join(f"'{count}{u.value}'" for u in TimeUnit if u is not TimeUnit.DURATION)
         raise ValueError(
             f"{name}={value!r} has no unit (composer counts a bare number in epochs, other "
             f"tools in batches): give a string with its unit, one of {units}"

@@ -56,7 +56,8 @@ def load_newest(
     if skipped:
         raise CheckpointError(
             f"none of the {len(found)} checkpoints in {manager.folder} can be loaded: "
-            f"{'; '.join(skipped)}. Move them away to start the run afresh, or set load_path"
+            f"{'; '.join(skipped)}. Move them out of the folder to start the run afresh (from "
+            "load_path, if set)"
         )
     return None
 
