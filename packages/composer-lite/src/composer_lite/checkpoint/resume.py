@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from composer_lite.checkpoint.collective import broadcast_from_zero
+from composer_lite.checkpoint.collective import on_all_ranks
 from composer_lite.checkpoint.format import (
     CheckpointError,
     CorruptCheckpointError,
@@ -36,7 +36,7 @@ def load_newest(
     and none of them loads. A failed attempt leaves the model and optimizer partly loaded; the
     next one loads all of them again."""
     rank = get_rank()
-    found = broadcast_from_zero(manager.checkpoints() if rank == 0 else None)
+    found = _listed(manager)
     skipped: list[str] = []
     for location in found:
         try:
@@ -66,7 +66,7 @@ def check_unused(manager: CheckpointManager, *, resuming_from: str | None = None
     """Refuse to start a new run in a folder that holds complete checkpoints: its saves would
     replace them or mix with them (`autoresume` and `save_overwrite` say otherwise). Starting
     from the newest of them (`resuming_from`, a load_path) is resuming by hand, not a new run."""
-    found = broadcast_from_zero(manager.checkpoints() if get_rank() == 0 else None)
+    found = _listed(manager)
     newest = found[0] if found else None
     if newest is None or (
         resuming_from and location_key(normalize_location(resuming_from)) == location_key(newest)
@@ -78,3 +78,11 @@ def check_unused(manager: CheckpointManager, *, resuming_from: str | None = None
         "with autoresume=True, choose another save_folder, or pass save_overwrite=True to save "
         "into it anyway"
     )
+
+
+def _listed(manager: CheckpointManager) -> list[str]:
+    """Rank 0's list of the folder's complete checkpoints, on every rank (or its error)."""
+    rank = get_rank()
+    return on_all_ranks("listing checkpoints", lambda: manager.checkpoints() if rank == 0 else [])[
+        0
+    ]
