@@ -1,4 +1,9 @@
-"""foundry: not built yet; this is the package's skeleton (see its README)."""
+"""foundry: the Hydra-driven toolkit from raw text to a pretrained MPT (CLI `foundry`).
 
-__version__ = "0.0.1"
-__all__: list[str] = []
+Built so far: the CLI and its config groups (`foundry.cli`, `foundry.compose`, `foundry.schema`,
+`foundry.validate`), tokenizers (`foundry.tokenizer`) and data preparation and mixing
+(`foundry.data`). See the package README for what each command does.
+"""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

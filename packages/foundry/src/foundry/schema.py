@@ -1,0 +1,220 @@
+"""Typed schemas of foundry's configs: the groups (`hardware/`, `optimizer/`, `scheduler/`,
+`data/`; `model/` is `mpt.MPTConfig` itself) and each command's whole config.
+
+Frozen, keyword-only dataclasses; `foundry.validate.build` makes them from a composed config and
+reports every unknown or mistyped key at once. Each field's `help` metadata is what
+`foundry <command> --help` prints beside it. Value checks live in `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from foundry.data.dedup import DedupConfig
+from foundry.data.filters import FilterConfig
+from foundry.validate import need, opt
+from mpt.config import MPTConfig
+
+__all__ = [
+    "AdamWConfig",
+    "DataConfig",
+    "DataMixCommand",
+    "DataPrepCommand",
+    "DecoupledAdamWConfig",
+    "HardwareConfig",
+    "LionConfig",
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "SourceConfig",
+    "TokenizerTrainCommand",
+    "parse_count",
+]
+
+
+_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMbBtT]?)\s*$")
+_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+
+
+def parse_count(value: int | float | str, *, key: str) -> int:
+    """A count such as 1000, "300B" or "1T" (powers of 1000)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    match = _COUNT.match(str(value))
+    if not match:
+        raise ValueError(f"{key}={value!r} is not a count; write e.g. 1000000, '300B' or '1T'")
+    return int(float(match[1]) * _SCALE[match[2].lower()])
+
+
+# ----------------------------------------------------------------------------- hardware/
+
+
+@dataclass(frozen=True, kw_only=True)
+class HardwareConfig:
+    """A cluster: its GPUs, their memory and peak speed, the links between them, and the price."""
+
+    gpu: str = need("GPU type (H100-SXM, H200, A100-40GB, A100-80GB) or 'cpu'")
+    gpus_per_node: int = need("GPUs per node (processes per node on 'cpu')")
+    nodes: int = need("number of nodes")
+    gpu_memory_gb: float | None = need("memory per GPU in GB, as the vendor states it")
+    peak_bf16_flops: float | None = need("dense bf16 peak FLOP/s per GPU (for MFU); null: unknown")
+    intra_node_gb_per_s: float | None = need("GPU-to-GPU bandwidth in a node, GB/s per direction")
+    inter_node_gb_per_s: float | None = need(
+        "network bandwidth between nodes, GB/s per GPU per direction"
+    )
+    price_per_gpu_hour: float | None = need("USD per GPU-hour (see the YAML for its source)")
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_node < 1 or self.nodes < 1:
+            raise ValueError(
+                f"gpus_per_node and nodes must be >= 1, got {self.gpus_per_node} and {self.nodes}"
+            )
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+# ----------------------------------------------------------------------------- optimizer/
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdamWConfig:
+    """torch's AdamW: weight decay multiplied by the learning rate."""
+
+    name: Literal["adamw"] = "adamw"
+    lr: float = opt(6.0e-4, "peak learning rate")
+    betas: tuple[float, float] = opt((0.9, 0.95), "Adam's beta1, beta2")
+    eps: float = opt(1.0e-8, "Adam's epsilon")
+    weight_decay: float = opt(0.0, "weight decay (scaled by lr)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecoupledAdamWConfig:
+    """Composer's DecoupledAdamW, llm-foundry's default for MPT: weight decay scaled by
+    lr / initial lr (not by lr), so `weight_decay` is the per-step decay at the peak."""
+
+    name: Literal["decoupled_adamw"] = "decoupled_adamw"
+    lr: float = opt(6.0e-4, "peak learning rate")
+    betas: tuple[float, float] = opt((0.9, 0.95), "Adam's beta1, beta2")
+    eps: float = opt(1.0e-8, "Adam's epsilon")
+    weight_decay: float = opt(0.0, "decoupled weight decay per step at the peak learning rate")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LionConfig:
+    """Lion (Chen et al. 2023): sign updates; wants a ~3-10x smaller lr and a larger decay."""
+
+    name: Literal["lion"] = "lion"
+    lr: float = opt(1.0e-4, "peak learning rate")
+    betas: tuple[float, float] = opt((0.9, 0.99), "Lion's beta1 (update), beta2 (momentum)")
+    weight_decay: float = opt(0.0, "decoupled weight decay")
+
+
+OptimizerConfig = AdamWConfig | DecoupledAdamWConfig | LionConfig
+
+# ----------------------------------------------------------------------------- scheduler/
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerConfig:
+    """An LR schedule of `composer_lite.schedulers` (same fields as its `Schedule`)."""
+
+    name: Literal["cosine", "linear", "constant"] = opt("cosine", "schedule shape")
+    warmup: str = opt("0ba", "linear warm-up length, a Time: '100ba', '0.01dur', '1000000tok'")
+    alpha_f: float = opt(0.0, "final LR multiplier of the decay")
+    t_max: str | None = opt(None, "schedule length (default: the run's duration)")
+
+
+# ----------------------------------------------------------------------------- data/
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """One prepared MDS dataset in a mix (a `streaming.Stream`)."""
+
+    remote: str | None = opt(None, "where the shards live (s3://... or a path); null: local only")
+    local: str | None = opt(None, "the dataset folder, or the cache folder for remote")
+    split: str | None = opt(None, "a sub-folder (train, val)")
+    proportion: float | None = opt(None, "relative weight in the mix (all sources or none)")
+    repeat: float | None = opt(None, "absolute weight: passes over the source per epoch")
+    choose: int | None = opt(None, "absolute weight: samples per epoch")
+    tokens: str | None = opt(None, "tokens in the source ('100.42B'), for the mix table")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """A data mix: named sources and their weights, read as `streaming.Stream`s."""
+
+    sources: dict[str, SourceConfig] = need("the sources, {name: source}")
+    root: str | None = opt(None, "folder or s3:// prefix that relative source paths are under")
+    max_seq_len: int = opt(2048, "tokens per sample the sources were prepared with")
+    cache_dir: str | None = opt(None, "cache for remote sources (default ~/.cache/streaming)")
+    shuffle: bool = opt(True, "shuffle the samples")
+    shuffle_seed: int = opt(17, "the shuffle's seed")
+    epoch_size: str | None = opt(None, "samples per epoch, e.g. '1M' (default: the mix's size)")
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("data.sources is empty: name at least one source")
+        if self.max_seq_len < 1:
+            raise ValueError(f"data.max_seq_len must be >= 1, got {self.max_seq_len}")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataPrepCommand:
+    """`foundry data prep`: text/jsonl -> filtered, deduplicated, tokenized MDS shards."""
+
+    inputs: list[str] = need("text/jsonl files or folders, local or s3://")
+    out: str = need("output folder or s3:// prefix for the MDS dataset")
+    tokenizer: str = need("tokenizer.json, or a folder holding one")
+    max_seq_len: int = opt(2048, "tokens per sample (documents are concatenated with EOS)")
+    eos_token: str | None = opt(None, "EOS between documents (default: the tokenizer's)")
+    text_key: str = opt("text", "the text field of jsonl rows")
+    text_unit: Literal["file", "line", "paragraph"] = opt("file", "a text file's documents")
+    filters: FilterConfig = opt(FilterConfig, "quality filters (null thresholds: off)")
+    dedup: DedupConfig = opt(DedupConfig, "exact and near-duplicate removal")
+    compression: str | None = opt("zstd", "shard compression (zstd, gz, null...)")
+    size_limit: str = opt("64mb", "raw shard size limit")
+    unit_size: str = opt("16mb", "input bytes per work unit (the unit of parallel work and resume)")
+    num_proc: int | None = opt(None, "worker processes (null: every CPU)")
+    work_dir: str | None = opt(None, "resumable intermediate state (default: <out>.work)")
+    overwrite: bool = opt(False, "replace an existing output (and any unfinished run's state)")
+    progress: bool = opt(True, "progress bars on stderr")
+    model: MPTConfig | None = opt(None, "a model to check against (vocabulary, max_seq_len)")
+
+    def __post_init__(self) -> None:
+        if self.max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be >= 1, got {self.max_seq_len}")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise ValueError(f"num_proc must be >= 1 (or null for every CPU), got {self.num_proc}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerTrainCommand:
+    """`foundry tokenizer train`: a byte-level BPE with the special tokens chat formats need."""
+
+    inputs: list[str] = need("text/jsonl files or folders, local or s3://")
+    out: str = need("output folder for tokenizer.json and tokenizer_config.json")
+    vocab_size: int = opt(8192, "tokens in the vocabulary, special tokens included")
+    min_frequency: int = opt(2, "merges of pairs seen fewer times are not learnt")
+    eos_token: str = opt("<|endoftext|>", "end of document (id 0)")
+    pad_token: str | None = opt("<|pad|>", "padding (id 1); null: none")
+    chat_tokens: list[str] = opt(["<|im_start|>", "<|im_end|>"], "ChatML's turn markers")
+    text_key: str = opt("text", "the text field of jsonl rows")
+    text_unit: Literal["file", "line", "paragraph"] = opt("file", "a text file's documents")
+    max_documents: int | None = opt(None, "train on the first N documents only")
+    overwrite: bool = opt(False, "replace an existing out folder")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataMixCommand:
+    """`foundry data mix`: the table of a data mix for a token budget, as MPT-7B's data table."""
+
+    data: DataConfig = need("the mix (pick one: data=<option>)")
+    tokens: str = opt("1T", "the training budget in tokens ('1T', '300B')")
+    check: bool = opt(False, "also build the Streams (local sources must exist)")
