@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,14 +64,19 @@ def group_options(group: str) -> list[str]:
         return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
-def command_groups(config_name: str) -> dict[str, str | None]:
-    """{group: default option} of a command's primary config (None: no option by default)."""
+@cache
+def _groups(config_name: str) -> tuple[tuple[str, str | None], ...]:
     from hydra import compose
 
     with _initialize():
         cfg = compose(config_name, return_hydra_config=True)
     choices = cfg.hydra.runtime.choices
-    return {k: choices[k] for k in choices if not k.startswith("hydra/")}
+    return tuple((k, choices[k]) for k in choices if not k.startswith("hydra/"))
+
+
+def command_groups(config_name: str) -> dict[str, str | None]:
+    """{group: default option} of a command's primary config (None: no option by default)."""
+    return dict(_groups(config_name))
 
 
 @dataclass(frozen=True, kw_only=True)
