@@ -48,11 +48,11 @@ def format_report(report: dict[str, Any], *, out: str) -> str:
     lines = [
         f"read {inputs['documents']:,} documents ({inputs['bytes']:,} bytes) "
         f"from {inputs['files']:,} files",
-        f"{'stage':<36}{'documents':>12}{'bytes':>16}{'tokens':>14}",
+        f"{'stage':<46}{'documents':>12}{'bytes':>16}{'tokens':>14}",
     ]
     for stage in report["stages"]:
         lines.append(
-            f"{'dropped by ' + stage['stage']:<36}{stage['documents']:>12,}"
+            f"{'dropped by ' + stage['stage']:<46}{stage['documents']:>12,}"
             f"{stage['bytes']:>16,}{stage['tokens']:>14,}"
         )
         lines += [f"    e.g. {where}" for where in stage["examples"][:3]]
