@@ -44,13 +44,20 @@ def test_llm_foundry_layouts_both_ways(tmp_path, tiny_tokenizer, mosaic):
     # StreamingDataset reads what foundry wrote
     (theirs,) = mosaic.batch(
         writes=[
-            {"out": tmp_path / "new", "columns": {"tokens": "ndarray:int32"},
-             "samples": [{"tokens": r} for r in rows], "compression": "zstd"},
-            {"out": tmp_path / "old", "columns": {"bytes": "bytes"},
-             "samples": [{"bytes": r.astype(np.int64).tobytes()} for r in rows]},
+            {
+                "out": tmp_path / "new",
+                "columns": {"tokens": "ndarray:int32"},
+                "samples": [{"tokens": r} for r in rows],
+                "compression": "zstd",
+            },
+            {
+                "out": tmp_path / "old",
+                "columns": {"bytes": "bytes"},
+                "samples": [{"bytes": r.astype(np.int64).tobytes()} for r in rows],
+            },
         ],
         reads=[{"path": tmp_path / "ours"}],
-    )  # fmt: skip
+    )
     for folder in ("new", "old"):
         ds = StreamingDataset(local=str(tmp_path / folder), shuffle=False, batch_size=1)
         got = all_tokens(ds)
@@ -75,9 +82,12 @@ def test_prep_from_and_to_s3(s3_bucket, tmp_path, tiny_tokenizer):
     upload_file(corpus, join_url(s3_bucket, "raw/a.jsonl"))
     out = join_url(s3_bucket, "mds")
     report = prep(
-        tmp_path, tiny_tokenizer, inputs=f"[{join_url(s3_bucket, 'raw')}]", out=out,
+        tmp_path,
+        tiny_tokenizer,
+        inputs=f"[{join_url(s3_bucket, 'raw')}]",
+        out=out,
         work_dir=tmp_path / "work",
-    )  # fmt: skip
+    )
     assert json.loads(read_bytes(join_url(out, REPORT_FILE))) == report
     prep(tmp_path, tiny_tokenizer, inputs=f"[{tmp_path / 'corpus'}]", out=tmp_path / "local")
     remote = StreamingDataset(
@@ -88,5 +98,10 @@ def test_prep_from_and_to_s3(s3_bucket, tmp_path, tiny_tokenizer):
     with pytest.raises(PrepError, match="already holds a dataset"):
         prep(tmp_path, tiny_tokenizer, inputs=f"[{tmp_path / 'corpus'}]", out=out)
     with pytest.raises(Exception, match="nothing"):
-        prep(tmp_path, tiny_tokenizer, inputs=f"[{join_url(s3_bucket, 'nothing/')}]",
-             out=join_url(s3_bucket, "mds2"), work_dir=tmp_path / "work2")  # fmt: skip
+        prep(
+            tmp_path,
+            tiny_tokenizer,
+            inputs=f"[{join_url(s3_bucket, 'nothing/')}]",
+            out=join_url(s3_bucket, "mds2"),
+            work_dir=tmp_path / "work2",
+        )

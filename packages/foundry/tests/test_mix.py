@@ -22,10 +22,15 @@ def test_proportions_become_streams_the_dataset_mixes(tmp_path):
     write_source(tmp_path / "code", 2, 20)
     data = build(
         DataConfig,
-        {"root": str(tmp_path), "max_seq_len": 8, "sources": {
-            "web": {"local": "web", "proportion": 0.75},
-            "code": {"local": "code", "proportion": 0.25}}},
-    )  # fmt: skip
+        {
+            "root": str(tmp_path),
+            "max_seq_len": 8,
+            "sources": {
+                "web": {"local": "web", "proportion": 0.75},
+                "code": {"local": "code", "proportion": 0.25},
+            },
+        },
+    )
     streams = streams_from_config(data)
     assert [s.local for s in streams] == [str(tmp_path / "web"), str(tmp_path / "code")]
     ds = StreamingDataset(
