@@ -31,6 +31,7 @@ pytest.importorskip("triton", reason="triton is not installed (optional dependen
 from mpt.kernels import (
     SUPPORTED_HEAD_DIMS,
     _launch,
+    autotuned_configs,
     document_bounds,
     flash_alibi_attention,
     flash_alibi_attention_packed,
@@ -41,7 +42,7 @@ from mpt.kernels import (
     set_kernel_config,
     supported_head_dim,
 )
-from mpt.kernels.flash_alibi import _backward_impl, _forward_impl
+from mpt.kernels._launch import KernelArgs, _backward_impl, _forward_impl
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 3e-3}
 
@@ -194,10 +195,8 @@ def test_packed_qkv_gives_the_same_output_and_one_gradient(H, Hkv, docs):
     out.backward(do)
     ref_leaf = qkv.double().requires_grad_()
     q, k, v = ref_leaf.split([H * D, Hkv * D, Hkv * D], dim=-1)
-    ref_out, _ = reference(
-        q.reshape(B, T, H, D), k.reshape(B, T, Hkv, D), v.reshape(B, T, Hkv, D), alibi_slopes(H),
-        None, ids.get("q_seq_id"), ids.get("k_seq_id"),
-    )  # fmt: skip
+    heads = (q.reshape(B, T, H, D), k.reshape(B, T, Hkv, D), v.reshape(B, T, Hkv, D))
+    ref_out, _ = reference(*heads, alibi_slopes(H), None, ids.get("q_seq_id"), ids.get("k_seq_id"))
     ref_out.backward(do.double())
     assert out.shape == (B, T, H, D) and leaf.grad.shape == qkv.shape
     assert rel(out, ref_out) < TOL[torch.float32]
@@ -239,12 +238,10 @@ def test_decode_with_left_padding(Tq, Hkv, dtype):
 
 def _loop_bounds(q, k, v, do, slopes, skip_bits, q_seq_id=None, k_seq_id=None):
     debug: dict[str, torch.Tensor] = {}
-    scale = q.shape[-1] ** -0.5
-    out, lse, kmax, cb = _forward_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, debug)
-    grads = _backward_impl(
-        do, q, k, v, slopes, out, lse, kmax, cb, scale, q_seq_id, k_seq_id, skip_bits, debug
-    )
-    return (out, lse, *grads), debug
+    args = KernelArgs(slopes, q.shape[-1] ** -0.5, q_seq_id, k_seq_id, skip_bits)
+    fwd = _forward_impl(q, k, v, args, debug)
+    grads = _backward_impl(do, q, k, v, fwd, args, debug)
+    return (fwd.out, fwd.lse, *grads), debug
 
 
 @pytest.mark.parametrize("with_seq", [False, True])
@@ -350,11 +347,11 @@ def test_given_document_bounds_change_nothing_and_are_checked():
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
     with pytest.raises(ValueError, match="doc_bounds needs q_seq_id and k_seq_id"):
         flash_alibi_attention(q, k, v, alibi_slopes(H), doc_bounds=bounds)
+    int64_bounds = (bounds[0].long(), bounds[1])
     with pytest.raises(ValueError, match=r"int32 tensors of shapes \(2, 40\) and \(2, 40\)"):
         flash_alibi_attention(
-            q, k, v, alibi_slopes(H), q_seq_id=ids, k_seq_id=ids,
-            doc_bounds=(bounds[0].long(), bounds[1]),
-        )  # fmt: skip
+            q, k, v, alibi_slopes(H), q_seq_id=ids, k_seq_id=ids, doc_bounds=int64_bounds
+        )
     with pytest.raises(ValueError, match="need one batch size and Tq <= Tk"):
         document_bounds(ids, ids[:, :10])
 
@@ -498,26 +495,30 @@ def _bad(**over):
     return flash_alibi_attention(args["q"], args["k"], args["v"], args["slopes"], **kw)
 
 
+_KV48 = torch.randn(1, 8, 2, 48)
+_KV3 = torch.randn(1, 8, 3, 16)
+_IDS7, _IDS8 = torch.zeros(1, 7, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)
+_D48 = r"D=48 .*\(16, 32, 64, 96, 112, 128\)"
+
+
 @pytest.mark.parametrize(
     ("over", "exc", "match"),
     [
-        ({"q": torch.randn(1, 8, 4, 48), "k": torch.randn(1, 8, 2, 48), "v": torch.randn(1, 8, 2, 48)},
-         ValueError, r"D=48 .*\(16, 32, 64, 96, 112, 128\)"),
-        ({"k": torch.randn(1, 8, 3, 16), "v": torch.randn(1, 8, 3, 16)}, ValueError, "multiple of the 3"),
+        ({"q": torch.randn(1, 8, 4, 48), "k": _KV48, "v": _KV48}, ValueError, _D48),
+        ({"k": _KV3, "v": _KV3}, ValueError, "multiple of the 3"),
         ({"q": torch.randn(1, 9, 4, 16)}, ValueError, "Tq=9 .* Tk=8"),
         ({"k": torch.randn(1, 8, 2, 16).half()}, TypeError, "one dtype"),
         ({"q": torch.randn(1, 8, 4, 16).double()}, TypeError, "q must be bfloat16"),
         ({"q": torch.randn(8, 4, 16)}, ValueError, "q must be 4-D"),
         ({"v": torch.randn(1, 7, 2, 16)}, ValueError, "same shape"),
         ({"slopes": torch.ones(3)}, ValueError, r"slopes must have shape \(H,\)"),
-        ({"q_seq_id": torch.zeros(1, 8, dtype=torch.long)}, ValueError, "both q_seq_id and k_seq_id"),
+        ({"q_seq_id": _IDS8}, ValueError, "both q_seq_id and k_seq_id"),
         ({"q_seq_id": torch.zeros(1, 8), "k_seq_id": torch.zeros(1, 8)}, TypeError, "integer"),
-        ({"q_seq_id": torch.zeros(1, 7, dtype=torch.long), "k_seq_id": torch.zeros(1, 8, dtype=torch.long)},
-         ValueError, r"q_seq_id must have shape \(1, 8\)"),
+        ({"q_seq_id": _IDS7, "k_seq_id": _IDS8}, ValueError, r"q_seq_id must have shape \(1, 8\)"),
         ({"skip_bits": -1.0}, ValueError, "skip_bits"),
         ({"k": torch.randn(1, 8, 2, 16, device="meta")}, ValueError, "one device"),
     ],
-)  # fmt: skip
+)
 def test_bad_inputs(over, exc, match):
     with pytest.raises(exc, match=match):
         _bad(**over)
@@ -531,6 +532,7 @@ def test_helpers():
         set_kernel_config("fwd", block_k=3)
     with pytest.raises(ValueError, match="kernel must be one of"):
         set_kernel_config("attn", block_m=16)
+    assert autotuned_configs(64, 128) == {}  # the interpreter runs one fixed config
 
 
 def test_import_without_triton():

@@ -37,7 +37,7 @@ from mpt.kernels import (  # noqa: E402
     reset_kernel_configs,
     set_autotune,
 )
-from mpt.kernels.flash_alibi import _backward_impl, _forward_impl  # noqa: E402
+from mpt.kernels._launch import KernelArgs, _backward_impl, _forward_impl  # noqa: E402
 
 OUT_TOL, GRAD_TOL, LSE_TOL = 1.5e-2, 2.5e-2, 1e-4
 
@@ -176,8 +176,8 @@ def test_packed_qkv_equals_the_views_path(H, Hkv):
         a.grad[..., H * D : (H + Hkv) * D],
         a.grad[..., (H + Hkv) * D :],
     )
-    for name, x, r, tol in zip(("out", "dq", "dk", "dv"), got, (want[0], *want[2:]),
-                               (OUT_TOL, GRAD_TOL, GRAD_TOL, GRAD_TOL), strict=True):  # fmt: skip
+    names, wants, tols = ("out", "dq", "dk", "dv"), (want[0], *want[2:]), (OUT_TOL, *[GRAD_TOL] * 3)
+    for name, x, r, tol in zip(names, got, wants, tols, strict=True):
         assert rel(x.reshape(r.shape), r) < tol, (name, rel(x.reshape(r.shape), r))
     diffs = {
         n: (x - y).abs().max().item() for n, x, y in (("out", out, ref), ("dqkv", a.grad, grads))
@@ -193,11 +193,10 @@ def test_alibi_skip_at_long_sequences():
     results, debugs = [], []
     for bits in (150.0, 0.0):
         debug = {}
-        out, lse, kmax, cb = _forward_impl(q, k, v, slopes, D**-0.5, None, None, bits, debug)
-        grads = _backward_impl(
-            do, q, k, v, slopes, out, lse, kmax, cb, D**-0.5, None, None, bits, debug
-        )
-        results.append((out, lse, *grads))
+        args = KernelArgs(slopes, D**-0.5, None, None, bits)
+        fwd = _forward_impl(q, k, v, args, debug)
+        grads = _backward_impl(do, q, k, v, fwd, args, debug)
+        results.append((fwd.out, fwd.lse, *grads))
         debugs.append(debug)
     assert debugs[0]["fwd_kv_start"][0].max() > 2048  # the steepest head skips most keys
     assert debugs[0]["dq_kv_start"][0].max() > 2048

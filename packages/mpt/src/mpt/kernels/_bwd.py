@@ -25,14 +25,26 @@ key's document (`LastRow[b, j]`, -1 if none), both from the launcher.
 import triton
 import triton.language as tl
 
-from ._fwd import LOG2E, doc_start, load_tile, mask_scores, query_block, row_tile, skip_start
+from ._common import LOG2E, doc_start, load_tile, mask_scores, query_block, row_tile, skip_start
 
 
 @triton.jit
 def preprocess_kernel(
-    Out, DO, Delta, stride_ob, stride_ot, stride_oh, stride_dob, stride_dot, stride_doh, H, Tq,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-):  # fmt: skip
+    Out,
+    DO,
+    Delta,
+    stride_ob,
+    stride_ot,
+    stride_oh,
+    stride_dob,
+    stride_dot,
+    stride_doh,
+    H,
+    Tq,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     """delta[b, h, i] = sum_d dO[b, i, h, d] * O[b, i, h, d]; grid (cdiv(Tq, BLOCK_M), B * H)."""
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -47,65 +59,58 @@ def preprocess_kernel(
 
 
 @triton.jit
-def _dkdv_inner(
-    dk, dv, k, v, k_id, cols, n0, q_base, do_base, lse_base, delta_base, qs_base,
-    stride_qt, stride_dot, stride_qst, lo, hi, Tq, Tk, qk_scale, slope2,
-    MASKED: tl.constexpr, HAS_SEQ: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-):  # fmt: skip
-    """Accumulate dK, dV of one key block over query rows [lo, hi), transposed (keys x queries)."""
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    col_bias = slope2 * (cols - n0).to(tl.float32)  # (BLOCK_N,)
-    for start_m in range(lo, hi, BLOCK_M):
-        rows = start_m + offs_m
-        row_ok = rows < Tq
-        qT = tl.load(
-            q_base + rows[None, :] * stride_qt + offs_d[:, None],
-            mask=d_ok[:, None] & row_ok[None, :], other=0.0,
-        )  # fmt: skip
-        do = row_tile(do_base, rows, stride_dot, offs_d, row_ok[:, None] & d_ok[None, :])
-        if UPCAST:
-            qT = qT.to(tl.float32)
-            do = do.to(tl.float32)
-        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))  # +inf: p = 0
-        if HAS_SEQ:
-            lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key
-        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
-        pos = rows + (Tk - Tq)
-        row_term = lse * LOG2E + slope2 * (pos - n0).to(tl.float32)  # (BLOCK_M,)
-        qkT = tl.dot(k, qT, input_precision=DOT_PREC)  # (BLOCK_N, BLOCK_M)
-        sT = qkT * qk_scale + col_bias[:, None] - row_term[None, :]  # log2 p, transposed
-        if MASKED:
-            sT = tl.where(cols[:, None] <= pos[None, :], sT, float("-inf"))
-        if HAS_SEQ:
-            q_id = tl.load(qs_base + rows * stride_qst, mask=row_ok, other=0)
-            sT = tl.where(k_id[:, None] == q_id[None, :], sT, float("-inf"))
-        pT = tl.exp2(sT)
-        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
-        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-        dsT = pT * (dpT - delta[None, :])
-        dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=DOT_PREC)
-    return dk, dv
-
-
-@triton.jit
 def dkdv_kernel(
-    Q, K, V, DO, Slopes, Lse, Delta, QSeq, KSeq, LastRow, ColBound, DK, DV, QEnd,
-    sm_scale, skip_nats,
-    stride_qb, stride_qt, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
-    stride_dob, stride_dot, stride_doh,
-    stride_dkb, stride_dkt, stride_dkh,
-    stride_qsb, stride_qst, stride_ksb, stride_kst,
-    H, Tq, Tk, TQ_BUCKET, TK_BUCKET,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_SEQ: tl.constexpr, SKIP: tl.constexpr, STORE_Q_END: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    DO,
+    Slopes,
+    Lse,
+    Delta,
+    QSeq,
+    KSeq,
+    LastRow,
+    ColBound,
+    DK,
+    DV,
+    QEnd,
+    sm_scale,
+    skip_nats,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_dob,
+    stride_dot,
+    stride_doh,
+    stride_dkb,
+    stride_dkt,
+    stride_dkh,
+    stride_qsb,
+    stride_qst,
+    stride_ksb,
+    stride_kst,
+    H,
+    Tq,
+    Tk,
+    TQ_BUCKET,
+    TK_BUCKET,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    SKIP: tl.constexpr,
+    STORE_Q_END: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Grid (cdiv(Tk, BLOCK_N), B * Hkv). dK, dV share the layout (B, Tk, Hkv, D), dK's strides."""
     pid_n = tl.program_id(0)
     pid_bkv = tl.program_id(1)
@@ -142,6 +147,7 @@ def dkdv_kernel(
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    offs_m = tl.arange(0, BLOCK_M)
     for g in range(GROUP):
         h = hkv * GROUP + g
         slope = tl.load(Slopes + h)
@@ -160,16 +166,43 @@ def dkdv_kernel(
         end = tl.minimum(end, doc_end)
         if STORE_Q_END:
             tl.store(QEnd + (pid_bkv * GROUP + g) * tl.num_programs(0) + pid_n, end)
-        dk, dv = _dkdv_inner(
-            dk, dv, k, v, k_id, cols, n0, q_base, do_base, Lse + bh * Tq, Delta + bh * Tq,
-            qs_base, stride_qt, stride_dot, stride_qst, first, tl.minimum(mask_end, doc_end), Tq, Tk,
-            qk_scale, slope2, True, HAS_SEQ, UPCAST, DOT_PREC, HEAD_DIM, BLOCK_D, BLOCK_M,
-        )  # fmt: skip
-        dk, dv = _dkdv_inner(
-            dk, dv, k, v, k_id, cols, n0, q_base, do_base, Lse + bh * Tq, Delta + bh * Tq,
-            qs_base, stride_qt, stride_dot, stride_qst, mask_end, end, Tq, Tk,
-            qk_scale, slope2, False, HAS_SEQ, UPCAST, DOT_PREC, HEAD_DIM, BLOCK_D, BLOCK_M,
-        )  # fmt: skip
+        lse_base = Lse + bh * Tq
+        delta_base = Delta + bh * Tq
+        diag_end = tl.minimum(mask_end, doc_end)
+        col_bias = slope2 * (cols - n0).to(tl.float32)  # (BLOCK_N,)
+        # The rows [first, mask_end) that need the causal mask (MASKED), then [mask_end, end),
+        # neither past doc_end; dK and dV accumulate transposed (keys x queries).
+        for sweep in tl.static_range(2):
+            MASKED = sweep == 0
+            lo = first if MASKED else mask_end
+            hi = diag_end if MASKED else end
+            for start_m in range(lo, hi, BLOCK_M):
+                rows = start_m + offs_m
+                row_ok = rows < Tq
+                q_ptrs = q_base + rows[None, :] * stride_qt + offs_d[:, None]
+                qT = tl.load(q_ptrs, mask=d_ok[:, None] & row_ok[None, :], other=0.0)
+                do = row_tile(do_base, rows, stride_dot, offs_d, row_ok[:, None] & d_ok[None, :])
+                if UPCAST:
+                    qT = qT.to(tl.float32)
+                    do = do.to(tl.float32)
+                lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))  # +inf: p = 0
+                if HAS_SEQ:
+                    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key
+                delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+                pos = rows + (Tk - Tq)
+                row_term = lse * LOG2E + slope2 * (pos - n0).to(tl.float32)  # (BLOCK_M,)
+                qkT = tl.dot(k, qT, input_precision=DOT_PREC)  # (BLOCK_N, BLOCK_M)
+                sT = qkT * qk_scale + col_bias[:, None] - row_term[None, :]  # log2 p, transposed
+                if MASKED:
+                    sT = tl.where(cols[:, None] <= pos[None, :], sT, float("-inf"))
+                if HAS_SEQ:
+                    q_id = tl.load(qs_base + rows * stride_qst, mask=row_ok, other=0)
+                    sT = tl.where(k_id[:, None] == q_id[None, :], sT, float("-inf"))
+                pT = tl.exp2(sT)
+                dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+                dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+                dsT = pT * (dpT - delta[None, :])
+                dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=DOT_PREC)
 
     out_offs = b64 * stride_dkb + hkv * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
     tl.store(DK + out_offs, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
@@ -177,57 +210,57 @@ def dkdv_kernel(
 
 
 @triton.jit
-def _dq_inner(
-    dq, q, do, q_id, row_term, delta, pos, ref, k_base, v_base, ks_base,
-    stride_kt, stride_vt, stride_kst, lo, hi, Tk, qk_scale, slope2,
-    MASKED: tl.constexpr, HAS_SEQ: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """Accumulate dQ of one query block over key blocks [lo, hi)."""
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    for start_n in range(lo, hi, BLOCK_N):
-        start_n = tl.multiple_of(start_n, BLOCK_N)
-        cols = start_n + offs_n
-        col_ok = cols < Tk
-        kT = load_tile(
-            k_base + cols[None, :] * stride_kt + offs_d[:, None],
-            d_ok[:, None], col_ok[None, :], BLOCK_D != HEAD_DIM, MASKED,
-        )  # fmt: skip
-        vT = load_tile(
-            v_base + cols[None, :] * stride_vt + offs_d[:, None],
-            d_ok[:, None], col_ok[None, :], BLOCK_D != HEAD_DIM, MASKED,
-        )  # fmt: skip
-        if UPCAST:
-            kT = kT.to(tl.float32)
-            vT = vT.to(tl.float32)
-        qk = tl.dot(q, kT, input_precision=DOT_PREC)  # (BLOCK_M, BLOCK_N)
-        s = qk * qk_scale + (slope2 * (cols - ref).to(tl.float32))[None, :] - row_term[:, None]
-        s = mask_scores(s, cols, col_ok, pos, q_id, ks_base, stride_kst, MASKED, HAS_SEQ)
-        p = tl.exp2(s)  # p_ij = exp(score_ij - lse_i)
-        dp = tl.dot(do, vT, input_precision=DOT_PREC)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=DOT_PREC)
-    return dq
-
-
-@triton.jit
 def dq_kernel(
-    Q, K, V, DO, Slopes, Lse, Delta, QSeq, KSeq, FirstKey, KNormMax, DQ, KvStart,
-    sm_scale, skip_nats,
-    stride_qb, stride_qt, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
-    stride_dob, stride_dot, stride_doh,
-    stride_dqb, stride_dqt, stride_dqh,
-    stride_qsb, stride_qst, stride_ksb, stride_kst,
-    H, Tq, Tk, TQ_BUCKET, TK_BUCKET,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_SEQ: tl.constexpr, SKIP: tl.constexpr, STORE_KV_START: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    DO,
+    Slopes,
+    Lse,
+    Delta,
+    QSeq,
+    KSeq,
+    FirstKey,
+    KNormMax,
+    DQ,
+    KvStart,
+    sm_scale,
+    skip_nats,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_dob,
+    stride_dot,
+    stride_doh,
+    stride_dqb,
+    stride_dqt,
+    stride_dqh,
+    stride_qsb,
+    stride_qst,
+    stride_ksb,
+    stride_kst,
+    H,
+    Tq,
+    Tk,
+    TQ_BUCKET,
+    TK_BUCKET,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    SKIP: tl.constexpr,
+    STORE_KV_START: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Grid (cdiv(Tq, BLOCK_M), B * H); the last (heaviest) query blocks are launched first."""
     pid_m, pid_bh, b, h, hkv, offs_m, pos, p0 = query_block(H, Tq, Tk, GROUP, BLOCK_M)
     b64 = b.to(tl.int64)
@@ -275,17 +308,32 @@ def dq_kernel(
     v_base = V + b64 * stride_vb + hkv * stride_vh
     ks_base = KSeq + b64 * stride_ksb
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dq = _dq_inner(
-        dq, q, do, q_id, row_term, delta, pos, p0, k_base, v_base, ks_base,
-        stride_kt, stride_vt, stride_kst, lo, n_full, Tk, qk_scale, slope2,
-        False, HAS_SEQ, UPCAST, DOT_PREC, HEAD_DIM, BLOCK_D, BLOCK_N,
-    )  # fmt: skip
-    dq = _dq_inner(
-        dq, q, do, q_id, row_term, delta, pos, p0, k_base, v_base, ks_base,
-        stride_kt, stride_vt, stride_kst, mask_lo, hi, Tk, qk_scale, slope2,
-        True, HAS_SEQ, UPCAST, DOT_PREC, HEAD_DIM, BLOCK_D, BLOCK_N,
-    )  # fmt: skip
+    # The key blocks [lo, n_full) that every row sees whole, then the diagonal blocks
+    # [mask_lo, hi) with the causal mask and key bounds (MASKED).
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < HEAD_DIM
+    for sweep in tl.static_range(2):
+        MASKED = sweep == 1
+        for start_n in range(mask_lo if MASKED else lo, hi if MASKED else n_full, BLOCK_N):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            cols = start_n + offs_n
+            col_ok = cols < Tk
+            k_ptrs = k_base + cols[None, :] * stride_kt + offs_d[:, None]
+            kT = load_tile(k_ptrs, d_ok[:, None], col_ok[None, :], BLOCK_D != HEAD_DIM, MASKED)
+            v_ptrs = v_base + cols[None, :] * stride_vt + offs_d[:, None]
+            vT = load_tile(v_ptrs, d_ok[:, None], col_ok[None, :], BLOCK_D != HEAD_DIM, MASKED)
+            if UPCAST:
+                kT = kT.to(tl.float32)
+                vT = vT.to(tl.float32)
+            qk = tl.dot(q, kT, input_precision=DOT_PREC)  # (BLOCK_M, BLOCK_N)
+            s = qk * qk_scale + (slope2 * (cols - p0).to(tl.float32))[None, :] - row_term[:, None]
+            s = mask_scores(s, cols, col_ok, pos, q_id, ks_base, stride_kst, MASKED, HAS_SEQ)
+            p = tl.exp2(s)  # p_ij = exp(score_ij - lse_i)
+            dp = tl.dot(do, vT, input_precision=DOT_PREC)
+            ds = p * (dp - delta[:, None])
+            dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=DOT_PREC)
     tl.store(
         DQ + b64 * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :],
-        (dq * sm_scale).to(DQ.dtype.element_ty), mask=io_mask,
-    )  # fmt: skip
+        (dq * sm_scale).to(DQ.dtype.element_ty),
+        mask=io_mask,
+    )

@@ -4,8 +4,9 @@ Each kernel ("fwd", "dkdv", "dq", "decode") launches with, in order of precedenc
 forced with `set_kernel_config`; under TRITON_INTERPRET=1 one small config; with autotuning off
 (`set_autotune(False)` or MPT_TRITON_AUTOTUNE=0) or for "decode", the per-head-dim default;
 otherwise the block sizes Triton's autotuner picks per (head dim, bucketed lengths, group, masks).
-`_launch` applies that choice. Also here: the lazy import of the kernel modules (Triton is
-imported only when a kernel runs) and the small size helpers the launchers share.
+`_launch` applies that choice; `autotuned_configs` reports what the autotuner picked. Also here:
+the lazy import of the kernel modules (Triton is imported only when a kernel runs) and the small
+size helpers the launchers share.
 
 `AUTOTUNE` is rebound by `set_autotune`: read it as `_configs.AUTOTUNE`, never import the name.
 """
@@ -15,6 +16,7 @@ import os
 
 # AUTOTUNE is left out on purpose: a `from _configs import *` copy would not see set_autotune().
 __all__ = [
+    "autotuned_configs",
     "reset_kernel_configs",
     "set_autotune",
     "set_kernel_config",
@@ -73,6 +75,21 @@ def set_kernel_config(kernel: str, **config: int) -> None:
 def reset_kernel_configs() -> None:
     """Forget every forced config (back to autotuning on the GPU)."""
     _FORCED.clear()
+
+
+def autotuned_configs(head_dim: int, q_len: int, k_len: int | None = None) -> dict[str, str]:
+    """The launch configs Triton's autotuner has picked in this process for attention of this
+    head dim and these lengths (k_len defaults to q_len), for benchmark records:
+    {"<kernel> <tuning key>": config}. Empty where nothing was autotuned (under the interpreter,
+    with autotuning off, or before the first call)."""
+    block_d = _block_d(head_dim)
+    shape = (head_dim, _bucket(q_len), _bucket(q_len if k_len is None else k_len))
+    found = {}
+    for kernel in ("fwd", "dkdv", "dq"):
+        for key, cfg in getattr(_autotuned(kernel, block_d), "cache", {}).items():
+            if tuple(key[:3]) == shape:
+                found[f"{kernel} {key}"] = str(cfg)
+    return found
 
 
 def _default_config(kernel: str, block_d: int) -> dict[str, int]:
@@ -140,10 +157,9 @@ def _launch(kernel: str, fn, grid, args: tuple, consts: dict, block_d: int) -> d
         tuned = _autotuned(kernel, block_d)
         tuned[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **consts)
         return {}
-    fn[grid(cfg["block_m"], cfg["block_n"])](
-        *args, **consts, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
+    blocks = {"BLOCK_M": cfg["block_m"], "BLOCK_N": cfg["block_n"]}
+    launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    fn[grid(cfg["block_m"], cfg["block_n"])](*args, **consts, **blocks, **launch)
     return cfg
 
 

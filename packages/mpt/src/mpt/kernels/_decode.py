@@ -14,22 +14,50 @@ with each row's own slope; splits that lie wholly before the keys any row needs 
 import triton
 import triton.language as tl
 
-from ._fwd import LOG2E, diagonal_bound, row_tile, skip_start
+from ._common import LOG2E, diagonal_bound, row_tile, skip_start
 
 
 @triton.jit
 def split_kernel(
-    Q, K, V, Slopes, QSeq, KSeq, KNormMax, OPart, LsePart,
-    sm_scale, skip_nats,
-    stride_qb, stride_qt, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
-    stride_qsb, stride_qst, stride_ksb, stride_kst,
-    H, Tq, Tk, split_len, n_split,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_SEQ: tl.constexpr, SKIP: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    Slopes,
+    QSeq,
+    KSeq,
+    KNormMax,
+    OPart,
+    LsePart,
+    sm_scale,
+    skip_nats,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_qsb,
+    stride_qst,
+    stride_ksb,
+    stride_kst,
+    H,
+    Tq,
+    Tk,
+    split_len,
+    n_split,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    SKIP: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Grid (n_split, B * Hkv, cdiv(GROUP * Tq, BLOCK_M)); OPart (B, H, Tq, n_split, D) fp32."""
     pid_s = tl.program_id(0)
     pid_bkv = tl.program_id(1)
@@ -47,10 +75,8 @@ def split_kernel(
     d_ok = offs_d < HEAD_DIM
     io_mask = row_ok[:, None] & d_ok[None, :]
 
-    q = tl.load(
-        Q + b64 * stride_qb + t[:, None] * stride_qt + h[:, None] * stride_qh + offs_d[None, :],
-        mask=io_mask, other=0.0,
-    )  # fmt: skip
+    q_ptrs = Q + b64 * stride_qb + t[:, None] * stride_qt + h[:, None] * stride_qh
+    q = tl.load(q_ptrs + offs_d[None, :], mask=io_mask, other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
     slope = tl.load(Slopes + h, mask=row_ok, other=1.0)
@@ -68,9 +94,20 @@ def split_kernel(
     if SKIP:
         k_norm_max = tl.load(KNormMax + b * Hkv + hkv)
         bound, _ = diagonal_bound(
-            q, k_base, ks_base, pos, q_id, row_ok, io_mask, offs_d, stride_kt, stride_kst,
-            sm_scale, k_norm_max, HAS_SEQ,
-        )  # fmt: skip
+            q,
+            k_base,
+            ks_base,
+            pos,
+            q_id,
+            row_ok,
+            io_mask,
+            offs_d,
+            stride_kt,
+            stride_kst,
+            sm_scale,
+            k_norm_max,
+            HAS_SEQ,
+        )
         lo = tl.maximum(lo, skip_start(pos, bound, slope, skip_nats, row_ok, BLOCK_N))
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -79,10 +116,8 @@ def split_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         col_ok = cols < hi
-        kT = tl.load(
-            k_base + cols[None, :] * stride_kt + offs_d[:, None],
-            mask=col_ok[None, :] & d_ok[:, None], other=0.0,
-        )  # fmt: skip
+        k_ptrs = k_base + cols[None, :] * stride_kt + offs_d[:, None]
+        kT = tl.load(k_ptrs, mask=col_ok[None, :] & d_ok[:, None], other=0.0)
         v = row_tile(v_base, cols, stride_vt, offs_d, col_ok[:, None] & d_ok[None, :])
         if UPCAST:
             kT = kT.to(tl.float32)
@@ -112,9 +147,19 @@ def split_kernel(
 
 @triton.jit
 def combine_kernel(
-    OPart, LsePart, Out, stride_ob, stride_ot, stride_oh, H, Tq, n_split,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-):  # fmt: skip
+    OPart,
+    LsePart,
+    Out,
+    stride_ob,
+    stride_ot,
+    stride_oh,
+    H,
+    Tq,
+    n_split,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     """Grid (B * H * Tq,): out[b, t, h] = sum_s w_s o_s / sum_s w_s, w_s = 2^(lse_s - max lse)."""
     row = tl.program_id(0).to(tl.int64)  # = (b * H + h) * Tq + t
     t = row % Tq
@@ -129,11 +174,13 @@ def combine_kernel(
     w = tl.exp2(lse - tl.where(m == float("-inf"), 0.0, m))  # all empty: every w = 0
     o = tl.load(
         OPart + (row * n_split + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
-        mask=s_ok[:, None] & d_ok[None, :], other=0.0,
-    )  # fmt: skip
+        mask=s_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     w_sum = tl.sum(w, 0)
     out = tl.sum(w[:, None] * o, 0) / tl.where(w_sum == 0.0, 1.0, w_sum)
     tl.store(
         Out + b * stride_ob + t * stride_ot + h * stride_oh + offs_d,
-        out.to(Out.dtype.element_ty), mask=d_ok,
-    )  # fmt: skip
+        out.to(Out.dtype.element_ty),
+        mask=d_ok,
+    )

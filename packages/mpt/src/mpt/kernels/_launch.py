@@ -1,23 +1,79 @@
 """Launchers of the ALiBi attention kernels: tensors in, output buffers allocated, kernels run.
 
-`_forward_impl`, `_backward_impl` and `_decode_impl` are the bodies of the custom ops in
-`flash_alibi.py` (which has the semantics and the input checks; the inputs arrive checked). They
-allocate the outputs, make the last dims contiguous, pack strides and flags for the `@triton.jit`
-kernels of `_fwd.py`, `_bwd.py` and `_decode.py`, and launch them with the configs `_configs.py`
-chooses. Passing a `debug` dict (tests only, with a forced config) records the kernels' loop bounds.
-With sequence ids, `_doc_bounds` gives the kernels the per-row first visible key and the per-key
-last row that sees it, so that they skip the blocks of other packed documents.
+`_forward_impl`, `_backward_impl` and `_decode_impl` are the bodies of the custom ops in `_ops.py`
+(`flash_alibi.py` has the semantics and the input checks; the inputs arrive checked). Each takes
+its tensors and a `KernelArgs` (what every op takes beside them), allocates the outputs, makes the
+last dims contiguous, gathers the kernels' operands in the order every kernel declares them
+(tensors, scalars, strides, sizes; see `_operands`) and launches the `@triton.jit` kernels of
+`_fwd.py`, `_bwd.py` and `_decode.py` with the configs `_configs.py` chooses. Passing a `debug`
+dict (tests only, with a forced config) records the kernels' loop bounds. With sequence ids,
+`_doc_bounds` gives the kernels the per-row first visible key and the per-key last row that sees
+it, so that they skip the blocks of other packed documents.
 """
 
 import functools
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._configs import _block_d, _bucket, _cdiv, _fixed_config, _interpret, _kernels, _launch
 
-__all__ = ["_backward_impl", "_decode_impl", "_forward_impl"]
+__all__ = ["ForwardOutputs", "KernelArgs", "_backward_impl", "_decode_impl", "_forward_impl"]
+
+
+@dataclass(frozen=True)
+class KernelArgs:
+    """What every attention op takes beside its tensors (checked by `flash_alibi`).
+
+    The custom ops take these fields flat, in this order (`flat()`: torch.library infers an op's
+    schema from its signature), and rebuild the dataclass with `KernelArgs(*flat)`.
+    """
+
+    slopes: Tensor  # (H,) fp32, contiguous; zeros give plain causal attention
+    softmax_scale: float
+    q_seq_id: Tensor | None  # (B, Tq) integer ids of packed documents, or None
+    k_seq_id: Tensor | None  # (B, Tk), given exactly when q_seq_id is
+    skip_bits: float  # the ALiBi block skip drops weights below 2^-skip_bits; 0: off
+    first_key: Tensor | None = None  # (B, Tq) int32 `_doc_bounds(...)[0]` when the caller has it
+    last_row: Tensor | None = None  # (B, Tk) int32 `_doc_bounds(...)[1]`, given with first_key
+
+    def flat(self) -> tuple:
+        """The fields in order, as the custom ops take them."""
+        return (
+            self.slopes,
+            self.softmax_scale,
+            self.q_seq_id,
+            self.k_seq_id,
+            self.skip_bits,
+            self.first_key,
+            self.last_row,
+        )
+
+    @property
+    def has_seq(self) -> bool:
+        return self.q_seq_id is not None
+
+    @property
+    def skip(self) -> bool:
+        return self.skip_bits > 0
+
+    def doc_bounds(self) -> tuple[Tensor, Tensor]:
+        """(first_key, last_row): the ones given, else found from the sequence ids."""
+        if self.first_key is not None:
+            return self.first_key, self.last_row
+        return _doc_bounds(self.q_seq_id, self.k_seq_id)
+
+
+class ForwardOutputs(NamedTuple):
+    """The forward's outputs, which its backward takes back."""
+
+    out: Tensor  # (B, Tq, H, D), q's dtype
+    lse: Tensor  # (B, H, Tq) fp32, natural log; -inf where a row sees no key
+    k_norm_max: Tensor  # (B, Hkv) fp32 max_j ||k_j|| for the ALiBi skip; empty without it
+    col_bound: Tensor  # (B, H) fp32 the dK/dV kernel's skip bound; empty without the skip
 
 
 def _lastdim_contiguous(x: Tensor) -> Tensor:
@@ -37,10 +93,48 @@ def _check_device(t: Tensor) -> None:
         )
 
 
-def _seq_args(q_seq_id: Tensor | None, k_seq_id: Tensor | None, dummy: Tensor) -> tuple:
-    if q_seq_id is None:
-        return (dummy, dummy, 0, 0, 0, 0)
-    return (q_seq_id, k_seq_id, *q_seq_id.stride(), *k_seq_id.stride())
+def _bth(t: Tensor) -> tuple[int, int, int]:
+    """The strides of a (B, T, H, D) tensor's batch, token and head dims (D is contiguous)."""
+    return t.stride()[:3]
+
+
+def _skip_nats(args: KernelArgs) -> float:
+    return args.skip_bits * math.log(2.0)
+
+
+def _flags(q: Tensor, n_kv_heads: int, args: KernelArgs) -> dict:
+    """The constexpr flags every attention kernel takes."""
+    H, D = q.shape[2], q.shape[3]
+    return {
+        "GROUP": H // n_kv_heads,
+        "HEAD_DIM": D,
+        "BLOCK_D": _block_d(D),
+        "HAS_SEQ": args.has_seq,
+        "SKIP": args.skip,
+        "UPCAST": _interpret(),
+        "DOT_PREC": _dot_prec(q.dtype),
+    }
+
+
+class _SeqIds(NamedTuple):
+    """The kernels' sequence-id operands: both id tensors (dummies without ids) and their strides
+    (q batch, q token, k batch, k token)."""
+
+    q_ids: Tensor
+    k_ids: Tensor
+    strides: tuple[int, int, int, int]
+
+
+def _seq_ids(args: KernelArgs, dummy: Tensor) -> _SeqIds:
+    if not args.has_seq:
+        return _SeqIds(dummy, dummy, (0, 0, 0, 0))
+    strides = (*args.q_seq_id.stride(), *args.k_seq_id.stride())
+    return _SeqIds(args.q_seq_id, args.k_seq_id, strides)
+
+
+def _operands(tensors: tuple, scalars: tuple, strides: tuple, sizes: tuple) -> tuple:
+    """A kernel's positional operands, in the order the kernels declare them."""
+    return (*tensors, *scalars, *strides, *sizes)
 
 
 #: Private switch (tests): False hands the kernels trivial document bounds (no document skip).
@@ -93,6 +187,16 @@ def _i32(x: Tensor) -> Tensor:
     return x.to(torch.int32).contiguous()
 
 
+def _query_grid(Tq: int, programs: int):
+    """The grid of a kernel with one program per block of query rows, per (batch, head)."""
+    return lambda block_m, block_n: (_cdiv(Tq, block_m), programs)
+
+
+def _key_grid(Tk: int, programs: int):
+    """The grid of a kernel with one program per block of keys, per (batch, kv head)."""
+    return lambda block_m, block_n: (_cdiv(Tk, block_n), programs)
+
+
 def _key_norm_max(k: Tensor) -> Tensor:
     """(B, Hkv) fp32: max over keys of ||k_j||, one pass over K without an fp32 copy."""
     _fwd, _, _ = _kernels()
@@ -100,65 +204,72 @@ def _key_norm_max(k: Tensor) -> Tensor:
     block_t = 16 if _interpret() else 64
     n_blk = _cdiv(Tk, block_t)
     part = torch.empty((B * Hkv, n_blk), device=k.device, dtype=torch.float32)
-    _fwd.key_norm_max_kernel[(n_blk, B * Hkv)](
-        k, part, *k.stride()[:3], Hkv, Tk, HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_T=block_t
-    )
+    consts = {"HEAD_DIM": D, "BLOCK_D": _block_d(D), "BLOCK_T": block_t}
+    _fwd.key_norm_max_kernel[(n_blk, B * Hkv)](k, part, *_bth(k), Hkv, Tk, **consts)
     return part.amax(dim=1).view(B, Hkv)
 
 
-def _forward_impl(
-    q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, debug=None, first_key=None
-):  # fmt: skip
-    """Returns (out, lse, kmax, col_bound); the last two are empty when skipping is off.
-    `first_key`: `_doc_bounds(q_seq_id, k_seq_id)[0]` when the caller has it already."""
+def _forward_impl(q: Tensor, k: Tensor, v: Tensor, args: KernelArgs, debug=None) -> ForwardOutputs:
+    """The forward of `flash_alibi_attention`; the skip's outputs are empty when it is off."""
     B, Tq, H, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     dev = q.device
     out = torch.empty((B, Tq, H, D), device=dev, dtype=q.dtype)
     lse = torch.empty((B, H, Tq), device=dev, dtype=torch.float32)
-    skip = skip_bits > 0
     f32_empty = torch.empty(0, device=dev, dtype=torch.float32)
     if B * H * Tq == 0:
-        return out, lse, f32_empty, f32_empty.clone()
+        return ForwardOutputs(out, lse, f32_empty, f32_empty.clone())
     _check_device(q)
     _fwd, _, _ = _kernels()
     q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
     dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
     dummy_f = torch.zeros(1, device=dev, dtype=torch.float32)
-    kmax = _key_norm_max(k) if skip else dummy_f
-    row_bound = torch.empty((B, H, Tq), device=dev, dtype=torch.float32) if skip else dummy_f
+    k_norm_max = _key_norm_max(k) if args.skip else dummy_f
+    row_bound = torch.empty((B, H, Tq), device=dev, dtype=torch.float32) if args.skip else dummy_f
     block_d = _block_d(D)
     store = debug is not None
     kv_start = _loop_bounds_buffer("fwd", block_d, B * H, Tq, "block_m", dev) if store else dummy_i
-    if q_seq_id is None:
-        first_key = dummy_i
-    elif first_key is None:
-        first_key = _doc_bounds(q_seq_id, k_seq_id)[0]
-    args = (
-        q, k, v, slopes, out, lse, *_seq_args(q_seq_id, k_seq_id, dummy_i)[:2], first_key, kmax,
-        row_bound, kv_start, scale, skip_bits * math.log(2.0),
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        *_seq_args(q_seq_id, k_seq_id, dummy_i)[2:], H, Tq, Tk, _bucket(Tq), _bucket(Tk),
-    )  # fmt: skip
-    consts = {
-        "GROUP": H // Hkv, "HEAD_DIM": D, "BLOCK_D": block_d, "HAS_SEQ": q_seq_id is not None,
-        "SKIP": skip, "STORE_KV_START": store, "UPCAST": _interpret(), "DOT_PREC": _dot_prec(q.dtype),
-    }  # fmt: skip
-    _launch("fwd", _fwd.fwd_kernel, lambda bm, bn: (_cdiv(Tq, bm), B * H), args, consts, block_d)
+    first_key = args.doc_bounds()[0] if args.has_seq else dummy_i
+    seq = _seq_ids(args, dummy_i)
+
+    documents = (seq.q_ids, seq.k_ids, first_key)
+    tensors = (q, k, v, args.slopes, out, lse, *documents, k_norm_max, row_bound, kv_start)
+    strides = (*_bth(q), *_bth(k), *_bth(v), *_bth(out), *seq.strides)
+    sizes = (H, Tq, Tk, _bucket(Tq), _bucket(Tk))
+    operands = _operands(tensors, (args.softmax_scale, _skip_nats(args)), strides, sizes)
+    consts = {**_flags(q, Hkv, args), "STORE_KV_START": store}
+    _launch("fwd", _fwd.fwd_kernel, _query_grid(Tq, B * H), operands, consts, block_d)
     if store:
         debug["fwd_kv_start"] = kv_start
-    if not skip:
-        return out, lse, f32_empty, f32_empty.clone()
-    return out, lse, kmax.contiguous(), row_bound.amax(dim=-1)
+    if not args.skip:
+        return ForwardOutputs(out, lse, f32_empty, f32_empty.clone())
+    return ForwardOutputs(out, lse, k_norm_max.contiguous(), row_bound.amax(dim=-1))
+
+
+def _delta(out: Tensor, dout: Tensor) -> Tensor:
+    """delta (B, H, Tq) fp32 = rowsum(dO * O): the backward's preprocess kernel."""
+    _, _bwd, _ = _kernels()
+    B, Tq, H, D = out.shape
+    delta = torch.empty((B, H, Tq), device=out.device, dtype=torch.float32)
+    block_m = 16 if _interpret() else 64
+    consts = {"HEAD_DIM": D, "BLOCK_D": _block_d(D), "BLOCK_M": block_m}
+    grid = (_cdiv(Tq, block_m), B * H)
+    _bwd.preprocess_kernel[grid](out, dout, delta, *_bth(out), *_bth(dout), H, Tq, **consts)
+    return delta
 
 
 def _backward_impl(
-    dout, q, k, v, slopes, out, lse, kmax, col_bound, scale, q_seq_id, k_seq_id, skip_bits,
-    debug=None, grads=None, bounds=None,
-):  # fmt: skip
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fwd: ForwardOutputs,
+    args: KernelArgs,
+    debug=None,
+    grads=None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv); `grads`: the three buffers to write instead (views into one packed dqkv
-    buffer; last dims contiguous, dk and dv with equal strides); `bounds`: `_doc_bounds(...)` when
-    the caller has them already."""
+    buffer; last dims contiguous, dk and dv with equal strides)."""
     B, Tq, H, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     dev = q.device
@@ -175,45 +286,32 @@ def _backward_impl(
     _, _bwd, _ = _kernels()
     q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
     dout = _lastdim_contiguous(dout)
-    skip = skip_bits > 0
-    block_d = _block_d(D)
-    upcast = _interpret()
-    delta = torch.empty((B, H, Tq), device=dev, dtype=torch.float32)
-    pre_m = 16 if upcast else 64
-    _bwd.preprocess_kernel[(_cdiv(Tq, pre_m), B * H)](
-        out, dout, delta, *out.stride()[:3], *dout.stride()[:3], H, Tq,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=pre_m,
-    )  # fmt: skip
+    delta = _delta(fwd.out, dout)
     dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
     dummy_f = torch.zeros(1, device=dev, dtype=torch.float32)
-    seq = _seq_args(q_seq_id, k_seq_id, dummy_i)
-    first_key = last_row = dummy_i
-    if q_seq_id is not None:
-        first_key, last_row = bounds if bounds is not None else _doc_bounds(q_seq_id, k_seq_id)
+    seq = _seq_ids(args, dummy_i)
+    first_key, last_row = args.doc_bounds() if args.has_seq else (dummy_i, dummy_i)
+    block_d = _block_d(D)
     store = debug is not None
-    consts = {
-        "GROUP": H // Hkv, "HEAD_DIM": D, "BLOCK_D": block_d, "HAS_SEQ": q_seq_id is not None,
-        "SKIP": skip, "UPCAST": upcast, "DOT_PREC": _dot_prec(q.dtype),
-    }  # fmt: skip
-    skip_nats = skip_bits * math.log(2.0)
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
-    tail = (H, Tq, Tk, _bucket(Tq), _bucket(Tk))
+    flags = _flags(q, Hkv, args)
+    inputs = (q, k, v, dout, args.slopes, fwd.lse, delta, seq.q_ids, seq.k_ids)
+    scalars = (args.softmax_scale, _skip_nats(args))
+    strides = (*_bth(q), *_bth(k), *_bth(v), *_bth(dout))
+    sizes = (H, Tq, Tk, _bucket(Tq), _bucket(Tk))
 
     q_end = _loop_bounds_buffer("dkdv", block_d, B * H, Tk, "block_n", dev) if store else dummy_i
-    _launch(
-        "dkdv", _bwd.dkdv_kernel, lambda bm, bn: (_cdiv(Tk, bn), B * Hkv),
-        (q, k, v, dout, slopes, lse, delta, *seq[:2], last_row, col_bound if skip else dummy_f,
-         dk, dv, q_end, scale, skip_nats, *strides, *dk.stride()[:3], *seq[2:], *tail),
-        {**consts, "STORE_Q_END": store}, block_d,
-    )  # fmt: skip
+    col_bound = fwd.col_bound if args.skip else dummy_f
+    tensors = (*inputs, last_row, col_bound, dk, dv, q_end)
+    operands = _operands(tensors, scalars, (*strides, *_bth(dk), *seq.strides), sizes)
+    consts = {**flags, "STORE_Q_END": store}
+    _launch("dkdv", _bwd.dkdv_kernel, _key_grid(Tk, B * Hkv), operands, consts, block_d)
 
     kv_start = _loop_bounds_buffer("dq", block_d, B * H, Tq, "block_m", dev) if store else dummy_i
-    _launch(
-        "dq", _bwd.dq_kernel, lambda bm, bn: (_cdiv(Tq, bm), B * H),
-        (q, k, v, dout, slopes, lse, delta, *seq[:2], first_key, kmax if skip else dummy_f, dq,
-         kv_start, scale, skip_nats, *strides, *dq.stride()[:3], *seq[2:], *tail),
-        {**consts, "STORE_KV_START": store}, block_d,
-    )  # fmt: skip
+    k_norm_max = fwd.k_norm_max if args.skip else dummy_f
+    tensors = (*inputs, first_key, k_norm_max, dq, kv_start)
+    operands = _operands(tensors, scalars, (*strides, *_bth(dq), *seq.strides), sizes)
+    consts = {**flags, "STORE_KV_START": store}
+    _launch("dq", _bwd.dq_kernel, _query_grid(Tq, B * H), operands, consts, block_d)
     if store:
         debug["dkdv_q_end"] = q_end
         debug["dq_kv_start"] = kv_start
@@ -225,7 +323,10 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _decode_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, k_norm_max=None):
+def _decode_impl(
+    q: Tensor, k: Tensor, v: Tensor, args: KernelArgs, k_norm_max: Tensor | None = None
+) -> Tensor:
+    """Split-KV decode: `args`' document bounds are not used (every key block is masked)."""
     B, Tq, H, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     dev = q.device
@@ -233,7 +334,7 @@ def _decode_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, k_norm_m
     if B * H * Tq == 0:
         return out
     _check_device(q)
-    _fwd, _, _decode = _kernels()
+    _, _, _decode = _kernels()
     q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
     group = H // Hkv
     block_d = _block_d(D)
@@ -251,23 +352,23 @@ def _decode_impl(q, k, v, slopes, scale, q_seq_id, k_seq_id, skip_bits, k_norm_m
     splits = max(1, min(splits, n_blocks, 64))
     split_len = _cdiv(n_blocks, splits) * block_n
     n_split = _cdiv(Tk, split_len)
-    skip = skip_bits > 0
     dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
     kmax = torch.zeros(1, device=dev, dtype=torch.float32)
-    if skip:  # a bound the caller keeps (a KV cache's running max) saves a pass over K
+    if args.skip:  # a bound the caller keeps (a KV cache's running max) saves a pass over K
         kmax = k_norm_max if k_norm_max is not None else _key_norm_max(k)
     o_part = torch.empty((B, H, Tq, n_split, D), device=dev, dtype=torch.float32)
     lse_part = torch.empty((B, H, Tq, n_split), device=dev, dtype=torch.float32)
-    seq = _seq_args(q_seq_id, k_seq_id, dummy_i)
-    _decode.split_kernel[(n_split, B * Hkv, n_rows)](
-        q, k, v, slopes, *seq[:2], kmax, o_part, lse_part, scale, skip_bits * math.log(2.0),
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *seq[2:], H, Tq, Tk, split_len, n_split,
-        GROUP=group, HEAD_DIM=D, BLOCK_D=block_d, HAS_SEQ=q_seq_id is not None, SKIP=skip,
-        UPCAST=_interpret(), DOT_PREC=_dot_prec(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
-    _decode.combine_kernel[(B * H * Tq,)](
-        o_part, lse_part, out, *out.stride()[:3], H, Tq, n_split,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_S=_bucket(n_split),
-    )  # fmt: skip
+    seq = _seq_ids(args, dummy_i)
+
+    tensors = (q, k, v, args.slopes, seq.q_ids, seq.k_ids, kmax, o_part, lse_part)
+    scalars = (args.softmax_scale, _skip_nats(args))
+    strides = (*_bth(q), *_bth(k), *_bth(v), *seq.strides)
+    operands = _operands(tensors, scalars, strides, (H, Tq, Tk, split_len, n_split))
+    launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    consts = {**_flags(q, Hkv, args), "BLOCK_M": block_m, "BLOCK_N": block_n, **launch}
+    _decode.split_kernel[(n_split, B * Hkv, n_rows)](*operands, **consts)
+
+    consts = {"HEAD_DIM": D, "BLOCK_D": block_d, "BLOCK_S": _bucket(n_split)}
+    operands = (o_part, lse_part, out, *_bth(out), H, Tq, n_split)
+    _decode.combine_kernel[(B * H * Tq,)](*operands, **consts)
     return out
