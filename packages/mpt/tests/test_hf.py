@@ -120,10 +120,18 @@ def test_ours_to_hf_logits_match(overrides):
 
 def test_config_round_trip_keeps_every_mapped_field():
     config = MPTConfig(
-        **SMALL, n_heads=6, layer_norm_epsilon=1e-4, norm_type="layernorm", tie_word_embeddings=False,
-        embedding_fraction=0.5, clip_qkv=2.5, softmax_scale=0.25, attn_pdrop=0.0, resid_pdrop=0.1,
+        **SMALL,
+        n_heads=6,
+        layer_norm_epsilon=1e-4,
+        norm_type="layernorm",
+        tie_word_embeddings=False,
+        embedding_fraction=0.5,
+        clip_qkv=2.5,
+        softmax_scale=0.25,
+        attn_pdrop=0.0,
+        resid_pdrop=0.1,
         emb_pdrop=0.2,
-    )  # fmt: skip
+    )
     hf_config = hf.config_to_hf(config)
     assert hf_config.learned_pos_emb is False and hf_config.architectures == ["MptForCausalLM"]
     assert hf.config_from_hf(hf_config) == config
@@ -275,11 +283,20 @@ def test_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, monkeyp
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda sd: sd.pop("transformer.blocks.1.ffn.up_proj.weight"), "missing keys.*blocks.1.ffn.up_proj"),
-        (lambda sd: sd.__setitem__("transformer.extra.weight", torch.zeros(2)), "unexpected keys.*transformer.extra.weight"),
-        (lambda sd: sd.__setitem__("transformer.norm_f.weight", torch.ones(95)), r"transformer.norm_f.weight: \(95,\), expected \(96,\)"),
+        (
+            lambda sd: sd.pop("transformer.blocks.1.ffn.up_proj.weight"),
+            "missing keys.*blocks.1.ffn.up_proj",
+        ),
+        (
+            lambda sd: sd.__setitem__("transformer.extra.weight", torch.zeros(2)),
+            "unexpected keys.*transformer.extra.weight",
+        ),
+        (
+            lambda sd: sd.__setitem__("transformer.norm_f.weight", torch.ones(95)),
+            r"transformer.norm_f.weight: \(95,\), expected \(96,\)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_state_dicts_raise_naming_the_key(mutate, message):
     ours = _ours()
     sd = dict(ours.state_dict())

@@ -48,9 +48,16 @@ from mpt.config import MPTConfig
 from mpt.model import MPTForCausalLM
 
 __all__ = [
-    "check_hf_compatible", "config_from_hf", "config_to_hf", "export_hf", "from_hf_model",
-    "import_hf", "state_dict_from_hf", "state_dict_to_hf", "to_hf_model",
-]  # fmt: skip
+    "check_hf_compatible",
+    "config_from_hf",
+    "config_to_hf",
+    "export_hf",
+    "from_hf_model",
+    "import_hf",
+    "state_dict_from_hf",
+    "state_dict_to_hf",
+    "to_hf_model",
+]
 
 log = logging.getLogger("mpt.hf")
 
@@ -59,15 +66,32 @@ _HINT = "pip install 'mpt[hf]'"
 
 # transformers' MptConfig / MptAttentionConfig defaults, for keys a config.json leaves out.
 _HF_DEFAULTS = dict(
-    d_model=2048, n_heads=16, n_layers=24, expansion_ratio=4, max_seq_len=2048, vocab_size=50368,
-    resid_pdrop=0.0, emb_pdrop=0.0, layer_norm_epsilon=1e-5, learned_pos_emb=True, logit_scale=None,
-    no_bias=True, embedding_fraction=1.0, norm_type="low_precision_layernorm",
+    d_model=2048,
+    n_heads=16,
+    n_layers=24,
+    expansion_ratio=4,
+    max_seq_len=2048,
+    vocab_size=50368,
+    resid_pdrop=0.0,
+    emb_pdrop=0.0,
+    layer_norm_epsilon=1e-5,
+    learned_pos_emb=True,
+    logit_scale=None,
+    no_bias=True,
+    embedding_fraction=1.0,
+    norm_type="low_precision_layernorm",
     tie_word_embeddings=True,
-)  # fmt: skip
+)
 _HF_ATTN_DEFAULTS = dict(
-    attn_type="multihead_attention", attn_pdrop=0.0, clip_qkv=None, softmax_scale=None,
-    prefix_lm=False, qk_ln=False, alibi=True, alibi_bias_max=8,
-)  # fmt: skip
+    attn_type="multihead_attention",
+    attn_pdrop=0.0,
+    clip_qkv=None,
+    softmax_scale=None,
+    prefix_lm=False,
+    qk_ln=False,
+    alibi=True,
+    alibi_bias_max=8,
+)
 
 
 def _require(module: str):
@@ -107,17 +131,32 @@ def config_to_hf(config: MPTConfig):
     transformers = _require("transformers")
     c, opt = config, (lambda v: None if v is None else float(v))
     attn = dict(
-        attn_type="multihead_attention", attn_impl="torch", clip_qkv=opt(c.clip_qkv),
-        softmax_scale=opt(c.softmax_scale), qk_ln=False, alibi=True, alibi_bias_max=8,
-    )  # fmt: skip
+        attn_type="multihead_attention",
+        attn_impl="torch",
+        clip_qkv=opt(c.clip_qkv),
+        softmax_scale=opt(c.softmax_scale),
+        qk_ln=False,
+        alibi=True,
+        alibi_bias_max=8,
+    )
     fields = dict(
-        d_model=c.d_model, n_heads=c.n_heads, n_layers=c.n_layers, expansion_ratio=4,
-        max_seq_len=c.max_seq_len, vocab_size=c.vocab_size, resid_pdrop=float(c.resid_pdrop),
-        emb_pdrop=float(c.emb_pdrop), layer_norm_epsilon=float(c.layer_norm_epsilon),
-        learned_pos_emb=False, logit_scale=None, no_bias=True,
-        embedding_fraction=float(c.embedding_fraction), norm_type=c.norm_type,
-        tie_word_embeddings=c.tie_word_embeddings, architectures=["MptForCausalLM"],
-    )  # fmt: skip
+        d_model=c.d_model,
+        n_heads=c.n_heads,
+        n_layers=c.n_layers,
+        expansion_ratio=4,
+        max_seq_len=c.max_seq_len,
+        vocab_size=c.vocab_size,
+        resid_pdrop=float(c.resid_pdrop),
+        emb_pdrop=float(c.emb_pdrop),
+        layer_norm_epsilon=float(c.layer_norm_epsilon),
+        learned_pos_emb=False,
+        logit_scale=None,
+        no_bias=True,
+        embedding_fraction=float(c.embedding_fraction),
+        norm_type=c.norm_type,
+        tie_word_embeddings=c.tie_word_embeddings,
+        architectures=["MptForCausalLM"],
+    )
     pdrop = int(c.attn_pdrop) if float(c.attn_pdrop).is_integer() else float(c.attn_pdrop)
     try:
         return transformers.MptConfig(**fields, attn_config={**attn, "attn_pdrop": pdrop})
@@ -355,9 +394,9 @@ def export_hf(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        names = ["model.safetensors"] if len(shards) == 1 else [
-            f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
-        ]  # fmt: skip
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        if len(shards) == 1:
+            names = ["model.safetensors"]
         weight_map, total = {}, 0
         for file, keys in zip(names, shards, strict=True):
             tensors = {k: _host_tensor(sd[k], dtype) for k in keys}

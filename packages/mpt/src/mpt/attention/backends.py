@@ -24,7 +24,7 @@ def visible_mask(meta: AttentionMeta, q_len: int, k_len: int, device) -> torch.T
     pos = torch.arange(k_len - q_len, k_len, device=device)
     mask = (torch.arange(k_len, device=device)[None, :] <= pos[:, None])[None, None]
     if meta.k_seq_id is not None:
-        q_ids = meta.q_seq_id if meta.q_seq_id is not None else meta.k_seq_id[:, -q_len:]
+        q_ids = meta.query_seq_id(q_len)
         mask = mask & (q_ids[:, None, :, None] == meta.k_seq_id[:, None, None, :])
     return mask
 
@@ -119,7 +119,7 @@ def _flex_prepare(meta: AttentionMeta, batch: int, q_len: int, k_len: int, devic
             return _causal_block_mask.__wrapped__(q_len, k_len, str(device))
         return _causal_block_mask(q_len, k_len, str(device))
     offset = k_len - q_len
-    q_ids = meta.q_seq_id if meta.q_seq_id is not None else k_ids[:, -q_len:]
+    q_ids = meta.query_seq_id(q_len)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return (kv_idx <= q_idx + offset) & (q_ids[b, q_idx] == k_ids[b, kv_idx])
@@ -210,8 +210,7 @@ def _triton_args(meta: AttentionMeta, n_heads: int, q_len: int, device) -> tuple
         slopes = torch.zeros(n_heads, device=device, dtype=torch.float32)
     kw = dict(softmax_scale=meta.softmax_scale, skip_bits=meta.skip_bits)
     if meta.k_seq_id is not None:
-        q_ids = meta.q_seq_id if meta.q_seq_id is not None else meta.k_seq_id[:, -q_len:]
-        kw.update(q_seq_id=q_ids, k_seq_id=meta.k_seq_id)
+        kw.update(q_seq_id=meta.query_seq_id(q_len), k_seq_id=meta.k_seq_id)
     return slopes.to(device, torch.float32), kw
 
 
@@ -222,8 +221,7 @@ def _triton_prepare(meta: AttentionMeta, batch: int, q_len: int, k_len: int, dev
         return None
     from mpt import kernels
 
-    q_ids = meta.q_seq_id if meta.q_seq_id is not None else meta.k_seq_id[:, -q_len:]
-    return kernels.document_bounds(q_ids, meta.k_seq_id)
+    return kernels.document_bounds(meta.query_seq_id(q_len), meta.k_seq_id)
 
 
 def triton_attention(q, k, v, meta: AttentionMeta) -> torch.Tensor:

@@ -68,6 +68,13 @@ class AttentionMeta:
     k_norm_max: torch.Tensor | None = None  # (B, Hkv) bound on ||k|| of this layer's cached keys
     prepared: Any = None  # what the backend's `prepare` built once for all layers
 
+    def query_seq_id(self, q_len: int) -> torch.Tensor | None:
+        """(B, Tq) sequence ids of the queries: `q_seq_id`, else those of the last `q_len` keys
+        (the queries continue the keys), else None."""
+        if self.q_seq_id is not None or self.k_seq_id is None:
+            return self.q_seq_id
+        return self.k_seq_id[:, -q_len:]
+
 
 @dataclass(frozen=True, kw_only=True)
 class Backend:
