@@ -191,4 +191,4 @@ def test_algorithms_through_the_trainer():
     assert type(model.norm) is LPLayerNorm
     assert seen.lengths == [8, 8, 16, 24]  # 8 + 24 * progress, rounded down to multiples of 8
     assert all(torch.isfinite(torch.tensor(seen.losses)))
-    assert trainer.state.extra["seq_len"] == 24
+    assert trainer.state.step.seq_len == 24

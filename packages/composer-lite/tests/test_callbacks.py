@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from composer_lite import Event, State, Time, Trainer, TrainerConfig
+from composer_lite import Event, State, StepResult, Time, Trainer, TrainerConfig
 from composer_lite.callbacks import (
     EMA,
     EarlyStopping,
@@ -51,6 +51,12 @@ def fire(callbacks, event, state):
         cb.run_event(event, state, HUB)
 
 
+def step_result(**fields) -> StepResult:
+    """A StepResult of a batch of 4 rows of 8 tokens; `fields` replace the defaults."""
+    defaults = dict(loss=1.0, grad_norm=1.0, tokens=32, loss_tokens=32, samples=4, seq_len=8)
+    return StepResult(**{**defaults, **fields})
+
+
 def train_step(state, callbacks, *, seed=0, loss_scale=1.0):
     """One step as the Trainer runs it (one microbatch, one rank)."""
     state.batch = random_lm_batch(4, 8, seed=seed)
@@ -60,15 +66,15 @@ def train_step(state, callbacks, *, seed=0, loss_scale=1.0):
     state.loss = state.model.loss(state.outputs, state.batch) * loss_scale
     state.loss.backward()
     tokens = int((state.batch["labels"] != -100).sum())
-    state.extra.update(step_loss=float(state.loss.detach()), grad_norm=total_grad_norm(state.model),
-                       step_tokens=tokens, step_samples=4, seq_len=8)  # fmt: skip
+    loss, grad_norm = float(state.loss.detach()), total_grad_norm(state.model)
+    state.step = step_result(loss=loss, grad_norm=grad_norm, tokens=tokens, loss_tokens=tokens)
     fire(callbacks, Event.BEFORE_OPTIMIZER_STEP, state)
-    if not state.skip_step and not state.extra.pop("rollback", None):
+    if not state.skip_step and state.rollback_reason is None:
         state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
-    state.skip_step = False
+    state.skip_step, state.rollback_reason = False, None
     state.timestamp.advance_batch(4, tokens)
-    state.metrics["loss/train/total"] = state.extra["step_loss"]
+    state.metrics["loss/train/total"] = state.step.loss
     fire(callbacks, Event.BATCH_END, state)
     metrics = dict(state.metrics)
     state.metrics.clear()
@@ -151,7 +157,7 @@ def test_speed_monitor_mfu_against_the_table_and_unknown_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
     state, cb = make_state(device=torch.device("cuda")), SpeedMonitor(synchronize=False)
     cb.fit_start(state, HUB)
-    state.extra.update(step_tokens=1000, step_samples=2, seq_len=8)
+    state.step = step_result(tokens=1000, samples=2, seq_len=8)
     cb.batch_start(state, HUB)
     cb.batch_end(state, HUB)
     mfu = state.metrics["throughput/device/mfu"]
@@ -274,9 +280,9 @@ def test_guard_skip_keeps_the_weights_and_rollback_asks_the_trainer():
     with pytest.raises(TrainingDivergedError, match="3 bad steps in a row"):
         train_step(state, [guard], loss_scale=math.nan)
     state, guard = make_state(), Guard(GuardConfig(on_nonfinite="rollback"))
-    state.extra.update(step_loss=math.nan, grad_norm=1.0)
+    state.step = step_result(loss=math.nan, grad_norm=1.0)
     guard.before_optimizer_step(state, HUB)
-    assert "non-finite loss" in state.extra["rollback"] and guard.rollbacks == 1
+    assert "non-finite loss" in state.rollback_reason and guard.rollbacks == 1
 
 
 def test_guard_loss_spike_after_the_window_fills_and_fp16_overflow_is_the_scalers():

@@ -208,7 +208,7 @@ def test_autoresume_goes_back_past_a_damaged_newest_checkpoint(tmp_path, caplog,
     damage(os.path.join(folder, "ep0-ba4"))
     with caplog.at_level(logging.WARNING, logger="composer_lite.checkpoint"):
         resumed = _run(folder, "6ba", autoresume=True)  # was: every restart crashed
-    assert resumed._resumed_from == os.path.join(folder, "ep0-ba2")
+    assert resumed.checkpointer.resumed_from == os.path.join(folder, "ep0-ba2")
     assert resumed.state.timestamp.batch == 6
     assert any("ep0-ba4" in r.message and r.levelno == logging.WARNING for r in caplog.records)
     assert re.search(reason, caplog.text), caplog.text
@@ -236,7 +236,7 @@ def test_autoresume_from_an_object_store_goes_back_past_a_changed_shard(s3_bucke
     data[len(data) // 2] ^= 0xFF
     upload_bytes(bytes(data), url)
     resumed = _run(folder, "6ba", autoresume=True, save_interval="10ba")
-    assert resumed._resumed_from == f"{folder}/ep0-ba2"
+    assert resumed.checkpointer.resumed_from == f"{folder}/ep0-ba2"
 
 
 # -- item 2: a reused save_folder ----------------------------------------------------------------
@@ -258,13 +258,13 @@ def test_a_new_run_into_a_folder_with_another_runs_checkpoints_is_refused(tmp_pa
     # naming the newest checkpoint (resuming by hand).
     wide = _run(folder, "2ba", model=_model(dim=8), save_overwrite=True)
     assert (
-        wide.checkpoints.latest() == os.path.join(folder, "ep0-ba2") and wide._resumed_from is None
+        wide.checkpoints.latest() == os.path.join(folder, "ep0-ba2") and wide.checkpointer.resumed_from is None
     )
     with pytest.raises(CheckpointError, match=r"does not fit the model.*emb\.weight"):
         _run(folder, "4ba", autoresume=True)  # the folder now holds the other width
-    assert _run(folder, "4ba", model=_model(dim=8), autoresume=True)._resumed_from
+    assert _run(folder, "4ba", model=_model(dim=8), autoresume=True).checkpointer.resumed_from
     newest = CheckpointManager(folder).latest()
-    assert _run(folder, "6ba", model=_model(dim=8), load_path=newest)._resumed_from == newest
+    assert _run(folder, "6ba", model=_model(dim=8), load_path=newest).checkpointer.resumed_from == newest
 
 
 def test_a_folder_with_only_an_unfinished_save_is_not_another_run(tmp_path):

@@ -189,7 +189,7 @@ def test_trainer_checkpoint_resume_with_bf16_weights_is_bitwise(tmp_path):
     straight.fit()
     _bf16_trainer(tmp_path / "b", "2ba").fit()
     resumed = _bf16_trainer(tmp_path / "b", "4ba", autoresume=True)
-    assert resumed._resumed_from.endswith("ep0-ba2")
+    assert resumed.checkpointer.resumed_from.endswith("ep0-ba2")
     resumed.fit()
     a, b = straight.state.model, resumed.state.model
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):

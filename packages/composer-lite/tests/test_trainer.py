@@ -104,7 +104,7 @@ def test_loss_goes_down_and_schedule_warms_up():
 
     class Losses(Callback):
         def batch_end(self, state, logger):
-            losses.append(state.extra["step_loss"])
+            losses.append(state.step.loss)
 
     trainer.callbacks.append(Losses())
     trainer.fit()
@@ -158,7 +158,7 @@ def test_auto_microbatch_halves_on_out_of_memory():
         model=OOMOver(), callbacks=[rec], max_duration="2ba", device_train_microbatch_size="auto"
     )
     trainer.fit()
-    assert trainer._auto_size == 2
+    assert trainer.microbatch.size == 2
     for a, b in zip(whole.grads, rec.grads, strict=True):
         assert torch.linalg.norm(a - b) / torch.linalg.norm(a) < 1e-6
 
@@ -174,7 +174,7 @@ def test_auto_microbatch_without_a_loader_batch_size_starts_at_the_batch():
     data = [random_lm_batch(8, 6, seed=i) for i in range(2)]  # a list: no batch_size attribute
     trainer = make_trainer(model=Counting(), data=data, device_train_microbatch_size="auto")
     trainer.fit()
-    assert trainer._auto_size == 2
+    assert trainer.microbatch.size == 2
     # 8 rows OOM, 4 OOM, then 4 microbatches of 2 per batch (was: 27 retries of the whole batch)
     assert Counting.tries == 2 + 4 + 4
 
@@ -304,7 +304,8 @@ def test_autoresume_from_an_object_store(tmp_path, s3_bucket):
     first = make_trainer(save_folder=folder, max_duration="2ba", save_interval="1ba")
     first.fit()
     resumed = make_trainer(save_folder=folder, max_duration="4ba", autoresume=True)
-    assert resumed._resumed_from.endswith("ep0-ba2") and resumed._resumed_from.startswith("s3://")
+    resumed_from = resumed.checkpointer.resumed_from
+    assert resumed_from.endswith("ep0-ba2") and resumed_from.startswith("s3://")
     resumed.fit()
     assert resumed.state.timestamp.batch == 4
 
@@ -401,7 +402,7 @@ class _StepLoss(Callback):
         self.losses: list[float] = []
 
     def before_optimizer_step(self, state, logger) -> None:
-        self.losses.append(state.extra["step_loss"])
+        self.losses.append(state.step.loss)
 
 
 def test_a_microbatch_without_loss_tokens_adds_nothing():
@@ -487,7 +488,7 @@ def test_dur_times_move_within_an_epoch():
             self.lens: list[int] = []
 
         def before_optimizer_step(self, state, logger) -> None:
-            self.lens.append(state.extra["seq_len"])
+            self.lens.append(state.step.seq_len)
 
     runs = {}
     for max_duration in ("10ba", "1ep"):

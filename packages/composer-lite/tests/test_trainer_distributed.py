@@ -43,7 +43,7 @@ def _data_parallel(rank, world, model_cls_name, limit):
     trainer = Trainer(model, mine, torch.optim.SGD(model.parameters(), lr=0.1), max_duration="3ba", callbacks=[grads],
                       loggers=[], default_callbacks=False, device_train_microbatch_size="auto" if limit else None)  # fmt: skip
     trainer.fit()
-    return [g.tolist() for g in grads.grads], trainer._auto_size
+    return [g.tolist() for g in grads.grads], trainer.microbatch.size
 
 
 class _OOMOnRank1(TinyLM):
@@ -91,7 +91,7 @@ class Record(Callback):
 
     def batch_end(self, state, logger):
         self.ids.append(state.batch["id"].tolist())
-        self.losses.append(state.extra["step_loss"])
+        self.losses.append(state.step.loss)
 
 
 def _train(rank, world, data, save, max_duration, per_device, autoresume, dropout=0.1):
@@ -103,7 +103,7 @@ def _train(rank, world, data, save, max_duration, per_device, autoresume, dropou
                       callbacks=[rec], loggers=[], default_callbacks=False)  # fmt: skip
     trainer.fit()
     weights = {k: v.detach().clone() for k, v in trainer.state.model.state_dict().items()}
-    return rec.ids, rec.losses, weights, trainer._resumed_from
+    return rec.ids, rec.losses, weights, trainer.checkpointer.resumed_from
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ trainer = Trainer(model, lm_loader(data, 4), torch.optim.AdamW(model.parameters(
 trainer.fit()
 if trainer.state.rank == 0:
     torch.save({k: v for k, v in trainer.state.model.state_dict().items()}, out)
-    print("RESUMED_FROM", trainer._resumed_from, "RESTART", restart, flush=True)
+    print("RESUMED_FROM", trainer.checkpointer.resumed_from, "RESTART", restart, flush=True)
 """
 
 

@@ -4,18 +4,21 @@
     Trainer(model, train_dataloader, optimizer, max_duration="1ep").fit()
 
 The model follows the trainable-model contract (`composer_lite.protocols`); callbacks and
-algorithms see and change the run's `State` at the events of `composer_lite.events`.
+algorithms see and change the run's `State` at the events of `composer_lite.events` (the step's
+results in `state.step`, a `StepResult`); evaluators (`Evaluator`) run at its evaluation points.
 """
 
 from composer_lite.config import GuardConfig, TrainerConfig
-from composer_lite.core import Algorithm, Callback, Logger, State
+from composer_lite.core import Algorithm, Callback, Logger, State, StepResult
 from composer_lite.events import Event
 from composer_lite.optim import MasterWeightAdamW
 from composer_lite.parallel import ParallelConfig
 from composer_lite.protocols import (
+    Evaluator,
     LMBatch,
     SupportsBlocks,
     SupportsFlops,
+    SupportsMetrics,
     TrainableModel,
     check_lm_batch,
     check_trainable_model,
@@ -24,10 +27,11 @@ from composer_lite.schedulers import Schedule
 from composer_lite.time import Time, Timestamp, TimeUnit
 from composer_lite.trainer import Trainer
 
-__version__ = "0.2.2"
+__version__ = "0.3.0"
 __all__ = [
     "Algorithm",
     "Callback",
+    "Evaluator",
     "Event",
     "GuardConfig",
     "LMBatch",
@@ -36,8 +40,10 @@ __all__ = [
     "ParallelConfig",
     "Schedule",
     "State",
+    "StepResult",
     "SupportsBlocks",
     "SupportsFlops",
+    "SupportsMetrics",
     "Time",
     "TimeUnit",
     "Timestamp",

@@ -4,6 +4,10 @@
 skip a step, change the learning rate); algorithms are callbacks with a `match` test that are
 expected to rewrite parts of it (the model at INIT, the batch at BATCH_START, the loss at
 AFTER_LOSS). Both keep their own state in `state_dict()`, which checkpoints save.
+
+What the Trainer measured of the current step is `state.step`, a `StepResult` (the same on every
+rank, set before BEFORE_OPTIMIZER_STEP); what callbacks ask of the loop are typed requests:
+`state.stop(reason)`, `state.skip_step = True`, `state.request_rollback(reason)`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from torch import nn
 from composer_lite.events import Event
 from composer_lite.time import Time, Timestamp
 
-__all__ = ["Algorithm", "Callback", "Logger", "State"]
+__all__ = ["Algorithm", "Callback", "Logger", "State", "StepResult"]
 
 
 @runtime_checkable
@@ -30,6 +34,27 @@ class Logger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepResult:
+    """What the Trainer measured of one optimizer step, the same on every rank.
+
+    loss:        the step's loss: the token-weighted mean over all microbatches and ranks.
+    grad_norm:   the L2 norm of all gradients (unscaled; inf or nan when they are not finite).
+    tokens:      tokens the model read, all ranks (an attention mask's ones, else the input ids;
+                 the loss tokens for a batch without input_ids). Token time counts these.
+    loss_tokens: targets the loss averaged over (labels != -100), all ranks.
+    samples:     rows of the global batch, all ranks.
+    seq_len:     the batch's sequence length (input_ids (B, T)), or None when it has none.
+    """
+
+    loss: float
+    grad_norm: float
+    tokens: int
+    loss_tokens: int
+    samples: int
+    seq_len: int | None
 
 
 @dataclass(eq=False)
@@ -48,24 +73,34 @@ class State:
     rank: int = 0
     world_size: int = 1
     run_name: str = "run"
-    # The current step: the global batch of this rank, its microbatches, the last outputs and loss.
+    # The current step: the global batch of this rank, its microbatches, the last outputs and loss,
+    # and what the Trainer measured of it (set before BEFORE_OPTIMIZER_STEP; None before the first).
     batch: Any = None
     microbatch: Any = None
     outputs: Any = None
     loss: torch.Tensor | None = None
+    step: StepResult | None = None
     # Metrics of this step for the loggers (callbacks add theirs here; BATCH_END logs them).
     metrics: dict[str, float] = field(default_factory=dict)
     eval_metrics: dict[str, float] = field(default_factory=dict)
-    # What callbacks ask of the loop.
+    # What callbacks ask of the loop (the Trainer reads and clears skip_step and rollback_reason
+    # after BEFORE_OPTIMIZER_STEP).
     stop_reason: str | None = None
     skip_step: bool = False
-    # Models to evaluate and save instead of `model` (an EMA callback sets it).
+    rollback_reason: str | None = None
+    # The model to evaluate instead of `model` (an EMA callback sets it).
     eval_model: nn.Module | None = None
+    # For users' own callbacks to share values; the Trainer and the built-in callbacks never use it.
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stop(self, reason: str) -> None:
         """Ask the loop to stop after this batch (it saves a checkpoint if saving is on)."""
         self.stop_reason = self.stop_reason or reason
+
+    def request_rollback(self, reason: str) -> None:
+        """Ask the loop (at BEFORE_OPTIMIZER_STEP) not to take this step and to restore the model,
+        optimizer and scheduler from the last checkpoint; an error if there is none."""
+        self.rollback_reason = self.rollback_reason or reason
 
     @property
     def is_main(self) -> bool:

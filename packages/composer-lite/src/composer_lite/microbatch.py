@@ -13,12 +13,51 @@ from typing import Any
 import torch
 
 __all__ = [
+    "MicrobatchSize",
     "batch_size_of",
     "count_input_tokens",
     "count_loss_tokens",
     "is_out_of_memory",
     "split_batch",
 ]
+
+
+class MicrobatchSize:
+    """Rows per forward/backward: an int that divides the batch, None (the whole batch), or
+    'auto': start at the loader's batch size (or the batch's rows when the loader has none) and
+    halve on out-of-memory. A checkpoint keeps the size 'auto' found (`checkpoint_value`)."""
+
+    def __init__(self, setting: int | str | None, loader_batch_size: Any = None) -> None:
+        if isinstance(setting, int) and isinstance(loader_batch_size, int):
+            if loader_batch_size % setting:
+                raise ValueError(
+                    f"device_train_microbatch_size={setting} does not divide the batch size "
+                    f"{loader_batch_size}"
+                )
+        self.setting = setting
+        self.auto = setting == "auto"
+        # with 'auto', the size for the next batch; 2**30 stands for "the whole batch"
+        self.size = (loader_batch_size if isinstance(loader_batch_size, int) else 0) or 1 << 30
+
+    def rows(self, batch_rows: int) -> int:
+        """The microbatch size for a batch of `batch_rows` rows."""
+        if self.auto:
+            return min(self.size, batch_rows)
+        return self.setting or batch_rows
+
+    def halve(self, current: int) -> int:
+        """After an out-of-memory error at `current` rows ('auto' only): the next size to try."""
+        self.size = max(1, current // 2)
+        return self.size
+
+    def checkpoint_value(self) -> int | None:
+        """What a checkpoint records: the size 'auto' found, else the setting."""
+        return self.size if self.auto else self.setting
+
+    def restore(self, saved: int | None) -> None:
+        """Take back the size a checkpoint recorded (only 'auto' follows it)."""
+        if self.auto and saved:
+            self.size = saved
 
 
 def batch_size_of(batch: Any) -> int:

@@ -1,22 +1,31 @@
-"""The contracts between the trainer and what it trains: the trainable model and the LM batch.
+"""The contracts between the trainer and what it trains and evaluates: the trainable model (and
+its optional parts), the LM batch, and the evaluator that runs on the trainer's schedule.
 
 Models and data producers satisfy these structurally; they never import composer_lite. The
-`check_*` functions turn a mismatch into one clear error that names every missing piece.
+`check_*` functions turn a mismatch into one clear error that names every missing piece;
+`missing_members(obj, protocol)` is the helper they share, public so that the packages above
+(evalkit, foundry) check objects against their own protocols the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from composer_lite.core import State
+
 __all__ = [
+    "Evaluator",
     "LMBatch",
     "SupportsBlocks",
     "SupportsFlops",
+    "SupportsMetrics",
     "TrainableModel",
+    "check_evaluator",
     "check_lm_batch",
     "check_trainable_model",
     "missing_members",
@@ -51,6 +60,34 @@ class SupportsBlocks(Protocol):
     def blocks(self) -> list[nn.Module]: ...
 
 
+@runtime_checkable
+class SupportsMetrics(Protocol):
+    """Optional: more eval metrics of one eval batch, beside the loss. The Trainer weights each by
+    the batch's loss tokens, as it does the loss, and reports it as `eval/<name>`."""
+
+    def metrics(
+        self, outputs: Any, batch: Mapping[str, Any]
+    ) -> Mapping[str, torch.Tensor | float]: ...
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Runs at the trainer's evaluation points and returns named metrics.
+
+    The Trainer (`Trainer(..., evaluators=[...])`) calls `evaluate(model, state)` at every
+    `eval_interval` and at the end of a run that reaches max_duration, after the eval
+    dataloader's loss (if there is one), on every rank: `model` is the model to evaluate (the
+    EMA weights when an EMA callback is in use, `state.eval_model` when set, else
+    `state.model`), in eval mode, under `torch.no_grad()` and the run's autocast. It returns
+    `{name: number}` (floats, ints or one-element tensors), the same on every rank (an evaluator
+    that splits its work across ranks reduces its results itself); the Trainer merges them into
+    `state.eval_metrics` under the names given (a name another evaluator or the loss already
+    gave is an error) and logs them.
+    """
+
+    def evaluate(self, model: nn.Module, state: State) -> Mapping[str, float]: ...
+
+
 class LMBatch(TypedDict, total=False):
     """A language-model batch, as foundry produces it and the Trainer consumes it.
 
@@ -71,7 +108,9 @@ _INT64_BATCH_KEYS = ("input_ids", "labels", "sequence_id")
 
 
 def missing_members(obj: object, protocol: type) -> list[str]:
-    """The members of `protocol` that `obj` lacks (methods must also be callable)."""
+    """The members of `protocol` that `obj` lacks (methods must also be callable), in the order
+    the protocol declares them: the shared helper for checking an object against a contract and
+    naming every missing piece at once (an empty list: it conforms)."""
     names: list[str] = []
     for klass in protocol.__mro__:
         if klass in (object, Protocol) or klass.__name__ in ("Protocol", "Generic"):
@@ -96,6 +135,15 @@ def check_trainable_model(model: object) -> None:
             f"{type(model).__name__} does not follow the trainable-model contract: it lacks "
             f"{', '.join(f'{m}()' for m in missing)}. Expected forward(batch) -> outputs and "
             "loss(outputs, batch) -> scalar Tensor (mean over the tokens that count)."
+        )
+
+
+def check_evaluator(evaluator: object) -> None:
+    """Raise a TypeError naming an object given as an evaluator that lacks `evaluate()`."""
+    if missing_members(evaluator, Evaluator):
+        raise TypeError(
+            f"{type(evaluator).__name__} is not an evaluator: it lacks evaluate(). Expected "
+            "evaluate(model, state) -> Mapping[str, float] (composer_lite.protocols.Evaluator)."
         )
 
 

@@ -9,22 +9,26 @@ The events it fires, and where, are in `composer_lite.events`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from composer_lite import dist
-from composer_lite.checkpointing import Checkpointing
+from composer_lite.checkpoint import CheckpointManager
+from composer_lite.checkpointer import Checkpointer
 from composer_lite.config import TrainerConfig
-from composer_lite.core import Algorithm, Callback, State
+from composer_lite.core import Algorithm, Callback, State, StepResult
+from composer_lite.evaluation import dataloader_metrics, evaluator_metrics
 from composer_lite.events import Event
 from composer_lite.microbatch import (
+    MicrobatchSize,
     batch_size_of,
     count_input_tokens,
     count_loss_tokens,
@@ -32,7 +36,7 @@ from composer_lite.microbatch import (
     split_batch,
 )
 from composer_lite.precision import autocast, grad_scaler
-from composer_lite.protocols import check_trainable_model
+from composer_lite.protocols import Evaluator, check_evaluator, check_trainable_model
 from composer_lite.schedulers import Schedule
 from composer_lite.training import (
     Every,
@@ -51,8 +55,12 @@ __all__ = ["Trainer"]
 log = logging.getLogger(__name__)
 
 
-class Trainer(Checkpointing):
-    """Trains a model that follows the trainable-model contract (`composer_lite.protocols`)."""
+class Trainer:
+    """Trains a model that follows the trainable-model contract (`composer_lite.protocols`).
+
+    Checkpoints are its `checkpointer`'s business (`composer_lite.checkpointer`); `evaluators`
+    (`composer_lite.protocols.Evaluator`) run at its evaluation points, after the eval loss.
+    """
 
     Config = TrainerConfig
 
@@ -63,6 +71,7 @@ class Trainer(Checkpointing):
         optimizer: torch.optim.Optimizer | None = None,
         *,
         eval_dataloader: Iterable | None = None,
+        evaluators: Sequence[Evaluator] = (),
         callbacks: Sequence[Callback] = (),
         algorithms: Sequence[Algorithm] = (),
         loggers: Sequence[Any] | None = None,
@@ -70,6 +79,8 @@ class Trainer(Checkpointing):
         **options: Any,
     ) -> None:
         check_trainable_model(model)
+        for evaluator in evaluators:
+            check_evaluator(evaluator)
         if config is not None and options:
             raise ValueError(
                 f"give either config= or keyword options, not both (got {sorted(options)})"
@@ -80,48 +91,71 @@ class Trainer(Checkpointing):
         device = device_of(cfg.device)
         rank, world = dist.init_distributed(device, cfg.dist_timeout)
         seed_everything(cfg.seed + rank, deterministic=cfg.deterministic)
-        self._check_microbatch(train_dataloader)
-        model, optimizer = self._place_model(model, optimizer, device, world)
+        loader_batch_size = getattr(train_dataloader, "batch_size", None)
+        self.microbatch = MicrobatchSize(cfg.device_train_microbatch_size, loader_batch_size)
+        model, optimizer, self._sharded = self._place_model(model, optimizer, device, world)
         self.state = State(
-            model=model, optimizer=optimizer, max_duration=cfg.max_duration, train_dataloader=train_dataloader,
-            eval_dataloader=eval_dataloader, device=device, precision=cfg.precision, rank=rank, world_size=world,
+            model=model,
+            optimizer=optimizer,
+            max_duration=cfg.max_duration,
+            train_dataloader=train_dataloader,
+            eval_dataloader=eval_dataloader,
+            device=device,
+            precision=cfg.precision,
+            rank=rank,
+            world_size=world,
             run_name=cfg.run_name or os.environ.get("RUN_NAME", "run"),
-        )  # fmt: skip
+        )
+        self.evaluators = list(evaluators)
         self.callbacks = [*self._default_callbacks(callbacks), *callbacks]
         self.algorithms = list(algorithms)
         self.logger = self._make_logger(loggers, rank)
         self.scaler = grad_scaler(cfg.precision, device)
-        self.microbatch_size = cfg.device_train_microbatch_size
-        try:
-            self.state.timestamp.epoch_length = len(train_dataloader) or None
-        except TypeError:  # an iterable without a length
-            self.state.timestamp.epoch_length = None
+        self.state.timestamp.epoch_length = _length(train_dataloader)
         self.state.scheduler = self._build_scheduler(cfg.scheduler)
-        if eval_dataloader is not None:
+        if self._evaluates():
             warn_if_interval_never_comes(
                 "eval_interval", cfg.eval_interval, cfg.max_duration, self.state.timestamp
             )
         self._run(Event.INIT)
-        self.checkpoints = self._checkpoint_manager()
-        self._resumed_from: str | None = None
-        self._skip_batches = 0
-        self._pending_rng: dict[str, Any] | None = None
-        self._pending_epoch_rng: dict[str, Any] | None = None
-        self._last_eval = -1  # the batch of the last evaluation
-        self._epoch_rng: dict[str, Any] | None = None  # the RNG as this epoch's iterator began
-        self._load_start_checkpoint()
+        self.checkpointer = Checkpointer(
+            cfg,
+            self.state,
+            callbacks=self.callbacks,
+            algorithms=self.algorithms,
+            scaler=self.scaler,
+            microbatch=self.microbatch,
+        )
+        resumed = self.checkpointer.resume()
         self._every_eval = Every(cfg.eval_interval, cfg.max_duration)
         self._every_save = Every(cfg.save_interval, cfg.max_duration)
         self._every_log = Every(cfg.log_interval, cfg.max_duration)
-        if self._resumed_from is not None:  # intervals count on from the resumed batch
+        if resumed:  # intervals count on from the resumed batch
             for every in (self._every_eval, self._every_save, self._every_log):
                 every.reset(self.state.timestamp)
+        self._last_eval = -1  # the batch of the last evaluation
         self._signal: int | None = None
         self.logger.log_hyperparameters(
             {**cfg.to_dict(), "world_size": world, "rank_device": str(device)}
         )
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- the public surface beside fit() ------------------------------------------------------
+    @property
+    def checkpoints(self) -> CheckpointManager | None:
+        """The `CheckpointManager` of save_folder (None without one): `latest()`, `checkpoints()`."""
+        return self.checkpointer.manager
+
+    def save_checkpoint(self) -> str:
+        """Save now (every rank calls it); returns the checkpoint's path or URL."""
+        path = self.checkpointer.save()
+        self._run(Event.CHECKPOINT)
+        return path
+
+    def load_checkpoint(self, path: str, *, weights_only: bool = False) -> None:
+        """Restore a run (or only model/optimizer/scheduler for `weights_only`, as in rollback)."""
+        self.checkpointer.load(path, weights_only=weights_only)
+
+    # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> None:
         """Train until max_duration, a stop request, or a signal; then save and return."""
         state = self.state
@@ -132,7 +166,7 @@ class Trainer(Checkpointing):
                 if state.timestamp.batch_in_epoch == 0:
                     self._run(Event.EPOCH_START)
                 trained = 0
-                for batch in self._epoch_batches():
+                for batch in self.checkpointer.epoch_batches():
                     self._train_batch(batch)
                     trained += 1
                     self._after_batch()
@@ -145,13 +179,10 @@ class Trainer(Checkpointing):
                     self._run(Event.EPOCH_END)
                     self._after_batch(epoch_end=True)
             finished = state.stop_reason is None  # ran to max_duration, not stopped or signalled
-            if (
-                finished
-                and state.eval_dataloader is not None
-                and self._last_eval != state.timestamp.batch
-            ):
+            if finished and self._evaluates() and self._last_eval != state.timestamp.batch:
                 self.evaluate()  # the final model is always evaluated, as composer does
-            if self.checkpoints is not None and self._last_saved != state.timestamp.batch:
+            saved = self.checkpointer.last_saved == state.timestamp.batch
+            if self.checkpointer.saving and not saved:
                 self.save_checkpoint()
             self._run(Event.FIT_END)
         finally:
@@ -165,35 +196,54 @@ class Trainer(Checkpointing):
         state = self.state
         state.batch = batch
         self._run(Event.BATCH_START)
-        model = state.model
-        loss_tokens = count_loss_tokens(model, state.batch)
-        input_tokens = count_input_tokens(state.batch)
-        counts = dist.all_reduce_tensor(
-            [loss_tokens, batch_size_of(state.batch), loss_tokens if input_tokens is None else input_tokens],
-            state.device,
-        )  # fmt: skip
+        counts = self._count_tokens(state.batch)
         share = self._forward_backward(state.batch, counts[0].clamp(min=1.0))
-        if state.world_size > 1 and not getattr(model, "_composer_sharded", False):
+        if state.world_size > 1 and not self._sharded:
             self._sync_gradients()
         if self.scaler is not None:
             self.scaler.unscale_(state.optimizer)
+        state.step = self._step_result(share, counts)
+        self._run(Event.BEFORE_OPTIMIZER_STEP)
+        self._apply_step()
+        state.timestamp.advance_batch(state.step.samples, state.step.tokens)
+        state.metrics["loss/train/total"] = state.step.loss
+        state.metrics["time/batch"] = state.timestamp.batch
+        self._run(Event.BATCH_END)
+
+    def _count_tokens(self, batch: Any) -> torch.Tensor:
+        """(loss tokens, samples, tokens read) of the global batch: one all-reduce, on the device."""
+        loss_tokens = count_loss_tokens(self.state.model, batch)
+        input_tokens = count_input_tokens(batch)
+        read = loss_tokens if input_tokens is None else input_tokens
+        return dist.all_reduce_tensor([loss_tokens, batch_size_of(batch), read], self.state.device)
+
+    def _step_result(self, share: torch.Tensor, counts: torch.Tensor) -> StepResult:
+        """The step's results, the same on every rank: one all-reduce and the step's one wait for
+        the device. Every rank stops after this batch if any rank was signalled."""
+        state = self.state
         reduced = dist.all_reduce_tensor([share, 1.0 if self._signal else 0.0], state.device)
-        step_loss, signalled, total_tokens, total_samples, total_input_tokens = torch.cat(
+        loss, signalled, loss_tokens, samples, tokens = torch.cat(
             [reduced, counts.to(reduced.device)]
         ).tolist()
-        if signalled:  # every rank stops after this batch if any rank was signalled
-            state.stop(
-                f"signal {signal.Signals(self._signal).name}"
-                if self._signal
-                else "signal on another rank"
-            )
-        state.extra.update(step_loss=step_loss, grad_norm=total_grad_norm(model), step_tokens=int(total_input_tokens),
-                           step_loss_tokens=int(total_tokens), step_samples=int(total_samples),
-                           seq_len=_seq_len(state.batch))  # fmt: skip
-        self._run(Event.BEFORE_OPTIMIZER_STEP)
-        rollback = state.extra.pop("rollback", None)
-        if rollback:
-            self._rollback(rollback)
+        if signalled:
+            name = signal.Signals(self._signal).name if self._signal else None
+            state.stop(f"signal {name}" if name else "signal on another rank")
+        return StepResult(
+            loss=loss,
+            grad_norm=total_grad_norm(state.model),
+            tokens=int(tokens),
+            loss_tokens=int(loss_tokens),
+            samples=int(samples),
+            seq_len=_seq_len(state.batch),
+        )
+
+    def _apply_step(self) -> None:
+        """After BEFORE_OPTIMIZER_STEP: roll back, step, or skip the step, as callbacks asked.
+        The LR schedule follows the batches, trained or not."""
+        state = self.state
+        rollback, state.rollback_reason = state.rollback_reason, None
+        if rollback is not None:
+            self.checkpointer.rollback(rollback)
             if self.scaler is not None:  # a guard may have unscaled this step's gradients
                 self.scaler.update()
         elif not state.skip_step:
@@ -201,15 +251,12 @@ class Trainer(Checkpointing):
         else:
             if self.scaler is not None:
                 self.scaler.update()
-            if state.scheduler is not None:  # the schedule follows the batches, trained or not
+            if state.scheduler is not None:
                 with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
                     warnings.simplefilter("ignore", UserWarning)
                     state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
         state.skip_step = False
-        state.timestamp.advance_batch(int(total_samples), int(total_input_tokens))
-        state.metrics.update({"loss/train/total": step_loss, "time/batch": state.timestamp.batch})
-        self._run(Event.BATCH_END)
 
     def _forward_backward(self, batch: Any, total_tokens: torch.Tensor) -> torch.Tensor:
         """Forward and backward over microbatches; returns this rank's share of the step loss.
@@ -219,10 +266,8 @@ class Trainer(Checkpointing):
         the microbatch size. With 'auto', an out-of-memory error halves the microbatch size on
         every rank (they agree through one collective) and the batch starts over.
         """
-        state = self.state
-        auto = self.microbatch_size == "auto"
-        rows = batch_size_of(batch)
-        size = min(self._auto_size, rows) if auto else (self.microbatch_size or rows)
+        state, auto = self.state, self.microbatch.auto
+        size = self.microbatch.rows(batch_size_of(batch))
         while True:
             try:
                 share, oom = self._microbatches(batch, size, total_tokens), 0.0
@@ -240,7 +285,7 @@ class Trainer(Checkpointing):
             if size == 1:
                 raise RuntimeError("out of memory even with a microbatch of 1 sample") from None
             state.optimizer.zero_grad(set_to_none=True)
-            size = self._auto_size = max(1, size // 2)
+            size = self.microbatch.halve(size)
             log.warning("out of memory: device_train_microbatch_size is now %d", size)
 
     def _microbatches(self, batch: Any, size: int, total_tokens: torch.Tensor) -> torch.Tensor:
@@ -269,9 +314,9 @@ class Trainer(Checkpointing):
         if self._every_log.due(state.timestamp, epoch_end) or (epoch_end and state.metrics):
             self.logger.log_metrics(dict(state.metrics), step=state.timestamp.batch)
         state.metrics.clear()
-        if state.eval_dataloader is not None and self._every_eval.due(state.timestamp, epoch_end):
+        if self._evaluates() and self._every_eval.due(state.timestamp, epoch_end):
             self.evaluate()
-        if self.checkpoints is not None and (
+        if self.checkpointer.saving and (
             self._every_save.due(state.timestamp, epoch_end) or state.stop_reason
         ):
             self.save_checkpoint()
@@ -281,30 +326,6 @@ class Trainer(Checkpointing):
         return state.stop_reason is not None or state.timestamp.reached(
             state.max_duration, state.max_duration
         )
-
-    def _epoch_batches(self) -> Iterator[Any]:
-        loader = self.state.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.state.timestamp.epoch)
-        from composer_lite.checkpoint import capture_rng, restore_rng
-
-        skip, self._skip_batches = self._skip_batches, 0
-        if self._pending_epoch_rng is not None:
-            # Resumed mid-epoch: the uninterrupted run began this epoch's iterator, and fetched
-            # the batches before the checkpoint, from the RNG as it was then (a shuffling sampler
-            # draws its seed at the first batch), so do the same, then go on from the saved RNG.
-            restore_rng(self._pending_epoch_rng)
-            self._pending_epoch_rng = None
-        self._epoch_rng = capture_rng()
-        iterator = iter(loader)
-        for _ in range(skip):
-            if next(iterator, None) is None:
-                break
-        if self._pending_rng is not None:
-            restore_rng(self._pending_rng)
-            self._pending_rng = None
-        yield from iterator
 
     def _optimizer_step(self) -> None:
         state = self.state
@@ -328,50 +349,38 @@ class Trainer(Checkpointing):
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
-    # -- evaluation -------------------------------------------------------------------------
+    # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """Token-weighted eval loss (and the model's optional `metrics`) over all ranks."""
+        """Evaluate on every rank: the token-weighted loss over the eval dataloader (and the
+        model's optional `metrics`), if there is one, then each evaluator's metrics; they become
+        `state.eval_metrics` and are logged. The model evaluated is `state.eval_model` when set,
+        else `state.model` (with an EMA callback, it holds the EMA weights from EVAL_START to
+        EVAL_END)."""
         state = self.state
+        if not self._evaluates():
+            raise ValueError(
+                "nothing to evaluate: the Trainer has no eval_dataloader and no evaluators"
+            )
         self._run(Event.EVAL_START)
         model = state.eval_model or state.model
         was_training = model.training
         model.eval()
-        sums: dict[str, float] = {}
+        metrics: dict[str, float] = {}
         with torch.no_grad():
-            for index, batch in enumerate(state.eval_dataloader):
-                if (
-                    self.config.eval_subset_num_batches is not None
-                    and index >= self.config.eval_subset_num_batches
-                ):
-                    break
-                batch = move_to_device(batch, state.device)
-                with autocast(state.precision, state.device):
-                    outputs = model(batch)
-                    values = {"loss": model.loss(outputs, batch)}
-                    metrics = getattr(model, "metrics", None)
-                    if callable(metrics):
-                        values.update(metrics(outputs, batch))
-                tokens = count_loss_tokens(model, batch)
-                sums["_tokens"] = sums.get("_tokens", 0.0) + tokens
-                for name, value in values.items():
-                    # a batch with no loss token counts 0 (its mean is 0/0, NaN)
-                    sums[name] = sums.get(name, 0.0) + (float(value) * tokens if tokens else 0.0)
-        # every rank reduces the same names, also one that had no eval batch
-        names = sorted(set().union(*dist.all_gather_object(sorted(sums))))
-        totals = dict(
-            zip(
-                names,
-                dist.all_reduce([sums.get(n, 0.0) for n in names], device=state.device),
-                strict=True,
-            )
-        )
-        count = max(totals.pop("_tokens", 0.0), 1.0)
-        state.eval_metrics = {f"eval/{name}": value / count for name, value in totals.items()}
+            if state.eval_dataloader is not None:
+                limit = self.config.eval_subset_num_batches
+                metrics = dataloader_metrics(model, state.eval_dataloader, state, max_batches=limit)
+            metrics.update(evaluator_metrics(self.evaluators, model, state, given=metrics))
         model.train(was_training)
+        state.eval_metrics = metrics
         self.logger.log_metrics(state.eval_metrics, step=state.timestamp.batch)
         self._last_eval = state.timestamp.batch
         self._run(Event.EVAL_END)
         return state.eval_metrics
+
+    def _evaluates(self) -> bool:
+        """Whether there is anything to evaluate: an eval dataloader or an evaluator."""
+        return self.state.eval_dataloader is not None or bool(self.evaluators)
 
     # -- set-up helpers -----------------------------------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -387,52 +396,40 @@ class Trainer(Checkpointing):
         for callback in self.callbacks:
             callback.run_event(event, self.state, self.logger)
 
-    def _check_microbatch(self, loader: Iterable) -> None:
-        size, batch = self.config.device_train_microbatch_size, getattr(loader, "batch_size", None)
-        if isinstance(size, int) and isinstance(batch, int) and batch % size:
-            raise ValueError(
-                f"device_train_microbatch_size={size} does not divide the batch size {batch}"
-            )
-        self._auto_size = batch or 1 << 30
-
     def _place_model(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, world: int
-    ):
+    ) -> tuple[nn.Module, torch.optim.Optimizer, bool]:
         """Move the model to its device and apply parallelism from outside (activation
         checkpointing -> compile -> FSDP2); plain data parallel starts every rank from rank 0's
-        weights."""
+        weights. Returns the model, the optimizer and whether FSDP2 sharded the model."""
         named = dict(model.named_parameters())
         model.to(device)
-        parallelism = self.config.parallelism
+        parallelism, sharded = self.config.parallelism, False
         if parallelism is not None:
             from composer_lite.parallel import apply_parallelism, is_sharded
 
             model = apply_parallelism(model, parallelism, device=device)
-            if is_sharded(model):
-                model._composer_sharded = True
+            sharded = is_sharded(model)
+            if sharded:
                 optimizer = rebind_optimizer(optimizer, named, dict(model.named_parameters()))
-        if world > 1 and not getattr(model, "_composer_sharded", False):
+        if world > 1 and not sharded:
             for tensor in [*model.parameters(), *model.buffers()]:
                 torch.distributed.broadcast(tensor.data, src=0)
-        return model, optimizer
+        return model, optimizer, sharded
 
     def _build_scheduler(self, scheduler: Any) -> Any:
         if not isinstance(scheduler, Schedule):
             return scheduler
         state, loader = self.state, self.state.train_dataloader
-        steps_per_epoch = len(loader) if hasattr(loader, "__len__") else None
         samples = getattr(loader, "batch_size", None)  # None: 'sp' times cannot be converted
-        return scheduler.build(
-            state.optimizer,
-            lambda t: state.timestamp.to_steps(
-                t,
-                state.max_duration,
-                steps_per_epoch,
-                samples and samples * state.world_size,
-                scheduler.tokens_per_batch,
-            ),  # fmt: skip
-            state.max_duration,
+        to_steps = functools.partial(
+            state.timestamp.to_steps,
+            max_duration=state.max_duration,
+            steps_per_epoch=len(loader) if hasattr(loader, "__len__") else None,
+            samples_per_batch=samples and samples * state.world_size,
+            tokens_per_batch=scheduler.tokens_per_batch,
         )
+        return scheduler.build(state.optimizer, to_steps, state.max_duration)
 
     def _default_callbacks(self, given: Sequence[Callback]) -> list[Callback]:
         """The guard (and hang watchdog) always; the monitors unless default_callbacks is off.
@@ -457,3 +454,11 @@ class Trainer(Checkpointing):
 def _seq_len(batch: Any) -> int | None:
     ids = batch.get("input_ids") if isinstance(batch, dict) else None
     return int(ids.shape[1]) if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
+
+
+def _length(loader: Iterable) -> int | None:
+    """Batches in an epoch, when the loader knows (an iterable without a length: None)."""
+    try:
+        return len(loader) or None  # type: ignore[arg-type]
+    except TypeError:
+        return None

@@ -1,14 +1,13 @@
 """Guards: a step that goes wrong is never silently trained through, and a hung job ends.
 
 `Guard` (BEFORE_OPTIMIZER_STEP) looks at the step's loss and gradient norm, which the Trainer
-has already made the same on every rank (`state.extra["step_loss"]`: the token-weighted mean
-over all ranks; `state.extra["grad_norm"]`: the total norm), so every rank takes the same
-decision without a collective of its own. A non-finite loss or gradient, or a loss above
-`spike_factor` times the running mean of the last `spike_window` accepted losses, triggers
-its policy:
+has already made the same on every rank (`state.step.loss`: the token-weighted mean over all
+ranks; `state.step.grad_norm`: the total norm), so every rank takes the same decision without a
+collective of its own. A non-finite loss or gradient, or a loss above `spike_factor` times the
+running mean of the last `spike_window` accepted losses, triggers its policy:
 
     skip      state.skip_step = True: the Trainer zeroes the gradients and does not step
-    rollback  state.extra["rollback"] = reason: the Trainer skips the step and restores the
+    rollback  state.request_rollback(reason): the Trainer skips the step and restores the
               model, optimizer and scheduler from the last checkpoint (an error if none)
     stop      raise TrainingDivergedError naming the step, the loss and the gradient norm
 
@@ -101,13 +100,12 @@ class Guard(Callback):
         return None
 
     def before_optimizer_step(self, state: State, logger: Logger) -> None:
-        try:
-            loss, grad_norm = float(state.extra["step_loss"]), float(state.extra["grad_norm"])
-        except KeyError as err:
-            raise KeyError(
-                f"the guard needs state.extra[{err.args[0]!r}] (set by the Trainer before "
-                f"BEFORE_OPTIMIZER_STEP); state.extra has {sorted(state.extra)}"
-            ) from None
+        if state.step is None:
+            raise RuntimeError(
+                "the guard needs state.step (the step's loss and gradient norm), which the "
+                "Trainer sets before BEFORE_OPTIMIZER_STEP; it is None"
+            )
+        loss, grad_norm = state.step.loss, state.step.grad_norm
         step = state.timestamp.batch + 1
         policy = self.judge(loss, grad_norm, state.precision)
         if policy is None:
@@ -133,7 +131,7 @@ class Guard(Callback):
                 state.skip_step = True
                 self.skipped += 1
             else:
-                state.extra["rollback"] = f"{self.reason} at step {step}"
+                state.request_rollback(f"{self.reason} at step {step}")
                 self.rollbacks += 1
         mean = self.running_mean()
         state.metrics.update(

@@ -114,7 +114,8 @@ class ProgressBar(Callback):
         fraction = _fraction(state, total)
         step = f"[{ts.batch:>{len(str(total))}d}/{total}]" if total else f"[{ts.batch}]"
         parts = [step, f"{100 * fraction:5.1f}%"]
-        loss = state.metrics.get("loss/train/total", state.extra.get("step_loss"))
+        step_loss = state.step.loss if state.step is not None else None
+        loss = state.metrics.get("loss/train/total", step_loss)
         if loss is not None:
             parts.append(f"loss {float(loss):.4f}")
         elapsed = time.perf_counter() - self._start_time

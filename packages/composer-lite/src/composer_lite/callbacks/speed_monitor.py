@@ -3,10 +3,9 @@
 Each batch is timed from BATCH_START to BATCH_END (forward, backward, optimizer step; not the
 wait for data, evaluation or checkpoints), and the rates are totals over the last `window`
 batches divided by their time, so one slow batch does not swing them. Samples are the global
-count the Trainer puts in `state.extra["step_samples"]`; tokens are the tokens the model
-processed, samples x sequence length (`state.extra["seq_len"]`), as composer and llm-foundry
-count them, or the Trainer's count of tokens read (`["step_tokens"]`) when the batch has no
-(B, T) input_ids.
+count the Trainer puts in `state.step.samples`; tokens are the tokens the model processed,
+samples x sequence length (`state.step.seq_len`), as composer and llm-foundry count them, or the
+Trainer's count of tokens read (`state.step.tokens`) when the batch has no (B, T) input_ids.
 
 MFU (llm-foundry's definition): `flops_per_token(seq_len)` of the model (forward + backward)
 times the processed tokens per second of one device (prompt and padding tokens are computed on
@@ -21,15 +20,21 @@ Metrics: `throughput/{batches,samples,tokens}_per_sec` (all ranks),
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 
 import torch
 
 from composer_lite.callbacks.gpu_peaks import peak_flops_for
-from composer_lite.core import Callback, Logger, State
+from composer_lite.core import Callback, Logger, State, StepResult
 
 __all__ = ["SpeedMonitor"]
+
+# What a batch counts when no step was measured (a State driven by hand): nothing.
+_NO_STEP = StepResult(
+    loss=math.nan, grad_norm=math.nan, tokens=0, loss_tokens=0, samples=0, seq_len=None
+)
 
 
 class SpeedMonitor(Callback):
@@ -82,9 +87,9 @@ class SpeedMonitor(Callback):
         self._started = None
 
     def _end_of_batch(self, state: State, seconds: float) -> None:
-        samples = int(state.extra.get("step_samples", 0))
-        flops_per_token, seq_len = _flops_fn(state), state.extra.get("seq_len")
-        tokens = samples * seq_len if seq_len else int(state.extra.get("step_tokens", 0))
+        step = state.step or _NO_STEP
+        samples, seq_len, flops_per_token = step.samples, step.seq_len, _flops_fn(state)
+        tokens = samples * seq_len if seq_len else step.tokens
         flops = (
             float(flops_per_token(seq_len)) * tokens
             if callable(flops_per_token) and seq_len
