@@ -45,7 +45,7 @@ class Losses(Callback):
         self.losses = []
 
     def batch_end(self, state, logger):
-        self.losses.append(state.extra["step_loss"])
+        self.losses.append(state.step.loss)
 
 
 def _train(rank, world, data, save, max_duration):
