@@ -20,6 +20,7 @@ from foundry.tokenizer import (
 from .conftest import random_text, write_jsonl
 
 
+@pytest.mark.shared_data
 def test_neox_tokenizer_loads_from_file_or_folder(neox_path):
     for where in (neox_path, neox_path.parent):
         tok = load_tokenizer(where)
@@ -91,6 +92,7 @@ def test_tokenizer_train_refuses_to_overwrite_and_small_vocab(tmp_path):
         train_from_config(cfg)
 
 
+@pytest.mark.shared_data
 def test_vocab_larger_than_the_model_is_an_error_naming_the_fix(neox_path):
     tok = load_tokenizer(neox_path)
     check_vocab_fits(tok, 50368)

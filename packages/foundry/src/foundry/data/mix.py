@@ -163,8 +163,12 @@ def mix_table(data: DataConfig, *, tokens: int) -> list[MixRow]:
     return rows
 
 
-def _billions(n: float | None) -> str:
-    return "?" if n is None else f"{n / 1e9:,.2f} B"
+def _count(n: float | None) -> str:
+    """Tokens as the MPT table writes them: 417.99 B; smaller counts in M or K."""
+    if n is None:
+        return "?"
+    scale, unit = next(((s, u) for s, u in ((1e9, "B"), (1e6, "M")) if n >= s), (1e3, "K"))
+    return f"{n / scale:,.2f} {unit}"
 
 
 def format_mix_table(rows: list[MixRow], *, tokens: int) -> str:
@@ -173,13 +177,13 @@ def format_mix_table(rows: list[MixRow], *, tokens: int) -> str:
     head = (
         f"{'source':<{width}}{'tokens in source':>18}{'share':>9}{'tokens used':>16}{'epochs':>9}"
     )
-    lines = [f"mix for a budget of {_billions(tokens)}", head, "-" * len(head)]
+    lines = [f"mix for a budget of {_count(tokens)}", head, "-" * len(head)]
     for r in rows:
         share = "?" if r.share is None else f"{100 * r.share:.1f}%"
         epochs = "?" if r.epochs is None else f"{r.epochs:.2f}"
         lines.append(
-            f"{r.name:<{width}}{_billions(r.source_tokens):>18}{share:>9}"
-            f"{_billions(r.tokens):>16}{epochs:>9}"
+            f"{r.name:<{width}}{_count(r.source_tokens):>18}{share:>9}"
+            f"{_count(r.tokens):>16}{epochs:>9}"
         )
     return "\n".join(lines)
 
