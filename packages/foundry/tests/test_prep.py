@@ -248,6 +248,9 @@ def test_too_little_data_left_names_max_seq_len(tmp_path, tiny_tokenizer):
     write_jsonl(tmp_path / "corpus" / "a.jsonl", ["only a few words in here"])
     with pytest.raises(PrepError, match=r"fewer than max_seq_len=64; lower max_seq_len"):
         prepare(config(**base_settings(tmp_path, tiny_tokenizer)))
+    # doing what the message says finishes the same run: no overwrite needed
+    report = prepare(config(**{**base_settings(tmp_path, tiny_tokenizer), "max_seq_len": 4}))
+    assert report["output"]["samples"] > 0
 
 
 def test_cli_data_prep_prints_config_and_report_or_a_clear_error(tmp_path, tiny_tokenizer, capsys):
@@ -257,6 +260,7 @@ def test_cli_data_prep_prints_config_and_report_or_a_clear_error(tmp_path, tiny_
     assert main(["data", "prep", *args]) == 1
     err = capsys.readouterr().err
     assert f"foundry data prep: error: inputs[0]: {tmp_path / 'corpus'} does not exist" in err
+    assert not (tmp_path / "out.work").exists(), "a run that could not start leaves nothing"
     make_corpus(tmp_path / "corpus", docs=40)
     assert main(["data", "prep", *args]) == 0
     out = capsys.readouterr().out

@@ -11,9 +11,10 @@
 
 Crash anywhere and run the same command again: finished units are kept (each result file is
 written whole), B and C are redone, and the output never has an index.json before C finished,
-so an interrupted output never looks complete. Settings that change the output (anything but
-num_proc, progress and work_dir) must match the unfinished run's, as must the inputs' sizes and
-modification times; otherwise the error says to pass overwrite=true.
+so an interrupted output never looks complete. The settings that stages A and B read (inputs,
+tokenizer, eos_token, text_key, text_unit, filters, dedup, unit_size) must match the unfinished
+run's, as must the inputs' sizes and modification times; otherwise the error says to pass
+overwrite=true. max_seq_len, compression and size_limit may change: C is redone anyway.
 """
 
 from __future__ import annotations
@@ -47,7 +48,19 @@ __all__ = ["CONFIG_FILE", "REPORT_FILE", "PrepError", "prepare", "run_command"]
 
 REPORT_FILE = "foundry_report.json"
 CONFIG_FILE = "foundry_config.yaml"
-_OUTPUT_ONLY = ("num_proc", "progress", "work_dir", "overwrite", "model")
+# Settings that stages A and B do not read: an unfinished run may be finished with others (stage
+# C, the writing, is always redone unless it had finished).
+_NOT_RECORDED = (
+    "num_proc",
+    "progress",
+    "work_dir",
+    "overwrite",
+    "model",
+    "out",
+    "max_seq_len",
+    "compression",
+    "size_limit",
+)
 
 
 class PrepError(RuntimeError):
@@ -178,7 +191,7 @@ def _default_work_dir(out: str, remote: bool) -> str:
 
 
 def _settings_record(cfg: DataPrepCommand, tokenizer: FoundryTokenizer) -> dict[str, Any]:
-    record = {k: v for k, v in asdict(cfg).items() if k not in _OUTPUT_ONLY}
+    record = {k: v for k, v in asdict(cfg).items() if k not in _NOT_RECORDED}
     with open(tokenizer.source, "rb") as f:
         record["tokenizer_sha256"] = hashlib.sha256(f.read()).hexdigest()
     return record
@@ -224,9 +237,9 @@ def prepare(cfg: DataPrepCommand, *, config_text: str = "") -> dict[str, Any]:
     if cfg.overwrite:
         work.remove()
     _claim_output(cfg, output, work)
+    files = expand_inputs(list(cfg.inputs), staging=work.path / "inputs")
     work.lock(cfg.out)
     work.agree("settings.json", _settings_record(cfg, tokenizer), what="settings")
-    files = expand_inputs(list(cfg.inputs), staging=work.path / "inputs")
     identity = [
         [f.name, f.size, os.stat(f.path).st_mtime_ns if f.name == f.path else None] for f in files
     ]
