@@ -268,3 +268,13 @@ def test_cli_data_prep_prints_config_and_report_or_a_clear_error(tmp_path, tiny_
     assert "max_seq_len: 64" in out and "dropped by exact_dedup" in out and "wrote " in out
     saved = (tmp_path / "out" / "foundry_config.yaml").read_text()
     assert "max_seq_len: 64" in saved and "text_unit: line" in saved
+
+
+def test_include_picks_files_from_folders(tmp_path):
+    (tmp_path / "src" / "__pycache__").mkdir(parents=True)
+    for name in ("a.py", "b.md", "c.pyc", "__pycache__/a.cpython-311.pyc", ".hidden.py"):
+        (tmp_path / "src" / name).write_text("x = 1\n")
+    files = expand_inputs([str(tmp_path / "src")], staging=tmp_path / "s", include=["*.py", "*.md"])
+    assert [Path(f.name).name for f in files] == ["a.py", "b.md"]
+    with pytest.raises(InputError, match=r"holds no files matching include=\['\*.rs'\]"):
+        expand_inputs([str(tmp_path / "src")], staging=tmp_path / "s", include=["*.rs"])

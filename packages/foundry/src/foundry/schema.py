@@ -170,6 +170,9 @@ class DataPrepCommand:
     """`foundry data prep`: text/jsonl -> filtered, deduplicated, tokenized MDS shards."""
 
     inputs: list[str] = need("text/jsonl files or folders, local or s3://")
+    include: list[str] | None = opt(
+        None, "file-name patterns taken from folders (['*.py']); null: all"
+    )
     out: str = need("output folder or s3:// prefix for the MDS dataset")
     tokenizer: str = need("tokenizer.json, or a folder holding one")
     max_seq_len: int = opt(2048, "tokens per sample (documents are concatenated with EOS)")
@@ -199,6 +202,9 @@ class TokenizerTrainCommand:
     """`foundry tokenizer train`: a byte-level BPE with the special tokens chat formats need."""
 
     inputs: list[str] = need("text/jsonl files or folders, local or s3://")
+    include: list[str] | None = opt(
+        None, "file-name patterns taken from folders (['*.py']); null: all"
+    )
     out: str = need("output folder for tokenizer.json and tokenizer_config.json")
     vocab_size: int = opt(8192, "tokens in the vocabulary, special tokens included")
     min_frequency: int = opt(2, "merges of pairs seen fewer times are not learnt")

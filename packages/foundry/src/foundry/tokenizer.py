@@ -251,7 +251,7 @@ def check_seq_len(
 def _corpus(cfg: TokenizerTrainCommand, staging: str) -> Iterator[str]:
     from foundry.data.readers import expand_inputs, iter_documents, plan_units
 
-    files = expand_inputs(list(cfg.inputs), staging=staging)
+    files = expand_inputs(list(cfg.inputs), staging=staging, include=cfg.include)
     units = plan_units(files, text_unit=cfg.text_unit, unit_bytes=1 << 24)
     docs = iter_documents(files, units, text_unit=cfg.text_unit, text_key=cfg.text_key)
     for n, doc in enumerate(docs):

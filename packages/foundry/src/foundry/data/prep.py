@@ -237,7 +237,7 @@ def prepare(cfg: DataPrepCommand, *, config_text: str = "") -> dict[str, Any]:
     if cfg.overwrite:
         work.remove()
     _claim_output(cfg, output, work)
-    files = expand_inputs(list(cfg.inputs), staging=work.path / "inputs")
+    files = expand_inputs(list(cfg.inputs), staging=work.path / "inputs", include=cfg.include)
     work.lock(cfg.out)
     work.agree("settings.json", _settings_record(cfg, tokenizer), what="settings")
     identity = [

@@ -13,6 +13,7 @@ so the documents and their order are the same however the work is split.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -73,24 +74,30 @@ def _is_jsonl(name: str) -> bool:
     return name.lower().endswith(JSON_SUFFIXES)
 
 
-def _local_files(path: Path) -> list[Path]:
+def _wanted(name: str, include: list[str] | None) -> bool:
+    return not name.startswith(".") and (
+        include is None or any(fnmatch.fnmatch(name, pattern) for pattern in include)
+    )
+
+
+def _local_files(path: Path, include: list[str] | None) -> list[Path]:
     if path.is_file():
         return [path]
     found = []
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(root) / f for f in sorted(files) if not f.startswith(".")]
+        found += [Path(root) / f for f in sorted(files) if _wanted(f, include)]
     return found
 
 
-def _remote_files(url: str, staging: Path) -> list[tuple[str, Path]]:
+def _remote_files(url: str, staging: Path, include: list[str] | None) -> list[tuple[str, Path]]:
     from streaming.storage import download, list_objects, object_exists
 
     urls = [url] if object_exists(url) else list_objects(url.rstrip("/") + "/")
     fetched = []
     for remote in urls:
         name = remote.rsplit("/", 1)[-1]
-        if name.startswith(".") or name == "":
+        if not name or (remote != url and not _wanted(name, include)):
             continue
         digest = hashlib.sha256(remote.encode()).hexdigest()[:16]
         local = staging / f"{digest}-{name}"
@@ -100,8 +107,12 @@ def _remote_files(url: str, staging: Path) -> list[tuple[str, Path]]:
     return fetched
 
 
-def expand_inputs(inputs: list[str], *, staging: str | os.PathLike[str]) -> list[InputFile]:
+def expand_inputs(
+    inputs: list[str], *, staging: str | os.PathLike[str], include: list[str] | None = None
+) -> list[InputFile]:
     """The input files in a fixed order (each input in turn, files of a folder sorted by path).
+    Files inside folders are taken when their name matches a pattern of `include` (fnmatch,
+    e.g. ["*.py", "*.md"]; None: every file); hidden files and folders never are.
 
     Raises InputError naming every input that does not exist or holds no files, and when all the
     files together are empty.
@@ -114,15 +125,16 @@ def expand_inputs(inputs: list[str], *, staging: str | os.PathLike[str]) -> list
     problems = []
     for i, given in enumerate(inputs):
         if is_remote(given):
-            pairs = _remote_files(given, Path(staging))
+            pairs = _remote_files(given, Path(staging), include)
         else:
             path = Path(given).expanduser()
             if not path.exists():
                 problems.append(f"inputs[{i}]: {given} does not exist")
                 continue
-            pairs = [(str(p), p) for p in _local_files(path)]
+            pairs = [(str(p), p) for p in _local_files(path, include)]
         if not pairs:
-            problems.append(f"inputs[{i}]: {given} holds no files")
+            matching = f" matching include={include}" if include is not None else ""
+            problems.append(f"inputs[{i}]: {given} holds no files{matching}")
         for name, local in pairs:
             size = local.stat().st_size
             files.append(InputFile(name=name, path=str(local), size=size, jsonl=_is_jsonl(name)))
