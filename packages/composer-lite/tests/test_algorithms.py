@@ -131,8 +131,13 @@ def test_warmup_length_schedule():
 
 
 def test_truncate_batch_cuts_every_sequence_tensor_alike():
-    batch = {**random_lm_batch(2, 16), "sequence_id": torch.zeros(2, 16, dtype=torch.long),
-             "attention_mask": torch.ones(2, 16), "id": torch.arange(2), "name": "x"}  # fmt: skip
+    batch = {
+        **random_lm_batch(2, 16),
+        "sequence_id": torch.zeros(2, 16, dtype=torch.long),
+        "attention_mask": torch.ones(2, 16),
+        "id": torch.arange(2),
+        "name": "x",
+    }
     cut = truncate_batch(batch, 8)
     for key in ("input_ids", "labels", "sequence_id", "attention_mask"):
         assert cut[key].shape == (2, 8) and cut[key].is_contiguous()
@@ -182,11 +187,23 @@ def test_algorithms_through_the_trainer():
     torch.manual_seed(0)
     model, seen = TinyLM(), _Seen()
     data = _Loader(random_lm_batch(4, 32, seed=i) for i in range(4))
-    algorithms = [LowPrecisionLayerNorm(), SeqLengthWarmup(duration="4ba", min_seq_len=8),
-                  LabelSmoothing(smoothing=0.1)]  # fmt: skip
-    trainer = Trainer(model, data, torch.optim.AdamW(model.parameters(), lr=1e-2), max_duration="1ep",
-                      algorithms=algorithms, callbacks=[seen], loggers=[], default_callbacks=False,
-                      precision="amp_bf16", device="cpu")  # fmt: skip
+    algorithms = [
+        LowPrecisionLayerNorm(),
+        SeqLengthWarmup(duration="4ba", min_seq_len=8),
+        LabelSmoothing(smoothing=0.1),
+    ]
+    trainer = Trainer(
+        model,
+        data,
+        torch.optim.AdamW(model.parameters(), lr=1e-2),
+        max_duration="1ep",
+        algorithms=algorithms,
+        callbacks=[seen],
+        loggers=[],
+        default_callbacks=False,
+        precision="amp_bf16",
+        device="cpu",
+    )
     trainer.fit()
     assert type(model.norm) is LPLayerNorm
     assert seen.lengths == [8, 8, 16, 24]  # 8 + 24 * progress, rounded down to multiples of 8

@@ -88,9 +88,14 @@ def flat_params(model):
 # -- GPU peaks, clipping, monitors ------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, peak",
-    [("NVIDIA H100 80GB HBM3", 989.5e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989.5e12),
-     ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA A100 80GB PCIe", 312e12)],
-)  # fmt: skip
+    [
+        ("NVIDIA H100 80GB HBM3", 989.5e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H200", 989.5e12),
+        ("NVIDIA A100-SXM4-40GB", 312e12),
+        ("NVIDIA A100 80GB PCIe", 312e12),
+    ],
+)
 def test_gpu_peak_table(name, peak):
     assert peak_flops_for(name) == peak
 
@@ -126,8 +131,11 @@ def test_lr_monitor_logs_the_rate_each_step_used():
 
 
 def test_memory_monitor_metrics_and_nothing_on_cpu():
-    stats = {"allocated_bytes.all.current": 2 << 30, "reserved_bytes.all.peak": 3 << 30,
-             "num_alloc_retries": 4}  # fmt: skip
+    stats = {
+        "allocated_bytes.all.current": 2 << 30,
+        "reserved_bytes.all.peak": 3 << 30,
+        "num_alloc_retries": 4,
+    }
     got = memory_metrics(stats)
     assert got["memory/allocated"] == 2 and got["memory/peak_reserved"] == 3
     assert got["memory/alloc_retries"] == 4 and got["memory/reserved"] == 0
@@ -358,10 +366,16 @@ def test_trainer_end_to_end_with_the_built_in_callbacks(tmp_path, capsys):
     data = _Loader(random_lm_batch(4, 8, seed=i) for i in range(3))
     ema = EMA(decay=0.9)
     trainer = Trainer(
-        model, data, torch.optim.AdamW(model.parameters(), lr=1e-2), eval_dataloader=data[:1],
-        max_duration="2ep", eval_interval="1ep", hang_timeout=60, loggers=[JSONLLogger(tmp_path / "m.jsonl")],
+        model,
+        data,
+        torch.optim.AdamW(model.parameters(), lr=1e-2),
+        eval_dataloader=data[:1],
+        max_duration="2ep",
+        eval_interval="1ep",
+        hang_timeout=60,
+        loggers=[JSONLLogger(tmp_path / "m.jsonl")],
         callbacks=[GradClip(max_norm=0.5), ema, MemoryMonitor(), EarlyStopping(patience=5)],
-    )  # fmt: skip
+    )
     trainer.fit()
     records = read_jsonl(tmp_path / "m.jsonl")
     assert records[0]["kind"] == "hyperparameters" and records[0]["config"]["hang_timeout"] == 60
@@ -382,9 +396,18 @@ def test_ema_and_guard_state_survive_a_checkpoint_resume(tmp_path):
             [EMA(decay=0.5), Guard(GuardConfig(spike_factor=9.0, spike_window=2))],
         )
         data = _Loader(random_lm_batch(4, 8, seed=i) for i in range(4))
-        Trainer(model, data, torch.optim.AdamW(model.parameters(), lr=1e-2), max_duration=max_duration,
-                save_folder=str(tmp_path / "ck"), save_interval="2ba", autoresume=True, loggers=[],
-                default_callbacks=False, callbacks=callbacks).fit()  # fmt: skip
+        Trainer(
+            model,
+            data,
+            torch.optim.AdamW(model.parameters(), lr=1e-2),
+            max_duration=max_duration,
+            save_folder=str(tmp_path / "ck"),
+            save_interval="2ba",
+            autoresume=True,
+            loggers=[],
+            default_callbacks=False,
+            callbacks=callbacks,
+        ).fit()
         return callbacks
 
     (ema, guard), (resumed_ema, resumed_guard) = run("2ba"), run("2ba")  # the second only loads

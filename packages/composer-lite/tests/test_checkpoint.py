@@ -101,9 +101,12 @@ def test_round_trip_restores_model_optimizer_objects_and_rng(tmp_path):
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     manager = CheckpointManager(tmp_path / "ck")
     path = manager.save(
-        "ep0-ba3", model=model, optimizer=optimizer, objects=objects,
+        "ep0-ba3",
+        model=model,
+        optimizer=optimizer,
+        objects=objects,
         rank_objects={"rng": capture_rng()},
-    )  # fmt: skip
+    )
     draws = (random.random(), np.random.rand(), torch.rand(1))
     assert path == str(tmp_path / "ck" / "ep0-ba3") and manager.latest() == path
 
@@ -190,15 +193,25 @@ def _fsdp_body(rank, world, folder, start_path):
     _train(model, optimizer, 2, seed=20)
     shadow = {name: p.detach().clone() for name, p in model.named_parameters()}  # DTensors
     path = manager.save(
-        "two", model=model, optimizer=optimizer, objects={"ema": shadow, "step": 5},
+        "two",
+        model=model,
+        optimizer=optimizer,
+        objects={"ema": shadow, "step": 5},
         rank_objects={"rank": rank},
-    )  # fmt: skip
+    )
     saved = _full_state(model, optimizer)
     fresh = _sharded(seed=12)
     fresh_optimizer = _optimizer(fresh)
     objects, mine = manager.load(path, model=fresh, optimizer=fresh_optimizer)
-    out = dict(start=start, start_mine=start_mine, path=path, saved=saved, objects=objects,
-               reloaded=_full_state(fresh, fresh_optimizer), mine=mine)  # fmt: skip
+    out = dict(
+        start=start,
+        start_mine=start_mine,
+        path=path,
+        saved=saved,
+        objects=objects,
+        reloaded=_full_state(fresh, fresh_optimizer),
+        mine=mine,
+    )
     return _map_tensors(out, lambda t: t.numpy())  # tensors do not cross the result queue
 
 
@@ -347,9 +360,12 @@ def test_remote_folder_saves_finds_and_loads_through_another_cache(s3_bucket, tm
     writer.save("ba1", model=model, optimizer=optimizer, objects={})
     _train(model, optimizer, 1, seed=9)
     path = writer.save(
-        "ba2", model=model, optimizer=optimizer, objects={"w": torch.ones(3)},
+        "ba2",
+        model=model,
+        optimizer=optimizer,
+        objects={"w": torch.ones(3)},
         rank_objects={"rng": capture_rng()},
-    )  # fmt: skip
+    )
     assert path == f"{folder}/ba2" and writer.latest() == path
     stored = list_objects(f"{folder}/")
     assert f"{folder}/latest" in stored and f"{folder}/ba2/manifest.json" in stored
@@ -381,8 +397,9 @@ def _remote_body(rank, world, folder, cache):
     optimizer = _optimizer(model)
     _train(model, optimizer, 1, seed=30)
     manager = CheckpointManager(folder, cache_dir=cache)
-    path = manager.save("ba1", model=model, optimizer=optimizer, objects={"n": 1},
-                        rank_objects={"rank": rank})  # fmt: skip
+    path = manager.save(
+        "ba1", model=model, optimizer=optimizer, objects={"n": 1}, rank_objects={"rank": rank}
+    )
     return path, _map_tensors(_full_state(model, optimizer), lambda t: t.numpy())
 
 

@@ -258,13 +258,17 @@ def test_a_new_run_into_a_folder_with_another_runs_checkpoints_is_refused(tmp_pa
     # naming the newest checkpoint (resuming by hand).
     wide = _run(folder, "2ba", model=_model(dim=8), save_overwrite=True)
     assert (
-        wide.checkpoints.latest() == os.path.join(folder, "ep0-ba2") and wide.checkpointer.resumed_from is None
+        wide.checkpoints.latest() == os.path.join(folder, "ep0-ba2")
+        and wide.checkpointer.resumed_from is None
     )
     with pytest.raises(CheckpointError, match=r"does not fit the model.*emb\.weight"):
         _run(folder, "4ba", autoresume=True)  # the folder now holds the other width
     assert _run(folder, "4ba", model=_model(dim=8), autoresume=True).checkpointer.resumed_from
     newest = CheckpointManager(folder).latest()
-    assert _run(folder, "6ba", model=_model(dim=8), load_path=newest).checkpointer.resumed_from == newest
+    assert (
+        _run(folder, "6ba", model=_model(dim=8), load_path=newest).checkpointer.resumed_from
+        == newest
+    )
 
 
 def test_a_folder_with_only_an_unfinished_save_is_not_another_run(tmp_path):

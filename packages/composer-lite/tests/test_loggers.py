@@ -135,9 +135,14 @@ def test_trainer_logs_the_resolved_config_once_then_metrics(tmp_path):
     model = TinyLM()
     data = _Loader(random_lm_batch(4, 8, seed=i) for i in range(2))
     memory, out = Memory(), io.StringIO()
-    Trainer(model, data, torch.optim.SGD(model.parameters(), lr=0.1), max_duration="2ba",
-            loggers=[memory, ConsoleLogger(stream=out), JSONLLogger(tmp_path / "m.jsonl")],
-            default_callbacks=False).fit()  # fmt: skip
+    Trainer(
+        model,
+        data,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        max_duration="2ba",
+        loggers=[memory, ConsoleLogger(stream=out), JSONLLogger(tmp_path / "m.jsonl")],
+        default_callbacks=False,
+    ).fit()
     configs = [c for c in memory.calls if c[0] == "config"]
     assert len(configs) == 1 and configs[0][1]["max_duration"] == "2ba"
     assert [c[2] for c in memory.calls if c[0] == "metrics"] == [1, 2]

@@ -176,9 +176,16 @@ def _bf16_trainer(folder, max_duration, **options):
     data = _Loader(random_lm_batch(8, 6, seed=i) for i in range(4))
     opt = MasterWeightAdamW(model.parameters(), fused=False, **HYPER)
     return Trainer(
-        model, data, opt, max_duration=max_duration, save_folder=str(folder), save_interval="1ba",
-        default_callbacks=False, loggers=[], **options,
-    )  # fmt: skip
+        model,
+        data,
+        opt,
+        max_duration=max_duration,
+        save_folder=str(folder),
+        save_interval="1ba",
+        default_callbacks=False,
+        loggers=[],
+        **options,
+    )
 
 
 @pytest.mark.filterwarnings("ignore:the train dataloader has no state_dict")

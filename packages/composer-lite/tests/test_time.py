@@ -7,9 +7,15 @@ from composer_lite import Time, Timestamp, TimeUnit
 
 @pytest.mark.parametrize(
     "text,value,unit",
-    [("1ep", 1, TimeUnit.EPOCH), ("1000ba", 1000, TimeUnit.BATCH), ("4096sp", 4096, TimeUnit.SAMPLE),
-     ("2e9tok", 2_000_000_000, TimeUnit.TOKEN), ("0.1dur", 0.1, TimeUnit.DURATION), (" 3 ba ", 3, TimeUnit.BATCH)],
-)  # fmt: skip
+    [
+        ("1ep", 1, TimeUnit.EPOCH),
+        ("1000ba", 1000, TimeUnit.BATCH),
+        ("4096sp", 4096, TimeUnit.SAMPLE),
+        ("2e9tok", 2_000_000_000, TimeUnit.TOKEN),
+        ("0.1dur", 0.1, TimeUnit.DURATION),
+        (" 3 ba ", 3, TimeUnit.BATCH),
+    ],
+)
 def test_parse(text, value, unit):
     t = Time.parse(text)
     assert (t.value, t.unit) == (value, unit)
@@ -29,8 +35,15 @@ def test_arithmetic_and_comparison():
         Time.parse("1ep") + 3
 
 
-@pytest.mark.parametrize("bad,match", [("ep", "cannot read"), ("1weeks", "unknown time unit 'weeks'"),
-                                       ("1.5ba", "whole numbers"), ("-1ep", "cannot read")])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("ep", "cannot read"),
+        ("1weeks", "unknown time unit 'weeks'"),
+        ("1.5ba", "whole numbers"),
+        ("-1ep", "cannot read"),
+    ],
+)
 def test_bad_times_name_the_problem(bad, match):
     with pytest.raises(ValueError, match=match):
         Time.parse(bad)

@@ -279,8 +279,15 @@ def test_nonfinite_loss_rollback_restores_the_last_checkpoint(tmp_path):
                     k: v.clone() for k, v in state.model.state_dict().items()
                 }
 
-    trainer = make_trainer(model=NaNAt({4}), max_duration="6ba", callbacks=[Keep()], data=Loader(batches(8), 8),
-                           guard={"on_nonfinite": "rollback"}, save_folder=str(tmp_path / "ck"), save_interval="2ba")  # fmt: skip
+    trainer = make_trainer(
+        model=NaNAt({4}),
+        max_duration="6ba",
+        callbacks=[Keep()],
+        data=Loader(batches(8), 8),
+        guard={"on_nonfinite": "rollback"},
+        save_folder=str(tmp_path / "ck"),
+        save_interval="2ba",
+    )
     trainer.fit()
     for name, value in saved[2].items():  # step 4 was bad: the weights went back to step 2's
         assert torch.equal(saved["after_rollback"][name], value), name
@@ -337,10 +344,19 @@ def _interval_run(folder, callbacks, **kwargs) -> _Record:
     model, record = TinyLM(), _Record()
     data = [random_lm_batch(4, 8, seed=i) for i in range(12)]
     Trainer(
-        model, data, torch.optim.SGD(model.parameters(), lr=0.1), eval_dataloader=data[:1],
-        max_duration="12ba", eval_interval="4ba", save_interval="4ba", save_folder=str(folder),
-        callbacks=[record, *callbacks], loggers=[], default_callbacks=False, **kwargs,
-    ).fit()  # fmt: skip
+        model,
+        data,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        eval_dataloader=data[:1],
+        max_duration="12ba",
+        eval_interval="4ba",
+        save_interval="4ba",
+        save_folder=str(folder),
+        callbacks=[record, *callbacks],
+        loggers=[],
+        default_callbacks=False,
+        **kwargs,
+    ).fit()
     return record
 
 
@@ -363,9 +379,15 @@ def test_callback_state_follows_its_class_not_its_list_position(tmp_path, caplog
         model = TinyLM()
         data = [random_lm_batch(4, 8, seed=i) for i in range(4)]
         Trainer(
-            model, data, torch.optim.SGD(model.parameters(), lr=0.1), max_duration="1ep",
-            save_folder=str(tmp_path), callbacks=[ema], loggers=[], **kwargs,
-        ).fit()  # fmt: skip
+            model,
+            data,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            max_duration="1ep",
+            save_folder=str(tmp_path),
+            callbacks=[ema],
+            loggers=[],
+            **kwargs,
+        ).fit()
 
     saved = EMA(decay=0.9)
     run(saved)
@@ -388,11 +410,17 @@ def test_rollback_under_fp16_loss_scaling_goes_on(tmp_path):
     torch.manual_seed(0)
     model = NaNOnce()
     trainer = Trainer(
-        model, [random_lm_batch(4, 8, seed=i) for i in range(6)],
-        torch.optim.SGD(model.parameters(), lr=0.1), max_duration="6ba", save_interval="1ba",
-        save_folder=str(tmp_path), guard=GuardConfig(on_nonfinite="rollback"),
-        precision="amp_fp16", loggers=[], default_callbacks=False,
-    )  # fmt: skip
+        model,
+        [random_lm_batch(4, 8, seed=i) for i in range(6)],
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        max_duration="6ba",
+        save_interval="1ba",
+        save_folder=str(tmp_path),
+        guard=GuardConfig(on_nonfinite="rollback"),
+        precision="amp_fp16",
+        loggers=[],
+        default_callbacks=False,
+    )
     trainer.fit()  # was: "unscale_() has already been called" on the step after the rollback
     assert trainer.state.timestamp.batch == 6
 
@@ -412,11 +440,17 @@ def test_a_microbatch_without_loss_tokens_adds_nothing():
         batch = random_lm_batch(8, 6, seed=0)
         batch["labels"][:4] = -100  # the first microbatch of 4 is all prompt
         Trainer(
-            model, [batch], torch.optim.SGD(model.parameters(), lr=0.1), max_duration="1ba",
-            callbacks=[record], loggers=[], default_callbacks=False,
-            device_train_microbatch_size=micro, eval_dataloader=[batch, {**batch, "labels": torch.full_like(batch["labels"], -100)}],
+            model,
+            [batch],
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            max_duration="1ba",
+            callbacks=[record],
+            loggers=[],
+            default_callbacks=False,
+            device_train_microbatch_size=micro,
+            eval_dataloader=[batch, {**batch, "labels": torch.full_like(batch["labels"], -100)}],
             eval_interval="1ba",
-        ).fit()  # fmt: skip
+        ).fit()
         return record.losses[0], model
 
     whole, _ = run(None)
@@ -430,9 +464,14 @@ def test_eval_batches_without_loss_tokens_count_zero():
     batch = random_lm_batch(4, 8, seed=3)
     masked = {**batch, "labels": torch.full_like(batch["labels"], -100)}
     trainer = Trainer(
-        model, [batch], torch.optim.SGD(model.parameters(), lr=0.1), max_duration="1ba",
-        eval_dataloader=[batch], loggers=[], default_callbacks=False,
-    )  # fmt: skip
+        model,
+        [batch],
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        max_duration="1ba",
+        eval_dataloader=[batch],
+        loggers=[],
+        default_callbacks=False,
+    )
     alone = trainer.evaluate()["eval/loss"]
     trainer.state.eval_dataloader = [batch, masked]
     assert trainer.evaluate()["eval/loss"] == pytest.approx(alone)  # was: NaN
@@ -454,20 +493,36 @@ def test_sample_and_token_times_in_a_schedule():
     model = TinyLM()
     data = [random_lm_batch(8, 6, seed=i) for i in range(8)]  # a list: no batch_size attribute
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    with pytest.raises(
-        ValueError, match="16sp needs the samples per batch"
-    ):  # was: silently 16 steps
-        Trainer(model, data, optimizer, max_duration="64sp", loggers=[],
-                scheduler=Schedule(name="linear", warmup="16sp"))  # fmt: skip
+    # was: silently 16 steps
+    with pytest.raises(ValueError, match="16sp needs the samples per batch"):
+        Trainer(
+            model,
+            data,
+            optimizer,
+            max_duration="64sp",
+            loggers=[],
+            scheduler=Schedule(name="linear", warmup="16sp"),
+        )
     with pytest.raises(ValueError, match="set the Schedule's tokens_per_batch"):
-        Trainer(model, data, optimizer, max_duration="480tok", loggers=[],
-                scheduler=Schedule(name="linear", warmup="96tok"))  # fmt: skip
+        Trainer(
+            model,
+            data,
+            optimizer,
+            max_duration="480tok",
+            loggers=[],
+            scheduler=Schedule(name="linear", warmup="96tok"),
+        )
 
     def lrs(schedule):
         trainer = Trainer(
-            model, data, torch.optim.SGD(model.parameters(), lr=1.0), max_duration="8ba",
-            loggers=[], default_callbacks=False, scheduler=schedule,
-        )  # fmt: skip
+            model,
+            data,
+            torch.optim.SGD(model.parameters(), lr=1.0),
+            max_duration="8ba",
+            loggers=[],
+            default_callbacks=False,
+            scheduler=schedule,
+        )
         out = []
         for _ in range(8):
             out.append(trainer.state.scheduler.get_last_lr()[0])
@@ -496,10 +551,17 @@ def test_dur_times_move_within_an_epoch():
         model, record = TinyLM(), Lens()
         data = [random_lm_batch(2, 64, seed=i) for i in range(10)]
         Trainer(
-            model, data, torch.optim.SGD(model.parameters(), lr=0.1), max_duration=max_duration,
-            eval_dataloader=data[:1], eval_interval="0.25dur", callbacks=[record], loggers=[],
-            algorithms=[SeqLengthWarmup(duration="0.5dur", min_seq_len=8)], default_callbacks=False,
-        ).fit()  # fmt: skip
+            model,
+            data,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            max_duration=max_duration,
+            eval_dataloader=data[:1],
+            eval_interval="0.25dur",
+            callbacks=[record],
+            loggers=[],
+            algorithms=[SeqLengthWarmup(duration="0.5dur", min_seq_len=8)],
+            default_callbacks=False,
+        ).fit()
         runs[max_duration] = (record.lens, record.evals)
     assert runs["1ep"] == runs["10ba"]  # was: no warmup and one eval at the end with '1ep'
     assert runs["1ep"][1] == [3, 5, 8, 10]
@@ -536,17 +598,26 @@ def test_resume_mid_epoch_keeps_a_shuffling_dataloaders_order(tmp_path):
             self.ids.append(state.batch["id"].tolist())
 
     batch = random_lm_batch(32, 8, seed=0)
-    rows = [{"input_ids": batch["input_ids"][i], "labels": batch["labels"][i], "id": i} for i in range(32)]  # fmt: skip
+    rows = [
+        {"input_ids": batch["input_ids"][i], "labels": batch["labels"][i], "id": i}
+        for i in range(32)
+    ]
 
     def run(folder, callbacks=(), **kwargs):
         torch.manual_seed(0)
         model, ids = TinyLM(), Ids()
         loader = DataLoader(rows, batch_size=4, shuffle=True)  # seeds from the global RNG
         Trainer(
-            model, loader, torch.optim.SGD(model.parameters(), lr=0.1), max_duration="2ep",
-            save_folder=str(folder), callbacks=[ids, *callbacks], loggers=[],
-            default_callbacks=False, **kwargs,
-        ).fit()  # fmt: skip
+            model,
+            loader,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            max_duration="2ep",
+            save_folder=str(folder),
+            callbacks=[ids, *callbacks],
+            loggers=[],
+            default_callbacks=False,
+            **kwargs,
+        ).fit()
         return ids.ids
 
     whole = run(tmp_path / "whole")
@@ -565,11 +636,16 @@ def test_resume_with_a_parameter_that_never_had_a_gradient(tmp_path):
         torch.manual_seed(0)
         model = WithUnusedHead()
         Trainer(
-            model, [random_lm_batch(4, 8, seed=i) for i in range(4)],
-            torch.optim.AdamW(model.parameters(), lr=0.01), max_duration="4ba",
-            save_folder=str(folder), callbacks=list(callbacks), loggers=[],
-            default_callbacks=False, **kwargs,
-        ).fit()  # fmt: skip
+            model,
+            [random_lm_batch(4, 8, seed=i) for i in range(4)],
+            torch.optim.AdamW(model.parameters(), lr=0.01),
+            max_duration="4ba",
+            save_folder=str(folder),
+            callbacks=list(callbacks),
+            loggers=[],
+            default_callbacks=False,
+            **kwargs,
+        ).fit()
         return model
 
     whole = run(tmp_path / "whole")
@@ -610,10 +686,17 @@ def test_the_final_model_is_evaluated_and_epoch_end_metrics_are_logged():
     model, record, memory = TinyLM(), _Record(), Memory()
     data = [random_lm_batch(4, 8, seed=i) for i in range(5)]
     Trainer(
-        model, data, torch.optim.SGD(model.parameters(), lr=0.1), max_duration="2ep",
-        eval_dataloader=data[:1], eval_interval="4ba", log_interval="3ba",
-        callbacks=[record, EpochMetric()], loggers=[memory], default_callbacks=False,
-    ).fit()  # fmt: skip
+        model,
+        data,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        max_duration="2ep",
+        eval_dataloader=data[:1],
+        eval_interval="4ba",
+        log_interval="3ba",
+        callbacks=[record, EpochMetric()],
+        loggers=[memory],
+        default_callbacks=False,
+    ).fit()
     assert record.evals == [4, 8, 10]  # was: [4, 8], the final model never evaluated
     epoch_logs = [step for metrics, step in memory.metrics if "epoch/seen" in metrics]
     assert epoch_logs == [5, 10]  # was: cleared unlogged at batch 5 (not a multiple of 3)
@@ -632,11 +715,18 @@ def test_the_schedule_follows_the_batches_through_skipped_and_rolled_back_steps(
         torch.manual_seed(0)
         lrs = LRs()
         Trainer(
-            model, [random_lm_batch(4, 8, seed=i) for i in range(8)],
-            torch.optim.SGD(model.parameters(), lr=1.0), max_duration="8ba",
-            scheduler=Schedule(name="linear", warmup="0ba"), callbacks=[lrs], loggers=[],
-            default_callbacks=False, save_folder=str(tmp_path / folder), save_interval="1ba", **kwargs,
-        ).fit()  # fmt: skip
+            model,
+            [random_lm_batch(4, 8, seed=i) for i in range(8)],
+            torch.optim.SGD(model.parameters(), lr=1.0),
+            max_duration="8ba",
+            scheduler=Schedule(name="linear", warmup="0ba"),
+            callbacks=[lrs],
+            loggers=[],
+            default_callbacks=False,
+            save_folder=str(tmp_path / folder),
+            save_interval="1ba",
+            **kwargs,
+        ).fit()
         return lrs.lrs
 
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import subprocess
@@ -40,8 +41,16 @@ def _data_parallel(rank, world, model_cls_name, limit):
     full = [random_lm_batch(8, 6, seed=i) for i in range(3)]
     mine = Loader([{k: v[rank * 4 : rank * 4 + 4] for k, v in b.items()} for b in full], 4)
     grads = Grads()
-    trainer = Trainer(model, mine, torch.optim.SGD(model.parameters(), lr=0.1), max_duration="3ba", callbacks=[grads],
-                      loggers=[], default_callbacks=False, device_train_microbatch_size="auto" if limit else None)  # fmt: skip
+    trainer = Trainer(
+        model,
+        mine,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        max_duration="3ba",
+        callbacks=[grads],
+        loggers=[],
+        default_callbacks=False,
+        device_train_microbatch_size="auto" if limit else None,
+    )
     trainer.fit()
     return [g.tolist() for g in grads.grads], trainer.microbatch.size
 
@@ -60,8 +69,15 @@ def single_process_grads():
     model = TinyLM()
     grads = Grads()
     data = Loader([random_lm_batch(8, 6, seed=i) for i in range(3)], 8)
-    Trainer(model, data, torch.optim.SGD(model.parameters(), lr=0.1), max_duration="3ba", callbacks=[grads],
-            loggers=[], default_callbacks=False).fit()  # fmt: skip
+    Trainer(
+        model,
+        data,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        max_duration="3ba",
+        callbacks=[grads],
+        loggers=[],
+        default_callbacks=False,
+    ).fit()
     return grads.grads
 
 
@@ -98,9 +114,18 @@ def _train(rank, world, data, save, max_duration, per_device, autoresume, dropou
     torch.manual_seed(0)
     model = TinyLM(dropout=dropout)
     rec = Record()
-    trainer = Trainer(model, lm_loader(data, per_device), torch.optim.AdamW(model.parameters(), lr=3e-3),
-                      max_duration=max_duration, save_folder=save, save_interval="1000ba", autoresume=autoresume,
-                      callbacks=[rec], loggers=[], default_callbacks=False)  # fmt: skip
+    trainer = Trainer(
+        model,
+        lm_loader(data, per_device),
+        torch.optim.AdamW(model.parameters(), lr=3e-3),
+        max_duration=max_duration,
+        save_folder=save,
+        save_interval="1000ba",
+        autoresume=autoresume,
+        callbacks=[rec],
+        loggers=[],
+        default_callbacks=False,
+    )
     trainer.fit()
     weights = {k: v.detach().clone() for k, v in trainer.state.model.state_dict().items()}
     return rec.ids, rec.losses, weights, trainer.checkpointer.resumed_from
@@ -173,26 +198,29 @@ if trainer.state.rank == 0:
 """
 
 
+def _torchrun(script, *args: str, max_restarts: int) -> list[str]:
+    """torchrun of `script args` on 2 local ranks, with a fresh c10d rendezvous."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
+    rendezvous = ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
+    return [*launcher, f"--max-restarts={max_restarts}", *rendezvous, str(script), *args]
+
+
 def test_sigkill_under_torchrun_restarts_and_resumes(lm_data, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(SCRIPT))
     # Restarted workers must not share torchrun's rendezvous store, or they may read the dead
     # attempt's addresses (pytorch/pytorch#135712); the Trainer warns when this is not set.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=1",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", str(script)]  # fmt: skip
-    done = subprocess.run([*cmd, lm_data, str(tmp_path / "ck"), str(tmp_path / "out.pt")], capture_output=True,
-                          text=True, timeout=300, env=env)  # fmt: skip
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=300, env=env)
+    out, clean_out = str(tmp_path / "out.pt"), str(tmp_path / "clean.pt")
+    done = run(_torchrun(script, lm_data, str(tmp_path / "ck"), out, max_restarts=1))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (
-        "RESTART 1" in done.stdout and "ep0-ba4" in done.stdout
-    )  # restarted once, from the last checkpoint
-    clean = subprocess.run([*cmd[:3], "--nproc-per-node=2", "--max-restarts=0", "--rdzv-backend=c10d",
-                            f"--rdzv-endpoint=127.0.0.1:{free_port()}", str(script), lm_data, str(tmp_path / "ck2"),
-                            str(tmp_path / "clean.pt"), "--no-kill"], capture_output=True, text=True, timeout=300,
-                           env=env)  # fmt: skip
+    # restarted once, from the last checkpoint
+    assert "RESTART 1" in done.stdout and "ep0-ba4" in done.stdout
+    args = (lm_data, str(tmp_path / "ck2"), clean_out, "--no-kill")
+    clean = run(_torchrun(script, *args, max_restarts=0))
     assert clean.returncode == 0, clean.stderr[-3000:]
-    recovered, uninterrupted = torch.load(tmp_path / "out.pt"), torch.load(tmp_path / "clean.pt")
+    recovered, uninterrupted = torch.load(out), torch.load(clean_out)
     for name, value in uninterrupted.items():
         assert torch.equal(recovered[name], value), name
 
@@ -205,9 +233,17 @@ def _fsdp_train(rank, world, data, save, max_duration):
     torch.manual_seed(0)
     model = TinyLM()
     rec = Record()
-    trainer = Trainer(model, lm_loader(data, 4), torch.optim.AdamW(model.parameters(), lr=3e-3),
-                      max_duration=max_duration, parallelism=ParallelConfig(), save_folder=save, callbacks=[rec],
-                      loggers=[], default_callbacks=False)  # fmt: skip
+    trainer = Trainer(
+        model,
+        lm_loader(data, 4),
+        torch.optim.AdamW(model.parameters(), lr=3e-3),
+        max_duration=max_duration,
+        parallelism=ParallelConfig(),
+        save_folder=save,
+        callbacks=[rec],
+        loggers=[],
+        default_callbacks=False,
+    )
     params = list(trainer.state.model.parameters())
     assert all(isinstance(p, DTensor) and p.placements == (Shard(0),) for p in params)
     trainer.fit()
@@ -234,9 +270,14 @@ def _eval_with_an_empty_rank(rank, world):
     batches = [random_lm_batch(4, 8, seed=10), random_lm_batch(4, 8, seed=11)]
     mine = batches if rank == 0 else []  # an eval set smaller than the world
     trainer = Trainer(
-        model, [random_lm_batch(4, 8)], torch.optim.SGD(model.parameters(), lr=0.1),
-        max_duration="1ba", eval_dataloader=mine, loggers=[], default_callbacks=False,
-    )  # fmt: skip
+        model,
+        [random_lm_batch(4, 8)],
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        max_duration="1ba",
+        eval_dataloader=mine,
+        loggers=[],
+        default_callbacks=False,
+    )
     return trainer.evaluate()
 
 
@@ -246,8 +287,12 @@ def test_evaluate_when_a_rank_has_no_eval_batch():
     torch.manual_seed(0)
     model = TinyLM()
     alone = Trainer(
-        model, [random_lm_batch(4, 8)], torch.optim.SGD(model.parameters(), lr=0.1),
-        max_duration="1ba", loggers=[], default_callbacks=False,
+        model,
+        [random_lm_batch(4, 8)],
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        max_duration="1ba",
+        loggers=[],
+        default_callbacks=False,
         eval_dataloader=[random_lm_batch(4, 8, seed=10), random_lm_batch(4, 8, seed=11)],
-    ).evaluate()  # fmt: skip
+    ).evaluate()
     assert results[0]["eval/loss"] == pytest.approx(alone["eval/loss"], rel=1e-6)

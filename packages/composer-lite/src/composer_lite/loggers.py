@@ -207,6 +207,9 @@ class TensorBoardLogger:
         self._writer.close()
 
 
+_LOGGER_METHODS = ("log_metrics", "log_hyperparameters", "close")
+
+
 class LoggerHub:
     """The logger that callbacks receive: fans each call out to `loggers`.
 
@@ -218,10 +221,7 @@ class LoggerHub:
         self, loggers: Sequence[Any] = (), *, rank: int = 0, all_ranks: bool = False
     ) -> None:
         for logger in loggers:
-            missing = [
-                m for m in ("log_metrics", "log_hyperparameters", "close")
-                if not callable(getattr(logger, m, None))
-            ]  # fmt: skip
+            missing = [m for m in _LOGGER_METHODS if not callable(getattr(logger, m, None))]
             if missing:
                 raise TypeError(
                     f"{type(logger).__name__} is not a logger: it lacks {', '.join(missing)} "

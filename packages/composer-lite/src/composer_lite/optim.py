@@ -28,6 +28,8 @@ import importlib.util
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import astuple, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,6 +37,7 @@ from torch import Tensor
 __all__ = ["MasterWeightAdamW"]
 
 _BLOCK = 2048
+_LAUNCH = {"BLOCK": _BLOCK, "num_warps": 4}  # elements per program, warps per program
 _FP32_STATE = ("exp_avg", "exp_avg_sq", "master")
 
 
@@ -45,9 +48,21 @@ def _kernel():
 
     @triton.jit
     def adamw_kernel(
-        param, grad, master, exp_avg, exp_avg_sq, n, lr_decay, beta1, beta2, eps, step_size,
-        inv_sqrt_bc2, HAS_MASTER: tl.constexpr, BLOCK: tl.constexpr,
-    ):  # fmt: skip
+        param,
+        grad,
+        master,
+        exp_avg,
+        exp_avg_sq,
+        n,
+        lr_decay,
+        beta1,
+        beta2,
+        eps,
+        step_size,
+        inv_sqrt_bc2,
+        HAS_MASTER: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         ok = offs < n
         g = tl.load(grad + offs, mask=ok, other=0.0).to(tl.float32)
@@ -146,8 +161,6 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2) = float(group["lr"]), group["betas"]
-            eps, wd = group["eps"], group["weight_decay"]
             for p in group["params"]:
                 state = self.state[p]
                 grad = p.grad
@@ -158,12 +171,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 if "exp_avg" not in state:
                     self._init_state(p, state)
                 state["step"] += 1
-                step = float(state["step"])
-                bc1, bc2 = 1.0 - beta1**step, 1.0 - beta2**step
-                self._update(
-                    p, grad, state, lr_decay=1.0 - lr * wd, beta1=beta1, beta2=beta2,
-                    eps=eps, step_size=lr / bc1, inv_sqrt_bc2=1.0 / math.sqrt(bc2),
-                )  # fmt: skip
+                self._update(p, grad, state, _Scalars.of(group, float(state["step"])))
         return loss
 
     def _init_state(self, p: Tensor, state: dict) -> None:
@@ -173,30 +181,53 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         if p.dtype != torch.float32:
             state["master"] = p.detach().to(torch.float32, copy=True)
 
-    def _update(self, p, grad, state, *, lr_decay, beta1, beta2, eps, step_size, inv_sqrt_bc2):
+    def _update(self, p: Tensor, grad: Tensor, state: dict, scalars: _Scalars) -> None:
         master = state.get("master")
         m, v = state["exp_avg"], state["exp_avg_sq"]
         tensors = [_local(t) for t in (p, grad, m, v, *([master] if master is not None else []))]
+        lp, lg, lm, lv = tensors[:4]
+        w = tensors[4] if master is not None else lp  # the fp32 weights the update goes to
         if self._use_kernel(p) and all(t.is_contiguous() for t in tensors):
-            lp, lg, lm, lv = tensors[:4]
-            lw = tensors[4] if master is not None else lp
-            n = lp.numel()
+            n, has_master = lp.numel(), master is not None
             if n:
                 _kernel()[(_cdiv(n, _BLOCK),)](
-                    lp, lg, lw, lm, lv, n, lr_decay, beta1, beta2, eps, step_size, inv_sqrt_bc2,
-                    HAS_MASTER=master is not None, BLOCK=_BLOCK, num_warps=4,
-                )  # fmt: skip
+                    lp, lg, w, lm, lv, n, *astuple(scalars), HAS_MASTER=has_master, **_LAUNCH
+                )
             return
-        lp, lg, lm, lv = tensors[:4]
-        w = tensors[4] if master is not None else lp
         g = lg.to(torch.float32)
-        w.mul_(lr_decay)
-        lm.lerp_(g, 1.0 - beta1)
-        lv.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        denom = lv.sqrt().mul_(inv_sqrt_bc2).add_(eps)
-        w.addcdiv_(lm, denom, value=-step_size)
+        w.mul_(scalars.lr_decay)
+        lm.lerp_(g, 1.0 - scalars.beta1)
+        lv.mul_(scalars.beta2).addcmul_(g, g, value=1.0 - scalars.beta2)
+        denom = lv.sqrt().mul_(scalars.inv_sqrt_bc2).add_(scalars.eps)
+        w.addcdiv_(lm, denom, value=-scalars.step_size)
         if master is not None:
             lp.copy_(w)
+
+
+@dataclass(frozen=True)
+class _Scalars:
+    """The scalars of one parameter's update, in the kernel's argument order: torch.optim.AdamW's
+    (decoupled weight decay, bias-corrected moments) with the bias corrections folded in."""
+
+    lr_decay: float  # 1 - lr * weight_decay
+    beta1: float
+    beta2: float
+    eps: float
+    step_size: float  # lr / (1 - beta1**step)
+    inv_sqrt_bc2: float  # 1 / sqrt(1 - beta2**step)
+
+    @classmethod
+    def of(cls, group: dict[str, Any], step: float) -> _Scalars:
+        """The scalars of a parameter group's settings at `step` (counted from 1)."""
+        lr, (beta1, beta2) = float(group["lr"]), group["betas"]
+        return cls(
+            lr_decay=1.0 - lr * group["weight_decay"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            step_size=lr / (1.0 - beta1**step),
+            inv_sqrt_bc2=1.0 / math.sqrt(1.0 - beta2**step),
+        )
 
 
 def _cdiv(a: int, b: int) -> int:

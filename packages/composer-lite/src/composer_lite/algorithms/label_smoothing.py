@@ -80,9 +80,12 @@ class LabelSmoothing(Algorithm):
                 f"{type(batch).__name__} with keys {sorted(batch) if isinstance(batch, dict) else '-'}"
             )
         state.loss = smoothed_cross_entropy(
-            logits, batch["labels"], self.smoothing,
-            shift_labels=self.shift_labels, ignore_index=self.ignore_index,
-        )  # fmt: skip
+            logits,
+            batch["labels"],
+            self.smoothing,
+            shift_labels=self.shift_labels,
+            ignore_index=self.ignore_index,
+        )
 
 
 def _logits(outputs: Any) -> torch.Tensor:

@@ -177,8 +177,12 @@ class HangWatchdog(Callback):
         between_timeout: float | None = None,
         exit_code: int = 75,
     ) -> None:
-        allowances = {"timeout": timeout, "first_step_timeout": first_step_timeout,
-                      "eval_timeout": eval_timeout, "between_timeout": between_timeout}  # fmt: skip
+        allowances = {
+            "timeout": timeout,
+            "first_step_timeout": first_step_timeout,
+            "eval_timeout": eval_timeout,
+            "between_timeout": between_timeout,
+        }
         bad = [f"{k}={v!r}" for k, v in allowances.items() if v is not None and not v > 0]
         if timeout is None or bad:
             raise ValueError(
