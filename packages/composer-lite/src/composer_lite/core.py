@@ -88,7 +88,7 @@ class State:
     stop_reason: str | None = None
     skip_step: bool = False
     rollback_reason: str | None = None
-    # The model to evaluate instead of `model` (an EMA callback sets it).
+    # The model to evaluate instead of `model`, when a callback sets one.
     eval_model: nn.Module | None = None
     # For users' own callbacks to share values; the Trainer and the built-in callbacks never use it.
     extra: dict[str, Any] = field(default_factory=dict)

@@ -11,10 +11,10 @@
                 AFTER_FORWARD             # state.outputs
                 AFTER_LOSS                # state.loss (may be rewritten); weighted by tokens
                 AFTER_BACKWARD
-            BEFORE_OPTIMIZER_STEP         # gradients complete (clipping, guards)
-            optimizer.step(); scheduler.step()
+            BEFORE_OPTIMIZER_STEP         # gradients complete; state.step (clipping, guards)
+            optimizer.step(); scheduler.step()   # or skip, or roll back, as callbacks asked
             BATCH_END                     # timestamp advanced; metrics logged
-            if eval due: EVAL_START ... EVAL_END
+            if eval due: EVAL_START (eval loss, then evaluators) EVAL_END
             if checkpoint due: CHECKPOINT (after it is written)
         EPOCH_END
     FIT_END

@@ -18,6 +18,7 @@ __all__ = [
     "count_input_tokens",
     "count_loss_tokens",
     "is_out_of_memory",
+    "sequence_length_of",
     "split_batch",
 ]
 
@@ -127,6 +128,12 @@ def count_input_tokens(batch: Any) -> int | None:
         if isinstance(ids, torch.Tensor):
             return ids.numel()
     return None
+
+
+def sequence_length_of(batch: Any) -> int | None:
+    """T of a batch's input_ids (B, T), or None for a batch without them."""
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+    return int(ids.shape[1]) if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -9,7 +9,6 @@ The events it fires, and where, are in `composer_lite.events`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
@@ -33,17 +32,20 @@ from composer_lite.microbatch import (
     count_input_tokens,
     count_loss_tokens,
     is_out_of_memory,
+    sequence_length_of,
     split_batch,
 )
 from composer_lite.precision import autocast, grad_scaler
 from composer_lite.protocols import Evaluator, check_evaluator, check_trainable_model
-from composer_lite.schedulers import Schedule
 from composer_lite.training import (
     Every,
+    average_gradients,
+    build_scheduler,
     device_of,
+    epoch_length,
     install_signal_handlers,
     move_to_device,
-    rebind_optimizer,
+    place_model,
     restore_signal_handlers,
     seed_everything,
     total_grad_norm,
@@ -93,7 +95,9 @@ class Trainer:
         seed_everything(cfg.seed + rank, deterministic=cfg.deterministic)
         loader_batch_size = getattr(train_dataloader, "batch_size", None)
         self.microbatch = MicrobatchSize(cfg.device_train_microbatch_size, loader_batch_size)
-        model, optimizer, self._sharded = self._place_model(model, optimizer, device, world)
+        model, optimizer, self._sharded = place_model(
+            model, optimizer, cfg.parallelism, device, world
+        )
         self.state = State(
             model=model,
             optimizer=optimizer,
@@ -111,8 +115,8 @@ class Trainer:
         self.algorithms = list(algorithms)
         self.logger = self._make_logger(loggers, rank)
         self.scaler = grad_scaler(cfg.precision, device)
-        self.state.timestamp.epoch_length = _length(train_dataloader)
-        self.state.scheduler = self._build_scheduler(cfg.scheduler)
+        self.state.timestamp.epoch_length = epoch_length(train_dataloader)
+        self.state.scheduler = build_scheduler(cfg.scheduler, self.state)
         if self._evaluates():
             warn_if_interval_never_comes(
                 "eval_interval", cfg.eval_interval, cfg.max_duration, self.state.timestamp
@@ -199,7 +203,7 @@ class Trainer:
         counts = self._count_tokens(state.batch)
         share = self._forward_backward(state.batch, counts[0].clamp(min=1.0))
         if state.world_size > 1 and not self._sharded:
-            self._sync_gradients()
+            average_gradients(state.model, state.world_size)
         if self.scaler is not None:
             self.scaler.unscale_(state.optimizer)
         state.step = self._step_result(share, counts)
@@ -234,7 +238,7 @@ class Trainer:
             tokens=int(tokens),
             loss_tokens=int(loss_tokens),
             samples=int(samples),
-            seq_len=_seq_len(state.batch),
+            seq_len=sequence_length_of(state.batch),
         )
 
     def _apply_step(self) -> None:
@@ -247,7 +251,13 @@ class Trainer:
             if self.scaler is not None:  # a guard may have unscaled this step's gradients
                 self.scaler.update()
         elif not state.skip_step:
-            self._optimizer_step()
+            if self.scaler is not None:
+                self.scaler.step(state.optimizer)
+                self.scaler.update()
+            else:
+                state.optimizer.step()
+            if state.scheduler is not None:
+                state.scheduler.step()
         else:
             if self.scaler is not None:
                 self.scaler.update()
@@ -327,28 +337,6 @@ class Trainer:
             state.max_duration, state.max_duration
         )
 
-    def _optimizer_step(self) -> None:
-        state = self.state
-        if self.scaler is not None:
-            self.scaler.step(state.optimizer)
-            self.scaler.update()
-        else:
-            state.optimizer.step()
-        if state.scheduler is not None:
-            state.scheduler.step()
-
-    def _sync_gradients(self) -> None:
-        """Plain data parallel: average gradients over ranks in one flat all-reduce."""
-        grads = [p.grad for p in self.state.model.parameters() if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads]) / self.state.world_size
-        torch.distributed.all_reduce(flat)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Evaluate on every rank: the token-weighted loss over the eval dataloader (and the
@@ -396,41 +384,6 @@ class Trainer:
         for callback in self.callbacks:
             callback.run_event(event, self.state, self.logger)
 
-    def _place_model(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, world: int
-    ) -> tuple[nn.Module, torch.optim.Optimizer, bool]:
-        """Move the model to its device and apply parallelism from outside (activation
-        checkpointing -> compile -> FSDP2); plain data parallel starts every rank from rank 0's
-        weights. Returns the model, the optimizer and whether FSDP2 sharded the model."""
-        named = dict(model.named_parameters())
-        model.to(device)
-        parallelism, sharded = self.config.parallelism, False
-        if parallelism is not None:
-            from composer_lite.parallel import apply_parallelism, is_sharded
-
-            model = apply_parallelism(model, parallelism, device=device)
-            sharded = is_sharded(model)
-            if sharded:
-                optimizer = rebind_optimizer(optimizer, named, dict(model.named_parameters()))
-        if world > 1 and not sharded:
-            for tensor in [*model.parameters(), *model.buffers()]:
-                torch.distributed.broadcast(tensor.data, src=0)
-        return model, optimizer, sharded
-
-    def _build_scheduler(self, scheduler: Any) -> Any:
-        if not isinstance(scheduler, Schedule):
-            return scheduler
-        state, loader = self.state, self.state.train_dataloader
-        samples = getattr(loader, "batch_size", None)  # None: 'sp' times cannot be converted
-        to_steps = functools.partial(
-            state.timestamp.to_steps,
-            max_duration=state.max_duration,
-            steps_per_epoch=len(loader) if hasattr(loader, "__len__") else None,
-            samples_per_batch=samples and samples * state.world_size,
-            tokens_per_batch=scheduler.tokens_per_batch,
-        )
-        return scheduler.build(state.optimizer, to_steps, state.max_duration)
-
     def _default_callbacks(self, given: Sequence[Callback]) -> list[Callback]:
         """The guard (and hang watchdog) always; the monitors unless default_callbacks is off.
         A callback of the same type that the caller gives replaces the default one."""
@@ -449,16 +402,3 @@ class Trainer:
         return LoggerHub(
             list(loggers) if loggers is not None else [ConsoleLogger(every=100)], rank=rank
         )
-
-
-def _seq_len(batch: Any) -> int | None:
-    ids = batch.get("input_ids") if isinstance(batch, dict) else None
-    return int(ids.shape[1]) if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
-
-
-def _length(loader: Iterable) -> int | None:
-    """Batches in an epoch, when the loader knows (an iterable without a length: None)."""
-    try:
-        return len(loader) or None  # type: ignore[arg-type]
-    except TypeError:
-        return None

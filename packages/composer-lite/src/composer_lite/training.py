@@ -1,8 +1,10 @@
 """Small pieces of the training loop kept out of `trainer.py`: intervals, devices, seeding,
-gradient norms and re-binding an optimizer to sharded parameters."""
+placing the model (parallelism, re-binding the optimizer), averaging and measuring gradients,
+building the LR schedule, signal handlers."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -15,13 +17,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from composer_lite.core import State
 from composer_lite.time import Time, Timestamp, TimeUnit
 
 __all__ = [
     "Every",
+    "average_gradients",
+    "build_scheduler",
     "device_of",
+    "epoch_length",
+    "install_signal_handlers",
     "move_to_device",
+    "place_model",
     "rebind_optimizer",
+    "restore_signal_handlers",
     "seed_everything",
     "total_grad_norm",
     "warn_if_interval_never_comes",
@@ -154,3 +163,70 @@ def install_signal_handlers(on_signal: Callable[[int], None]) -> dict[int, Any]:
 def restore_signal_handlers(handlers: dict[int, Any]) -> None:
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
+
+
+def place_model(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    parallelism: Any,
+    device: torch.device,
+    world_size: int,
+) -> tuple[nn.Module, torch.optim.Optimizer, bool]:
+    """Move the model to its device and apply `parallelism` (a `ParallelConfig`, or None) from
+    outside: activation checkpointing -> compile -> FSDP2. Plain data parallel starts every rank
+    from rank 0's weights. Returns the model, the optimizer (re-bound to sharded parameters) and
+    whether FSDP2 sharded the model."""
+    named = dict(model.named_parameters())
+    model.to(device)
+    sharded = False
+    if parallelism is not None:
+        from composer_lite.parallel import apply_parallelism, is_sharded
+
+        model = apply_parallelism(model, parallelism, device=device)
+        sharded = is_sharded(model)
+        if sharded:
+            optimizer = rebind_optimizer(optimizer, named, dict(model.named_parameters()))
+    if world_size > 1 and not sharded:
+        for tensor in [*model.parameters(), *model.buffers()]:
+            torch.distributed.broadcast(tensor.data, src=0)
+    return model, optimizer, sharded
+
+
+def average_gradients(model: nn.Module, world_size: int) -> None:
+    """Plain data parallel: average the gradients over ranks in one flat all-reduce."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads]) / world_size
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def build_scheduler(scheduler: Any, state: State) -> Any:
+    """A `Schedule` built for the run (its times converted to steps with what the train dataloader
+    tells: its length, its batch size); any other scheduler (or None) as it is."""
+    from composer_lite.schedulers import Schedule
+
+    if not isinstance(scheduler, Schedule):
+        return scheduler
+    loader = state.train_dataloader
+    samples = getattr(loader, "batch_size", None)  # None: 'sp' times cannot be converted
+    to_steps = functools.partial(
+        state.timestamp.to_steps,
+        max_duration=state.max_duration,
+        steps_per_epoch=len(loader) if hasattr(loader, "__len__") else None,
+        samples_per_batch=samples and samples * state.world_size,
+        tokens_per_batch=scheduler.tokens_per_batch,
+    )
+    return scheduler.build(state.optimizer, to_steps, state.max_duration)
+
+
+def epoch_length(loader: Any) -> int | None:
+    """Batches in an epoch of `loader`, when it knows (an iterable without a length: None)."""
+    try:
+        return len(loader) or None
+    except TypeError:
+        return None
