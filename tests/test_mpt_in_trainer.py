@@ -54,10 +54,20 @@ def _train(rank, world, data, save, max_duration):
     torch.manual_seed(0)
     model = MPTAdapter()
     rec = Losses()
-    trainer = Trainer(model, lm_loader(data, 4), torch.optim.AdamW(model.parameters(), lr=1e-2),
-                      max_duration=max_duration, parallelism=ParallelConfig(), save_folder=save,
-                      save_interval="4ba", autoresume=True, callbacks=[rec], loggers=[],
-                      default_callbacks=False)  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    trainer = Trainer(
+        model,
+        lm_loader(data, 4),
+        opt,
+        max_duration=max_duration,
+        parallelism=ParallelConfig(),
+        save_folder=save,
+        save_interval="4ba",
+        autoresume=True,
+        callbacks=[rec],
+        loggers=[],
+        default_callbacks=False,
+    )
     wqkv = trainer.state.model.model.transformer.blocks[0].attn.Wqkv.weight
     assert isinstance(wqkv, DTensor)
     trainer.fit()
@@ -94,8 +104,15 @@ def test_mpt_trains_with_bf16_weights_and_fp32_masters(lm_data):
             model = model.to(torch.bfloat16)
             opt = MasterWeightAdamW(model.parameters(), lr=1e-2)
         rec = Losses()
-        trainer = Trainer(model, lm_loader(lm_data, 4), opt, max_duration="12ba", callbacks=[rec],
-                          loggers=[], default_callbacks=False)  # fmt: skip
+        trainer = Trainer(
+            model,
+            lm_loader(lm_data, 4),
+            opt,
+            max_duration="12ba",
+            callbacks=[rec],
+            loggers=[],
+            default_callbacks=False,
+        )
         trainer.fit()
         losses[recipe] = rec.losses
     ours, ref = losses["bf16+masters"], losses["fp32"]

@@ -119,12 +119,20 @@ def run(args: argparse.Namespace) -> dict:
         if world > 1
         else None
     )
+    data = RandomTokens(args.batch, args.seq, 50432, args.steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     trainer = Trainer(
-        model, RandomTokens(args.batch, args.seq, 50432, args.steps),
-        torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True), max_duration=f"{args.steps}ba",
-        precision=args.precision, parallelism=parallelism, callbacks=[Clock()], loggers=[], device="cuda",
+        model,
+        data,
+        optimizer,
+        max_duration=f"{args.steps}ba",
+        precision=args.precision,
+        parallelism=parallelism,
+        callbacks=[Clock()],
+        loggers=[],
+        device="cuda",
         handle_signals=False,
-    )  # fmt: skip
+    )
     trainer.fit()
     times = [b - a for a, b in zip(stamps[args.warmup :], stamps[args.warmup + 1 :], strict=False)]
     step = sum(times) / len(times)
@@ -132,29 +140,39 @@ def run(args: argparse.Namespace) -> dict:
     n_params = sum(p.numel() for p in GPT(seq=args.seq).parameters())
     flops = GPT(seq=args.seq).flops_per_token(args.seq)
     return {
-        "gpus": world, "device": torch.cuda.get_device_name(device), "params": n_params,
-        "per_gpu_batch": args.batch, "seq": args.seq, "precision": args.precision, "param_dtype": args.param_dtype,
+        "gpus": world,
+        "device": torch.cuda.get_device_name(device),
+        "params": n_params,
+        "per_gpu_batch": args.batch,
+        "seq": args.seq,
+        "precision": args.precision,
+        "param_dtype": args.param_dtype,
         "reshard_after_forward": not args.no_reshard,
-        "step_s": step, "tokens_per_s_per_gpu": tokens_per_gpu, "mfu": tokens_per_gpu * flops / 989.5e12,
-        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30, "timed_steps": len(times),
-    }  # fmt: skip
+        "step_s": step,
+        "tokens_per_s_per_gpu": tokens_per_gpu,
+        "mfu": tokens_per_gpu * flops / 989.5e12,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        "timed_steps": len(times),
+    }
+
+
+def _order(r: dict) -> tuple:
+    return r["gpus"], str(r["param_dtype"]), r.get("reshard_after_forward", True)
 
 
 def report(paths: list[str]) -> None:
     rows = [json.load(open(p)) for p in paths]
     base = next(r for r in rows if r["gpus"] == 1)
-    print(
-        f"{'gpus':>4s} {'reshard':>7s} {'param dtype':>11s} {'step s':>8s} {'tokens/s/GPU':>13s} {'MFU':>6s} {'peak GiB':>9s} {'scaling':>8s}"
-    )
-    for r in sorted(
-        rows, key=lambda r: (r["gpus"], str(r["param_dtype"]), r.get("reshard_after_forward", True))
-    ):
+    head = f"{'gpus':>4s} {'reshard':>7s} {'param dtype':>11s} {'step s':>8s} {'tokens/s/GPU':>13s}"
+    print(head + f" {'MFU':>6s} {'peak GiB':>9s} {'scaling':>8s}")
+    for r in sorted(rows, key=_order):
         eff = r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
-        print(f"{r['gpus']:4d} {str(r.get('reshard_after_forward', True)):>7s} {str(r['param_dtype']):>11s} {r['step_s']:8.3f} {r['tokens_per_s_per_gpu']:13,.0f} "
-              f"{100 * r['mfu']:5.1f}% {r['peak_memory_gib']:9.1f} {100 * eff:7.1f}%")  # fmt: skip
-    print(
-        f"device: {base['device']}; {base['params'] / 1e6:.0f}M parameters, seq {base['seq']}, per-GPU batch {base['per_gpu_batch']}"
-    )
+        reshard, dtype = str(r.get("reshard_after_forward", True)), str(r["param_dtype"])
+        line = f"{r['gpus']:4d} {reshard:>7s} {dtype:>11s} {r['step_s']:8.3f}"
+        line += f" {r['tokens_per_s_per_gpu']:13,.0f} {100 * r['mfu']:5.1f}%"
+        print(line + f" {r['peak_memory_gib']:9.1f} {100 * eff:7.1f}%")
+    shape = f"seq {base['seq']}, per-GPU batch {base['per_gpu_batch']}"
+    print(f"device: {base['device']}; {base['params'] / 1e6:.0f}M parameters, {shape}")
 
 
 def main() -> int:
