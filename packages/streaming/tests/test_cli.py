@@ -111,3 +111,82 @@ def test_convert_errors_name_the_file_and_line(tmp_path):
     assert result.returncode == 2 and f"{binary}:3: not UTF-8 text" in result.stderr
     for out in ("o1", "o3"):
         assert not (tmp_path / out / "index.json").exists()
+
+
+def _zstd_dataset(out: Path, count: int = 60, hashes=("xxh64",)) -> Path:
+    from streaming import MDSWriter
+
+    with MDSWriter(out=str(out), columns={"id": "int", "text": "str"}, compression="zstd",
+                   hashes=list(hashes), size_limit=400) as writer:  # fmt: skip
+        for i in range(count):
+            writer.write({"id": i, "text": f"sample {i} " * 3})
+    return out
+
+
+def _spoil(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-4] ^= 0x21
+    path.write_bytes(bytes(data))
+
+
+def test_verify_answers_honestly_on_an_s3_cache_folder_with_keep_zip_false(
+    tmp_path, s3_bucket, capsys
+):
+    from streaming.shardcache import finish_fills
+    from streaming.storage import Uploader
+
+    src, remote, cache = _zstd_dataset(tmp_path / "src"), f"{s3_bucket}/ds", tmp_path / "cache"
+    with Uploader(remote) as up:
+        for name in sorted(p.name for p in src.iterdir()):
+            up.upload(str(src / name), name)
+    ds = StreamingDataset(remote=remote, local=str(cache), predownload=0)  # keep_zip=False
+    ds[0], ds[int(ds._shard_ends[0])]  # two shards are read, so cached
+    assert finish_fills(30) == 0
+    total = len(ds._shard_ends)
+    assert sorted(p.name for p in cache.glob("shard.*")) == ["shard.00000.mds", "shard.00001.mds"]
+    assert main(["verify", str(cache), "-v"]) == 0  # was: every shard BAD (no .zstd file)
+    out = capsys.readouterr().out
+    assert f"2/{total} shards ok (hashes xxh64), {total - 2} not cached (this folder caches {remote}" in out  # fmt: skip
+    assert (
+        f"{cache / 'shard.00000.mds'}: hashes" in out and "shard.00002.mds.zstd: not cached" in out
+    )
+
+    _spoil(cache / "shard.00001.mds")
+    assert main(["verify", str(cache)]) == 1
+    out = capsys.readouterr().out
+    assert "shard.00001.mds.zstd: BAD: " in out and "xxh64 of the decompressed copy" in out
+    assert "(a reader fetches the shard again)" in out and "bad shards: shard.00001.mds.zstd" in out
+    # The remote with that cache: what is cached is checked, the rest fetched and checked.
+    assert main(["verify", remote, "--cache", str(cache)]) == 1
+    out = capsys.readouterr().out
+    assert f"{total - 1}/{total} shards ok (hashes xxh64)" in out and "not cached" not in out
+    assert "bad shards: shard.00001.mds.zstd" in out
+
+
+def test_verify_checks_the_decompressed_copies_of_a_local_dataset(tmp_path, capsys):
+    from streaming.shardcache import finish_fills
+
+    out = _zstd_dataset(tmp_path / "ds")
+    ds = StreamingDataset(local=str(out), predownload=0)
+    assert [s["id"] for s in ds] == list(range(60)) and finish_fills(30) == 0
+    total = len(ds._shard_ends)
+    assert main(["verify", str(out), "-v"]) == 0
+    text = capsys.readouterr().out
+    assert f"{total}/{total} shards ok (hashes xxh64)" in text
+    assert f"{out / 'shard.00000.mds'}: hashes" in text and f"{out / 'shard.00000.mds.zstd'}: hashes" in text  # fmt: skip
+    _spoil(out / "shard.00002.mds")  # the copy a reader would open first
+    assert main(["verify", str(out)]) == 1  # was: ok (only the compressed file was checked)
+    text = capsys.readouterr().out
+    assert "shard.00002.mds.zstd: BAD: " in text
+    assert "(a reader makes it again from shard.00002.mds.zstd)" in text
+    (out / "shard.00003.mds.zstd").unlink()
+    (out / "shard.00003.mds").unlink()
+    assert main(["verify", str(out)]) == 1
+    assert f"shard.00003.mds.zstd: BAD: missing: {out / 'shard.00003.mds.zstd'} does not exist" in capsys.readouterr().out  # fmt: skip
+
+
+def test_verify_of_data_without_hashes_says_what_it_checked(tmp_path, capsys):
+    out = _zstd_dataset(tmp_path / "ds", hashes=())
+    assert main(["verify", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "shards ok (no hashes recorded; sizes and layout only)" in text

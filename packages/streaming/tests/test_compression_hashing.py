@@ -17,6 +17,7 @@ from streaming.compression import (
     compress,
     compression_extension,
     decompress,
+    decompress_stream,
     parse_compression,
 )
 from streaming.hashing import HASHES, check_hash_names, get_hash
@@ -69,6 +70,44 @@ def test_gzip_output_is_reproducible():
 def test_zstd_frames_without_content_size_decompress():
     frame = zstandard.ZstdCompressor(write_content_size=False).compress(DATA)
     assert decompress("zstd", frame, size=len(DATA)) == DATA
+
+
+@pytest.mark.parametrize("algo", ["zstd", "zstd:1", "zstd:7", "zstd:22"])
+def test_zstd_frames_carry_their_content_checksum(algo):
+    frame = compress(algo, DATA)
+    params = zstandard.get_frame_parameters(frame)
+    assert params.has_checksum and params.content_size == len(DATA)
+
+
+def _stream(algo, data):
+    out = bytearray()
+    size = decompress_stream(algo, data, lambda chunk: out.extend(chunk))
+    assert size == len(out)
+    return bytes(out)
+
+
+def test_old_zstd_frames_still_read():
+    """Frames without a checksum (mosaicml-streaming's, ours before 0.1.2) or without a content
+    size read both at once and piece by piece (as the reader does; it reads across frames too)."""
+    plain = zstandard.ZstdCompressor(level=3).compress(DATA)
+    assert not zstandard.get_frame_parameters(plain).has_checksum
+    bare = zstandard.ZstdCompressor(write_content_size=False, write_checksum=False).compress(DATA)
+    for frame in (plain, bare):
+        assert decompress("zstd", frame, size=len(DATA)) == DATA
+        assert _stream("zstd", frame) == DATA
+    assert _stream("zstd", plain + compress("zstd", DATA)) == DATA + DATA
+
+
+def test_a_damaged_zstd_frame_fails_instead_of_decoding_wrong():
+    noise = bytes((i * 7919 + (i >> 3) * 104729) % 256 for i in range(50_000))  # kept as literals
+    ours, old = bytearray(compress("zstd", noise)), bytearray(zstandard.ZstdCompressor().compress(noise))  # fmt: skip
+    for frame in (ours, old):
+        frame[len(frame) // 2] ^= 0x20
+    assert decompress("zstd", bytes(old)) != noise  # without the checksum: silently wrong
+    with pytest.raises(zstandard.ZstdError, match="checksum"):
+        decompress("zstd", bytes(ours), size=len(noise))
+    with pytest.raises(zstandard.ZstdError, match="checksum"):
+        _stream("zstd", bytes(ours))
 
 
 def test_check_compression():

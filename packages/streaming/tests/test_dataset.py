@@ -252,6 +252,39 @@ def test_works_without_torch(tmp_path):
     assert result.stdout.strip() == f"{list(range(10))} 3"
 
 
+_BLOCK_TORCH = """
+import importlib.abc, sys
+class BlockTorch(importlib.abc.MetaPathFinder):  # as if torch were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, BlockTorch())
+"""
+
+
+@pytest.mark.parametrize("blocker", ["meta_path", "sys_modules"])
+def test_the_dataloader_without_torch_says_to_install_the_torch_extra(tmp_path, blocker):
+    block = _BLOCK_TORCH if blocker == "meta_path" else "import sys; sys.modules['torch'] = None\n"
+    code = block + (
+        "import streaming\n"
+        "try:\n"
+        "    from streaming import StreamingDataLoader\n"
+        "except ModuleNotFoundError as err:\n"
+        "    print(err.name, '|', err)\n"
+        "from streaming import StreamingDataset, MDSWriter\n"  # the rest works without torch
+        "print('torch' in sys.modules and sys.modules['torch'] is not None)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    name, message = result.stdout.splitlines()[0].split(" | ", 1)
+    assert name == "torch"
+    assert "StreamingDataLoader needs torch" in message
+    assert "pip install 'streaming[torch]'" in message
+    assert result.stdout.splitlines()[1] == "False"
+
+
 def test_two_processes_share_one_remote_cache(tmp_path, s3_bucket):
     remote = f"{s3_bucket}/ds"
     write_dataset(tmp_path / "src", range(40), compression="zstd", size_limit=150)
@@ -284,7 +317,9 @@ def test_two_processes_share_one_remote_cache(tmp_path, s3_bucket):
         assert p.returncode == 0, err
         assert json.loads(out) == list(range(40))
     leftovers = [n for n in os.listdir(cache) if not (n == "index.json" or n.startswith("shard."))]
-    assert not [n for n in leftovers if not n.endswith(".lock")], leftovers
+    # lock files, the digests kept of the raw copies, the marker naming the remote: no temp file
+    kept = (".lock", ".kept", ".streaming-cache")
+    assert not [n for n in leftovers if not n.endswith(kept)], leftovers
 
 
 @pytest.mark.parametrize("compression", [None, "zstd"])

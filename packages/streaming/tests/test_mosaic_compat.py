@@ -245,3 +245,18 @@ def test_the_subprocess_runs_mosaicml_not_ours(mosaic):
     assert os.path.realpath(path).startswith(os.path.realpath(mosaic.target))
     with pytest.raises(MosaicError, match="ZeroDivisionError"):
         mosaic.run("result = args['x'] / 0", x=1)
+
+
+@pytest.mark.parametrize("case", ["zstd", "zstd7"])
+def test_mosaic_reads_our_zstd_frames_with_their_checksum(compat, case):
+    """Our zstd frames carry the content checksum (since 0.1.2); mosaicml-streaming's decoder
+    reads them (test_mosaic_reads_what_we_write compares every sample)."""
+    import zstandard
+
+    shards = sorted((compat["root"] / f"ours-{case}").glob("*.zstd"))
+    assert len(shards) >= 3
+    for path in shards:
+        assert zstandard.get_frame_parameters(path.read_bytes()).has_checksum
+    for path in (compat["root"] / f"mosaic-{case}").glob("*.zstd"):  # theirs have none: read too
+        assert not zstandard.get_frame_parameters(path.read_bytes()).has_checksum
+    assert len(compat["mosaic_read"][case]) == NUM_SAMPLES

@@ -15,12 +15,13 @@ from streaming.stream import Stream
 from streaming.world import World
 from streaming.writer import MDSWriter
 
-__version__ = "0.1.1"
+__version__ = "0.1.2"
 __all__ = ["MDSWriter", "Stream", "StreamingDataLoader", "StreamingDataset", "World"]
 
 
 def __getattr__(name: str) -> Any:
-    # StreamingDataLoader needs torch, an optional dependency: import it only when asked for.
+    # StreamingDataLoader needs torch, an optional dependency: import it only when asked for
+    # (without torch, the import raises ModuleNotFoundError saying to install streaming[torch]).
     if name == "StreamingDataLoader":
         from streaming.dataloader import StreamingDataLoader
 

@@ -1,11 +1,15 @@
 """Command line: `python -m streaming {inspect,verify,convert}`.
 
   inspect DATASET            shards, samples, columns, sizes and compression of a dataset
-  verify DATASET             re-hash every shard; report the bad ones; exit 1 if any is bad
+  verify DATASET             check every shard as a reader would serve it; exit 1 if any is bad
   convert INPUT... --out DIR jsonl or text files to MDS
 
 DATASET is a local folder or a remote URL (`s3://bucket/prefix`); remote shards are fetched into
-`--cache` (default: a temporary folder removed at exit).
+`--cache` (default: a temporary folder removed at exit). verify checks the files a reader would
+serve each shard from: the stored file and the decompressed copy the cache made of it (in the
+dataset folder, or for a read-only one in the reader's cache folder, or in `--cache`). A cache
+folder (a remote stream's `local`) holds only what was read: its absent shards are "not cached",
+not bad, and with keep_zip=False its decompressed copies are what is checked.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from streaming.cache import cache_marker
 from streaming.errors import StreamingError
 from streaming.format import INDEX_NAME, ShardInfo, parse_index
+from streaming.stream import Stream
+from streaming.verify import ShardReport
 
 __all__ = ["main"]
 
@@ -34,13 +41,15 @@ def _human(n: float) -> str:
 
 
 class _Dataset:
-    """A dataset folder or remote, with its index read and a way to get each shard's local file."""
+    """A dataset folder, a cache folder or a remote, with its index read, and where a reader
+    would find each shard's files (see `streaming.verify`)."""
 
     def __init__(self, where: str, cache: str | None) -> None:
         from streaming.storage import is_remote
 
         self.where = where
         self.remote = where if is_remote(where) else None
+        self.cache_of: str | None = None  # what this folder caches, if it is a cache
         self._tmp = None
         if self.remote:
             if cache is None:
@@ -48,28 +57,42 @@ class _Dataset:
                 cache = self._tmp.name
             from streaming.storage import open_dataset_index
 
-            self.local = cache
+            self.local = self.raw_folder = cache
+            self.cache_of = self.remote
             data = open_dataset_index(self.remote, cache)
             self.index_where = f"{self.remote.rstrip('/')}/{INDEX_NAME}"
         else:
             self.local = where
             self.index_where = os.path.join(where, INDEX_NAME)
+            marker = cache_marker(where)
             try:
                 with open(self.index_where, "rb") as f:
                     data = f.read()
             except FileNotFoundError:
-                raise StreamingError(
-                    f"no MDS dataset at {where}: {self.index_where} does not exist"
-                ) from None
+                raise StreamingError(_no_dataset(where, marker)) from None
+            if marker is not None and marker["kind"] == "remote":  # a remote stream's cache
+                self.cache_of, self.raw_folder = str(marker["source"]), where
+            else:  # a dataset: its copies are where a reader would keep them
+                self.raw_folder = Stream(local=where, cache_dir=cache).raw_folder()
         self.shards = parse_index(data, self.index_where)
 
-    def local_file(self, info: ShardInfo) -> str:
-        path = os.path.join(self.local, info.basename)
-        if self.remote and not os.path.exists(path):
-            from streaming.storage import download
+    def fetch(self, info: ShardInfo) -> str:
+        """Download a shard of a remote dataset into the local folder; returns its path."""
+        from streaming.storage import download
 
-            download(f"{self.remote.rstrip('/')}/{info.basename}", path)
-        return path
+        assert self.remote is not None
+        path = os.path.join(self.local, info.basename)
+        return download(f"{self.remote.rstrip('/')}/{info.basename}", path)
+
+
+def _no_dataset(where: str, marker: dict | None) -> str:
+    if marker is not None and marker["kind"] == "raw copies":
+        return (
+            f"{where} holds the decompressed shards of the dataset {marker['source']}, not a "
+            f"dataset: verify that with `python -m streaming verify {marker['source']} --cache "
+            f"{where}`"
+        )
+    return f"no MDS dataset at {where}: {os.path.join(where, INDEX_NAME)} does not exist"
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -116,28 +139,51 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from streaming.shard import Shard
+    from streaming.verify import verify_shard
 
     ds = _Dataset(args.dataset, args.cache)
-    bad = []
+    reports = []
     for n, info in enumerate(ds.shards, 1):
         try:
-            shard = Shard.open(ds.local_file(info), info, verify=True)
-            shard.close()
-            status = "ok"
-        except (StreamingError, OSError) as err:
-            bad.append(info.basename)
-            status = f"BAD: {err}"
-        if status != "ok" or args.verbose:
-            print(f"[{n}/{len(ds.shards)}] {info.basename}: {status}")
-    hashed = sorted({h for s in ds.shards for h in s.hashes})
-    checked = (
-        f"hashes {', '.join(hashed)}" if hashed else "no hashes recorded; sizes and layout only"
-    )
-    print(f"{len(ds.shards) - len(bad)}/{len(ds.shards)} shards ok ({checked})")
+            report = verify_shard(
+                info,
+                folder=ds.local,
+                raw_folder=ds.raw_folder,
+                cache_of=ds.cache_of,
+                fetch=ds.fetch if ds.remote else None,
+            )
+        except (StreamingError, OSError) as err:  # the shard could not be fetched
+            report = ShardReport(info.basename, problems=[str(err)])
+        reports.append(report)
+        if report.problems or args.verbose:  # not cached: in the summary only
+            print(f"[{n}/{len(ds.shards)}] {info.basename}: {report.status()}")
+            for line in report.checked if args.verbose else ():
+                print(f"    {line}")
+    print(_verify_summary(ds, reports))
+    bad = [r.basename for r in reports if r.problems]
     if bad:
         print("bad shards: " + ", ".join(bad))
     return 1 if bad else 0
+
+
+def _verify_summary(ds: _Dataset, reports: list[ShardReport]) -> str:
+    ok = [r for r in reports if r.ok]
+    hashed = sorted({h for s in ds.shards for h in s.hashes})
+    unhashed = sum(not r.by_hash for r in ok)
+    if not hashed:
+        how = "no hashes recorded; sizes and layout only"
+    elif unhashed:
+        how = f"hashes {', '.join(hashed)}; {unhashed} by sizes and layout only: no hash to check"
+    else:
+        how = f"hashes {', '.join(hashed)}"
+    line = f"{len(ok)}/{len(reports)} shards ok ({how})"
+    not_cached = sum(r.not_cached for r in reports)
+    if not_cached:
+        line += (
+            f", {not_cached} not cached (this folder caches {ds.cache_of}: a reader fetches "
+            "them when it needs them)"
+        )
+    return line
 
 
 def _read_inputs(
@@ -254,10 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--cache", help="local folder for a remote dataset's index")
     p.set_defaults(run=cmd_inspect)
-    p = sub.add_parser("verify", help="re-hash every shard; exit 1 if any is bad")
-    p.add_argument("dataset", help="local folder or remote URL holding index.json")
+    p = sub.add_parser("verify", help="check every shard as a reader would serve it")
+    p.add_argument("dataset", help="local folder (dataset or cache) or remote URL of index.json")
     p.add_argument(
-        "--cache", help="local folder for a remote dataset's shards (default: temporary)"
+        "--cache",
+        help="a remote dataset's cache folder (default: temporary); for a local dataset, the "
+        "cache_dir a reader keeps its decompressed shards in",
     )
     p.add_argument(
         "-v", "--verbose", action="store_true", help="print every shard, not only bad ones"

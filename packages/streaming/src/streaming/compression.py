@@ -15,7 +15,10 @@ default level, as in mosaicml-streaming:
 
 Compressed bytes may differ from mosaicml-streaming's (we use `zstandard`, not `zstd`, and gzip
 with a zero mtime so output is reproducible); decompressed bytes are identical, and either side
-reads the other's files.
+reads the other's files. zstd frames are written with their content checksum (a standard frame
+flag every zstd decoder honours, mosaicml-streaming's included), so a damaged frame fails to
+decompress even when index.json records no hash; frames without one (mosaicml-streaming's, ours
+before 0.1.2) still read.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def _module(name: str, pip_name: str) -> Any:
 
 def _zstd_compress(data: Any, level: int) -> bytes:
     zstandard = _module("zstandard", "zstandard")
-    return zstandard.ZstdCompressor(level=level).compress(data)
+    # The checksum (4 bytes a frame) lets the decoder catch damage that would decode silently.
+    return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
 
 
 def _zstd_decompress(data: Any, size: int | None) -> bytes:

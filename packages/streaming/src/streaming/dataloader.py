@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch.utils.data import DataLoader
+try:
+    from torch.utils.data import DataLoader
+except ImportError as err:  # torch is an optional dependency: say how to get it
+    raise ModuleNotFoundError(
+        "StreamingDataLoader needs torch, which is not installed (or cannot be imported: "
+        f"{err}); install it with the torch extra: pip install 'streaming[torch]'",
+        name="torch",
+    ) from err
 
 from streaming.dataset import StreamingDataset
 from streaming.world import World

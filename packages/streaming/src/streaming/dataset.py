@@ -15,6 +15,7 @@ One pass (epoch) in one worker:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -22,9 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from streaming.cache import parse_bytes
+from streaming.cache import mark_cache_folder, parse_bytes
 from streaming.format import INDEX_NAME, ShardInfo, parse_index
 from streaming.iteration import PassCounter
+from streaming.options import (
+    check_mosaic_options,
+    check_recorded_hashes,
+    check_shuffle_algo,
+    parse_epoch_size,
+    parse_validate_hash,
+)
 from streaming.partition import num_global_batches, rank_worker_positions
 from streaming.plan import PlanConfig, epoch_sequence
 from streaming.shardcache import ShardCache
@@ -42,29 +50,48 @@ log = logging.getLogger(__name__)
 STATE_KEYS = {"epoch", "sample_in_epoch", "num_canonical_nodes", "shuffle_seed", "interleave_chunk"}
 
 
+def _with_defaults(stream: Stream, *, validate_hash: bool | str, keep_zip: bool) -> Stream:
+    """A copy of `stream` whose unset validate_hash / keep_zip are the dataset's."""
+    return dataclasses.replace(
+        stream,
+        validate_hash=validate_hash if stream.validate_hash is None else stream.validate_hash,
+        keep_zip=keep_zip if stream.keep_zip is None else stream.keep_zip,
+    )
+
+
 class StreamingDataset(_Base):
     """Stream samples from one or more MDS datasets. See the module docstring for the pass.
 
-    Give either `streams=[Stream(...), ...]` or a single `remote=`/`local=` (+ `split=`).
-    batch_size:          per-device batch (as in mosaicml-streaming); the global batch is this
-                         times the number of ranks, and fixes the global order together with the
-                         seed and `num_canonical_nodes`.
-    epoch_size:          samples per epoch (default: what the stream weights give).
+    Give either `streams=[Stream(...), ...]` or a single `remote=`/`local=` (+ `split=`,
+    `cache_dir=`: see `Stream`).
+    batch_size:          per-device batch (as in mosaicml-streaming; None means 1); the global
+                         batch is this times the number of ranks, and fixes the global order
+                         together with the seed and `num_canonical_nodes`.
+    epoch_size:          samples per epoch, an int or e.g. '1.5k' (default: what the stream
+                         weights give).
     shuffle, shuffle_algo ('py1e', 'py1s', 'naive'), shuffle_seed, shuffle_block_size (default:
                          max(4,000,000 // canonical nodes, 2**18), with the checkpoint's canonical
                          nodes after `load_state_dict`).
     num_canonical_nodes: default: the number of physical nodes of the first run (kept on resume).
-    cache_limit:         bytes (or '10gb') of shards to keep per remote stream's cache folder.
+    cache_limit:         bytes (or '10gb') of shards to keep per cache folder (a remote stream's,
+                         or one holding a local dataset's decompressed copies).
     predownload:         samples ahead of reading whose shards are fetched and decompressed in the
                          background (default 8 x batch_size; 0 turns it off).
-    validate_hash:       check every hash recorded in index.json when a shard is first read on a
-                         node (a mosaicml-style algorithm name also turns it on; None/False off).
+    validate_hash:       True (default): check every hash index.json records, when a process
+                         first opens a shard (stored file, or decompressed copy); a hash
+                         algorithm's name (mosaicml-streaming's meaning): check only that one;
+                         None/False: no hash (sizes and layout are always checked). A Stream's own
+                         validate_hash / keep_zip win over the dataset's.
     allow_pickle:        decode `pkl` columns (executes code from the data: only for trusted data);
                          `allow_unsafe_types` is mosaicml-streaming's name for it.
     keep_zip:            keep a remote stream's compressed shards after decompressing them.
     max_open_shards:     shards each process keeps open at once.
     shard_threads:       threads per process that download and decompress shards ahead of need
                          (default: up to 4).
+    sampling_method, sampling_granularity, partition_algo, batching_method, replication,
+    stream_name, stream_config: mosaicml-streaming's; only the values that mean what streaming
+                         does are accepted (their defaults), others are refused here with what
+                         streaming does instead (`streaming.options`).
     """
 
     def __init__(
@@ -74,8 +101,9 @@ class StreamingDataset(_Base):
         remote: str | None = None,
         local: str | None = None,
         split: str | None = None,
-        batch_size: int = 1,
-        epoch_size: int | None = None,
+        cache_dir: str | None = None,
+        batch_size: int | None = 1,
+        epoch_size: int | str | None = None,
         shuffle: bool = False,
         shuffle_algo: str = "py1e",
         shuffle_seed: int = 9176,
@@ -92,9 +120,32 @@ class StreamingDataset(_Base):
         max_open_shards: int = 64,
         shard_threads: int | None = None,
         storage_options: dict[str, Any] | None = None,
+        sampling_method: str = "balanced",
+        sampling_granularity: int = 1,
+        partition_algo: str = "relaxed",
+        batching_method: str = "random",
+        replication: int | None = None,
+        stream_name: str = "stream",
+        stream_config: dict[str, Any] | None = None,
     ) -> None:
+        check_mosaic_options(
+            sampling_method=sampling_method,
+            sampling_granularity=sampling_granularity,
+            partition_algo=partition_algo,
+            batching_method=batching_method,
+            replication=replication,
+            stream_name=stream_name,
+            stream_config=stream_config,
+        )
+        check_shuffle_algo(shuffle_algo)
+        validate_hash = parse_validate_hash(validate_hash)
+        batch_size = 1 if batch_size is None else batch_size
         if streams and (remote or local):
             raise ValueError("give either streams=[...] or remote=/local=, not both")
+        if streams and cache_dir is not None:
+            raise ValueError(
+                "cache_dir= goes with a single local=; with streams=[...], give each Stream its own"
+            )
         if not streams:
             if remote is None and local is None:
                 raise ValueError(
@@ -107,6 +158,7 @@ class StreamingDataset(_Base):
                     split=split,
                     download_retry=download_retry,
                     download_timeout=download_timeout,
+                    cache_dir=cache_dir,
                     storage_options=dict(storage_options or {}),
                 )
             ]
@@ -114,10 +166,13 @@ class StreamingDataset(_Base):
             raise ValueError(
                 f"batch_size must be a positive per-device batch size, got {batch_size}"
             )
-        self.streams = list(streams)
+        # Each stream with the dataset's validate_hash / keep_zip where it sets none itself.
+        self.streams = [
+            _with_defaults(s, validate_hash=validate_hash, keep_zip=keep_zip) for s in streams
+        ]
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.validate_hash = validate_hash = bool(validate_hash)
+        self.validate_hash = validate_hash
         self.allow_pickle = allow_pickle = bool(allow_pickle or allow_unsafe_types)
         self.max_open_shards = max(1, max_open_shards)
         self.cache_limit = parse_bytes(cache_limit)
@@ -127,6 +182,7 @@ class StreamingDataset(_Base):
         sizes_per_stream = []
         for index, stream in enumerate(self.streams):
             infos = self._load_index(stream)
+            check_recorded_hashes(stream.validate_hash, infos, stream.remote or stream.local)
             self._shards += [(index, info) for info in infos]
             sizes_per_stream.append(np.array([info.samples for info in infos], np.int64))
         self._shard_sizes = sizes_per_stream
@@ -136,7 +192,7 @@ class StreamingDataset(_Base):
             where = ", ".join(s.remote or s.local for s in self.streams)
             raise ValueError(f"no samples to stream: the index of {where} lists no samples")
         self._counts = epoch_counts(
-            self.streams, [int(s.sum()) for s in sizes_per_stream], epoch_size
+            self.streams, [int(s.sum()) for s in sizes_per_stream], parse_epoch_size(epoch_size)
         )
         self.epoch_size = int(self._counts.sum())
         if self.cache_limit is not None:
@@ -179,6 +235,7 @@ class StreamingDataset(_Base):
             from streaming.storage import open_dataset_index
 
             data = open_dataset_index(stream.remote, stream.local, **stream.storage_options)
+            mark_cache_folder(stream.local, stream.remote, "remote")
             where = f"{stream.remote.rstrip('/')}/{INDEX_NAME}"
         else:
             try:

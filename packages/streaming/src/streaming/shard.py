@@ -24,7 +24,7 @@ import struct
 import threading
 from typing import Any
 
-from streaming.compression import decompress
+from streaming.compression import decompress_stream
 from streaming.encodings import get_encoding
 from streaming.errors import (
     HashMismatchError,
@@ -35,12 +35,30 @@ from streaming.errors import (
 from streaming.format import FileInfo, ShardInfo, read_shard_table
 from streaming.hashing import get_hash
 
-__all__ = ["GrowingRaw", "Shard", "verify_hashes"]
+__all__ = [
+    "GrowingRaw",
+    "Shard",
+    "check_size",
+    "decompress_checked",
+    "selected_hashes",
+    "verify_hashes",
+]
 
 
-def verify_hashes(data: Any, info: FileInfo, *, where: str) -> None:
-    """Check every digest recorded in `info` against `data`; raise `HashMismatchError` if one differs."""
-    for algo, expected in sorted(info.hashes.items()):
+def selected_hashes(info: FileInfo, validate: bool | str) -> dict[str, str]:
+    """The digests of `info` that `validate` asks to check: every one (True), the one named
+    (a hash algorithm, when recorded), or none (False)."""
+    if validate is True:
+        return dict(info.hashes)
+    if validate and validate in info.hashes:
+        return {validate: info.hashes[validate]}
+    return {}
+
+
+def verify_hashes(data: Any, info: FileInfo, *, where: str, validate: bool | str = True) -> None:
+    """Check the digests of `info` that `validate` selects (default: all) against `data`; raise
+    `HashMismatchError` if one differs."""
+    for algo, expected in sorted(selected_hashes(info, validate).items()):
         actual = get_hash(algo, data)
         if actual != expected:
             raise HashMismatchError(
@@ -48,7 +66,8 @@ def verify_hashes(data: Any, info: FileInfo, *, where: str) -> None:
             )
 
 
-def _check_size(actual: int, info: FileInfo, where: str) -> None:
+def check_size(actual: int, info: FileInfo, where: str) -> None:
+    """A file of `actual` bytes must be as long as `info` says (truncated or corrupt otherwise)."""
     if actual < info.bytes:
         raise ShardTruncatedError(
             f"{where}: shard is truncated: {actual} bytes, index.json expects {info.bytes}"
@@ -57,6 +76,46 @@ def _check_size(actual: int, info: FileInfo, where: str) -> None:
         raise ShardCorruptError(
             f"{where}: shard is {actual} bytes, index.json expects {info.bytes}"
         )
+
+
+def decompress_checked(
+    info: ShardInfo, data: Any, write: Any, *, where: str, consumed: Any = None
+) -> None:
+    """Decompress the stored bytes `data` of a compressed shard into `write(chunk)`, piece by
+    piece (see `compression.decompress_stream`; `consumed(n)` hears how much input is done).
+
+    Whatever the codec raises becomes a `ShardCorruptError` naming `where`, and so does output of
+    another size than index.json's `raw_data.bytes`. The one decompression that both the cache
+    (into a growing raw file) and `Shard.open` (into memory) run.
+    """
+    try:
+        size = decompress_stream(info.compression, data, write, consumed)
+    except (ModuleNotFoundError, ShardCorruptError):
+        raise
+    except Exception as err:  # each codec raises its own error type
+        raise ShardCorruptError(
+            f"{where}: cannot decompress with {info.compression}: {err}"
+        ) from err
+    if size != info.raw_data.bytes:
+        raise ShardCorruptError(
+            f"{where}: decompresses to {size} bytes, index.json expects {info.raw_data.bytes}"
+        )
+
+
+class _Buffer:
+    """The raw shard being decompressed into memory, exactly as large as index.json says."""
+
+    def __init__(self, size: int, where: str) -> None:
+        self.data, self.filled, self.where = bytearray(size), 0, where
+
+    def write(self, chunk: memoryview) -> None:
+        end = self.filled + len(chunk)
+        if end > len(self.data):
+            raise ShardCorruptError(
+                f"{self.where}: decompresses to more than the expected {len(self.data)} bytes"
+            )
+        self.data[self.filled : end] = chunk
+        self.filled = end
 
 
 class _Memory:
@@ -120,12 +179,9 @@ class GrowingRaw:
     being read: reads use the descriptor, not the name.
     """
 
-    def __init__(self, path: str, size: int) -> None:
-        self.path, self.size, self.fd = (
-            path,
-            size,
-            -1,
-        )  # set first: __del__ runs even if the open fails
+    def __init__(self, path: str, size: int, hasher: Any = None) -> None:
+        self.path, self.size, self.fd = path, size, -1  # set first: __del__ runs if open fails
+        self.hasher = hasher  # updated with every byte appended (the cache's kept hash)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         self.filled = 0
         self.waiting = 0  # readers blocked on this shard right now (decompression priority)
@@ -140,6 +196,8 @@ class GrowingRaw:
         written = 0
         while written < len(chunk):
             written += os.pwrite(self.fd, chunk[written:], self.filled + written)
+        if self.hasher is not None:
+            self.hasher.update(chunk)
         with self._cond:
             self.filled += len(chunk)
             self._cond.notify_all()
@@ -223,27 +281,29 @@ class Shard:
 
     @classmethod
     def open(
-        cls, path: str, info: ShardInfo, *, verify: bool = True, allow_pickle: bool = False
+        cls, path: str, info: ShardInfo, *, verify: bool | str = True, allow_pickle: bool = False
     ) -> Shard:
         """Open the shard file at `path`: the stored file (compressed or not), or, for a
         compressed shard, its already decompressed raw file (named as `raw_data` says).
 
-        Raises FileNotFoundError if it is missing, `ShardTruncatedError`/`ShardCorruptError` if its
-        size or layout is wrong, `HashMismatchError` (when `verify`) if a digest differs.
+        `verify`: True checks every digest index.json records, a hash algorithm's name only that
+        one, False none. Raises FileNotFoundError if the file is missing,
+        `ShardTruncatedError`/`ShardCorruptError` if its size or layout is wrong,
+        `HashMismatchError` if a checked digest differs.
         """
         compressed = info.zip_data is not None and os.path.basename(path) != info.raw_data.basename
         if compressed:
             with open(path, "rb") as file:
-                _check_size(os.fstat(file.fileno()).st_size, info.stored, path)
+                check_size(os.fstat(file.fileno()).st_size, info.stored, path)
                 data = file.read()
             return cls._from_stored(
                 data, info, where=path, verify=verify, allow_pickle=allow_pickle
             )
         backing = _File(path)
         try:
-            _check_size(backing.size, info.raw_data, path)
-            if verify:
-                verify_hashes(backing.whole(), info.raw_data, where=path)
+            check_size(backing.size, info.raw_data, path)
+            if selected_hashes(info.raw_data, verify):
+                verify_hashes(backing.whole(), info.raw_data, where=path, validate=verify)
             return cls(backing, info, where=path, allow_pickle=allow_pickle)
         except BaseException:
             backing.close()
@@ -267,36 +327,26 @@ class Shard:
         info: ShardInfo,
         *,
         where: str = "<memory>",
-        verify: bool = True,
+        verify: bool | str = True,
         allow_pickle: bool = False,
     ) -> Shard:
         """A shard from the bytes of its stored file (compressed when `info.compression` is set)."""
-        _check_size(len(data), info.stored, where)
+        check_size(len(data), info.stored, where)
         return cls._from_stored(data, info, where=where, verify=verify, allow_pickle=allow_pickle)
 
     @classmethod
     def _from_stored(
-        cls, data: Any, info: ShardInfo, *, where: str, verify: bool, allow_pickle: bool
+        cls, data: Any, info: ShardInfo, *, where: str, verify: bool | str, allow_pickle: bool
     ) -> Shard:
+        vouched = False  # decompression is deterministic: checked compressed bytes vouch for raw
         if info.zip_data is not None:
-            if verify:
-                verify_hashes(data, info.zip_data, where=where)
-            try:
-                data = decompress(info.compression, data, size=info.raw_data.bytes)
-            except ModuleNotFoundError:
-                raise
-            except Exception as err:  # each codec raises its own error type
-                raise ShardCorruptError(
-                    f"{where}: cannot decompress with {info.compression}: {err}"
-                ) from err
-            if len(data) != info.raw_data.bytes:
-                raise ShardCorruptError(
-                    f"{where}: decompresses to {len(data)} bytes, index.json expects "
-                    f"{info.raw_data.bytes}"
-                )
-        if verify and not (info.zip_data is not None and info.zip_data.hashes):
-            # Decompression is deterministic: the compressed bytes' hashes vouch for the raw ones.
-            verify_hashes(data, info.raw_data, where=where)
+            vouched = bool(selected_hashes(info.zip_data, verify))
+            verify_hashes(data, info.zip_data, where=where, validate=verify)
+            buffer = _Buffer(info.raw_data.bytes, where)
+            decompress_checked(info, data, buffer.write, where=where)
+            data = buffer.data
+        if not vouched:
+            verify_hashes(data, info.raw_data, where=where, validate=verify)
         return cls(_Memory(data), info, where=where, allow_pickle=allow_pickle)
 
     # ---- access --------------------------------------------------------------------------

@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Stream", "default_cache_dir", "epoch_counts", "epoch_entries"]
+__all__ = [
+    "Stream",
+    "default_cache_dir",
+    "epoch_counts",
+    "epoch_entries",
+    "is_read_only",
+    "raw_cache_dir",
+]
 
 
 def default_cache_dir(remote: str) -> str:
@@ -27,6 +34,22 @@ def default_cache_dir(remote: str) -> str:
     return str(base / "streaming" / digest)
 
 
+def raw_cache_dir(local: str) -> str:
+    """The default folder for the decompressed copies of a read-only local dataset's shards."""
+    return default_cache_dir("raw-copies:" + os.path.realpath(local))
+
+
+def is_read_only(folder: str) -> bool:
+    """Whether the reader must not write into `folder`: this process may not write it, or its
+    permission bits let nobody write it (a folder made read-only on purpose stays untouched even
+    by root, whom the permission bits do not stop)."""
+    try:
+        mode = os.stat(folder).st_mode
+    except OSError:
+        return False  # it does not exist (yet): a folder the reader makes is its own
+    return not os.access(folder, os.W_OK) or not mode & 0o222
+
+
 @dataclass(kw_only=True)
 class Stream:
     """One dataset folder (local, or remote with a local cache) and its weight in the mix.
@@ -34,10 +57,16 @@ class Stream:
     remote:     where the shards live (`s3://bucket/prefix`, a path), or None if `local` is the source.
     local:      the local folder: the dataset itself, or the cache for `remote` (default: a folder
                 under ~/.cache/streaming named by a hash of `remote`).
-    split:      a sub-folder of both (e.g. "train").
+    split:      a sub-folder of all three (e.g. "train").
+    cache_dir:  without `remote`, where the decompressed copies of `local`'s compressed shards go
+                (`raw_folder()`): default `local` itself, as mosaicml-streaming does, unless `local`
+                is read-only (then a folder under ~/.cache/streaming named by `local`'s path).
+                Give it for a dataset folder that others share. With `remote`, `local` is the cache.
     proportion: relative weight; all streams of a dataset use it, or none does.
     repeat:     absolute weight as a multiple of the stream's size (0.5 = half of it each epoch).
     choose:     absolute weight as a number of samples per epoch.
+    validate_hash, keep_zip: this stream's own (see `StreamingDataset`); None: the dataset's.
+    download_retry, download_timeout: as mosaicml-streaming's.
     storage_options: endpoint and credentials for the object store (see `streaming.storage`).
     """
 
@@ -49,6 +78,9 @@ class Stream:
     choose: int | None = None
     download_retry: int = 2
     download_timeout: float | None = 60.0
+    validate_hash: bool | str | None = None  # None: the dataset's (see StreamingDataset)
+    keep_zip: bool | None = None  # None: the dataset's
+    cache_dir: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,12 +94,36 @@ class Stream:
                 raise ValueError(f"Stream {key} must be non-negative, got {getattr(self, key)}")
         if self.remote is None and self.local is None:
             raise ValueError("a Stream needs remote=, local=, or both")
+        if self.validate_hash is not None:
+            from streaming.options import parse_validate_hash
+
+            self.validate_hash = parse_validate_hash(self.validate_hash)
+        if self.cache_dir is not None and self.remote is not None:
+            raise ValueError(
+                f"cache_dir={self.cache_dir!r} is for a local dataset read without writing into "
+                f"it; with remote={self.remote!r}, local= is the cache folder"
+            )
         if self.split:
             self.remote = _join(self.remote, self.split) if self.remote else None
             self.local = _join(self.local, self.split) if self.local else None
+            self.cache_dir = _join(self.cache_dir, self.split) if self.cache_dir else None
             self.split = None
         if self.local is None:
             self.local = default_cache_dir(self.remote)
+        if self.remote is not None and _same_folder(self.remote, self.local):
+            self.remote = None  # as mosaicml-streaming: remote == local is a local dataset, and
+            # its files are never deleted (keep_zip) nor evicted (cache_limit)
+
+    def raw_folder(self) -> str:
+        """Where the decompressed copies of this stream's compressed shards are kept: `local`
+        for a remote's cache, else `cache_dir`, else `local` unless it is read-only
+        (`is_read_only`), else `raw_cache_dir(local)`."""
+        assert self.local is not None
+        if self.remote is not None:
+            return self.local
+        if self.cache_dir is not None:
+            return self.cache_dir
+        return raw_cache_dir(self.local) if is_read_only(self.local) else self.local
 
     @property
     def weighting(self) -> str:
@@ -75,6 +131,14 @@ class Stream:
         if self.proportion is not None:
             return "proportion"
         return "absolute" if (self.repeat is not None or self.choose is not None) else "none"
+
+
+def _same_folder(remote: str, local: str) -> bool:
+    from streaming.storage.urls import is_remote, local_path_of
+
+    if is_remote(remote):
+        return False
+    return os.path.realpath(local_path_of(remote)) == os.path.realpath(local)
 
 
 def _join(base: str, part: str) -> str:

@@ -1,7 +1,8 @@
 """Storage: local folders and S3-compatible object stores, for shards, indexes and checkpoints.
 
 - `download(url, local_path)`: once per node (flock beside the file), atomic (temp file, fsync,
-  rename), retried with exponential backoff and full jitter on transient failures only.
+  rename), retried with exponential backoff and full jitter on transient failures only;
+  `discard(local_path)` removes a damaged copy under the same lock so it is fetched again.
 - `open_dataset_index(remote, local)`: `index.json`, with one clear error naming the URL for a
   missing bucket, refused credentials or a missing index.
 - `Uploader(remote)`: a writer's background uploads; `parse_out(out)` reads a writer's `out=`.
@@ -18,7 +19,9 @@ the environment (`S3_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `
 from streaming.storage.download import (
     DEFAULT_TIMEOUT,
     INDEX_NAME,
+    discard,
     download,
+    file_identity,
     open_dataset_index,
     produce_once,
 )
@@ -66,7 +69,9 @@ __all__ = [
     "atomic_write",
     "call_with_retries",
     "delete_object",
+    "discard",
     "download",
+    "file_identity",
     "produce_once",
     "get_store",
     "is_partial_name",

@@ -30,7 +30,15 @@ from streaming.storage.retry import DEFAULT_RETRIES, Backoff, call_with_retries
 from streaming.storage.stores import ObjectStore, get_store
 from streaming.storage.urls import join_url
 
-__all__ = ["DEFAULT_TIMEOUT", "INDEX_NAME", "download", "open_dataset_index", "produce_once"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "INDEX_NAME",
+    "discard",
+    "download",
+    "file_identity",
+    "open_dataset_index",
+    "produce_once",
+]
 
 DEFAULT_TIMEOUT = 60.0  # seconds a single connect or read may stall before it counts as failed
 INDEX_NAME = "index.json"
@@ -92,6 +100,31 @@ def produce_once(local_path: str | os.PathLike[str], make: Callable[[str], None]
             lock.forget_temp()
             raise
     return local_path
+
+
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, or None if there is none: which file a name meant."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def discard(path: str | os.PathLike[str], identity: tuple[int, int] | None = None) -> bool:
+    """Remove a damaged local copy so that `produce_once`/`download` make it again.
+
+    Takes the node lock, so it never removes a file while another process makes it; with
+    `identity` (from `file_identity`), only that very file goes: if another process already
+    replaced it, the replacement stays. Returns whether a file was removed.
+    """
+    path = os.fspath(path)
+    with _NodeLock(path):
+        current = file_identity(path)
+        if current is None or (identity is not None and current != identity):
+            return False
+        _remove_quietly(path)
+        return True
 
 
 def _fetch(store: ObjectStore, url: str, tmp: str) -> None:

@@ -1,0 +1,161 @@
+"""`StreamingDataset` arguments that mosaicml-streaming users bring along, checked at construction.
+
+- `validate_hash`: ours is True (every digest index.json records; the default), False/None (off),
+  or, as in mosaicml-streaming, the name of one hash algorithm (only that one is checked). An
+  unknown name is an error listing the known ones; a name the data does not record is an error
+  when it records others, and a warning when it records none (there is nothing to check).
+- Options of mosaicml-streaming that streaming does not implement are accepted only at the value
+  that means what streaming does (their defaults, mostly), and refused at construction with a
+  message saying what streaming does instead (`check_mosaic_options`), never at iteration.
+- `epoch_size` may be written as mosaicml-streaming allows: 1000, "1000", "1.5k", "2M", "1b".
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from streaming.format import ShardInfo
+from streaming.hashing import HASHES
+from streaming.shuffle import SHUFFLES
+
+__all__ = [
+    "MOSAIC_OPTIONS",
+    "check_mosaic_options",
+    "check_recorded_hashes",
+    "check_shuffle_algo",
+    "parse_epoch_size",
+    "parse_validate_hash",
+]
+
+# name -> (the values streaming accepts: they mean what it does, what streaming does instead)
+MOSAIC_OPTIONS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "sampling_method": (
+        ("balanced",),
+        "streaming samples like mosaicml-streaming's default 'balanced': a stream drawn other "
+        "than whole passes takes a fresh choice of samples each epoch ('fixed' is not supported)",
+    ),
+    "sampling_granularity": (
+        (1,),
+        "streaming draws single samples (mosaicml-streaming's default granularity 1)",
+    ),
+    "partition_algo": (
+        ("relaxed",),
+        "streaming partitions every epoch with its own elastic scheme: the global batches are the "
+        "same for any split into nodes, ranks and workers, like mosaicml-streaming's default "
+        "'relaxed' (accepted as meaning it); 'orig' is not supported",
+    ),
+    "batching_method": (
+        ("random",),
+        "streaming mixes the streams within each global batch, as mosaicml-streaming's default "
+        "'random' does; 'stratified', 'per_stream' and 'device_per_stream' are not supported",
+    ),
+    "replication": (
+        (None, 1),
+        "streaming gives every rank samples of its own; it cannot hand consecutive ranks (a "
+        "tensor or sequence parallel group) the same samples",
+    ),
+    "stream_name": (
+        ("stream",),
+        "streaming has one Stream class and no stream registry: pass streams=[Stream(...)]",
+    ),
+    "stream_config": (
+        (None, {}),
+        "streaming has one Stream class and no stream registry: pass streams=[Stream(...)]",
+    ),
+}
+_MOSAIC_SHUFFLES = {"py1b", "py1br", "py2s"}
+
+
+def parse_validate_hash(value: Any) -> bool | str:
+    """True (every recorded digest), False (none: also for None and ""), or an algorithm name."""
+    if value is None or value is False or value == "":
+        return False
+    if value is True:
+        return True
+    if isinstance(value, str):
+        if value not in HASHES:
+            raise ValueError(
+                f"validate_hash={value!r} is not a hash algorithm; expected True (every hash "
+                "index.json records), False or None (no check), or one of "
+                f"{', '.join(sorted(HASHES))}"
+            )
+        return value
+    raise TypeError(
+        f"validate_hash must be True, False, None or a hash algorithm's name, got {value!r}"
+    )
+
+
+def check_recorded_hashes(validate: bool | str, infos: Sequence[ShardInfo], where: str) -> None:
+    """A named algorithm must be one the data records: an error if it records others, a warning
+    if it records none (its shards are then checked for size and layout only)."""
+    if not isinstance(validate, str) or not infos:
+        return
+    recorded = sorted({algo for info in infos for algo in info.hashes})
+    if not recorded:
+        warnings.warn(
+            f"validate_hash={validate!r}, but the index of {where} records no hashes: its shards "
+            "are checked for size and layout only (write them with MDSWriter(hashes=[...]))",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    lacking = sum(validate not in info.hashes for info in infos)
+    if lacking:
+        raise ValueError(
+            f"validate_hash={validate!r}, but {lacking} of the {len(infos)} shards of {where} do "
+            f"not record it (recorded: {', '.join(recorded)}); pass one of those, or True to "
+            "check every recorded hash"
+        )
+
+
+def check_shuffle_algo(algo: str) -> None:
+    if algo in SHUFFLES:
+        return
+    known = ", ".join(sorted(SHUFFLES))
+    if algo in _MOSAIC_SHUFFLES:
+        raise ValueError(
+            f"shuffle_algo={algo!r} is a mosaicml-streaming shuffle that streaming does not "
+            f"implement; choose one of {known}: 'py1e' (the default) shuffles within windows "
+            "around each shard and 'py1s' within fixed blocks, both keeping a canonical node on "
+            "few shards at a time as py1b/py1br/py2s do; 'naive' is a uniform permutation"
+        )
+    raise ValueError(f"unknown shuffle_algo {algo!r}; choose one of {known}")
+
+
+def check_mosaic_options(**values: Any) -> None:
+    """Refuse, naming what streaming does instead, a mosaicml-streaming option at a value that
+    streaming cannot honour (see `MOSAIC_OPTIONS`)."""
+    for name, value in values.items():
+        accepted, instead = MOSAIC_OPTIONS[name]
+        if not any(value == ok and type(value) is type(ok) for ok in accepted):
+            shown = " or ".join(repr(ok) for ok in accepted)
+            raise ValueError(
+                f"{name}={value!r} is not supported (only {shown}, mosaicml-streaming's "
+                f"default): {instead}"
+            )
+
+
+_ABBREVIATIONS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+
+
+def parse_epoch_size(value: int | str | None) -> int | None:
+    """Samples per epoch from an int or a string such as "1000", "1.5k", "2M", "1b" (as in
+    mosaicml-streaming: k, m, b, t are 10**3, 10**6, 10**9, 10**12); None stays None."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        size = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmbtKMBT]?)\s*", value)
+        if match is None:
+            raise ValueError(
+                f"epoch_size {value!r} is not a number of samples; expected e.g. 1000, '1.5k', "
+                "'2m', '1b'"
+            )
+        size = round(float(match[1]) * _ABBREVIATIONS[match[2].lower()])
+    else:
+        raise TypeError(f"epoch_size must be an int or a string like '1.5k', got {value!r}")
+    if size is not None and size < 0:
+        raise ValueError(f"epoch_size must not be negative, got {value!r}")
+    return size
