@@ -90,20 +90,21 @@ def test_top_level_readme_shows_each_packages_version(folder: str):
 FAULT_TABLE = re.compile(r"^## What happens with [^\n]*\n(.*?)(?=^## |\Z)", re.M | re.S)
 
 
-@pytest.mark.parametrize("folder", ["composer-lite", "mpt"])
+@pytest.mark.parametrize("folder", ["streaming", "composer-lite", "mpt"])
 def test_fault_table_rows_name_tests_that_exist(folder: str):
     """Each built package's README has a fault table ("What happens with ..."): bad input -> what
-    the user sees -> the test in the package's suite that holds the row true."""
+    the user sees -> the test (or the scenario of a table-driven test, `flipped-byte` for
+    `def flipped_byte`) in the package's suite that holds the row true."""
     pkg = ROOT / "packages" / folder
     section = FAULT_TABLE.search((pkg / "README.md").read_text())
     assert section, f"packages/{folder}/README.md has no '## What happens with ...' fault table"
     rows = [r for r in section[1].splitlines() if r.startswith("|") and "---" not in r][1:]
     assert rows, f"the fault table of packages/{folder}/README.md has no rows"
-    defined = set()
+    defined = set()  # functions of the suite: tests, or scenarios a table-driven test runs
     for path in (pkg / "tests").rglob("test_*.py"):
-        defined |= set(re.findall(r"^\s*(?:async )?def (test_\w+)", path.read_text(), re.M))
+        defined |= set(re.findall(r"^\s*(?:async )?def (\w+)", path.read_text(), re.M))
     for row in rows:
-        named = re.findall(r"`(test_\w+)`", row.split("|")[-2])
+        named = [n.replace("-", "_") for n in re.findall(r"`([\w-]+)`", row.split("|")[-2])]
         assert named, f"packages/{folder} fault-table row names no test: {row}"
         missing = [name for name in named if name not in defined]
         assert not missing, (
