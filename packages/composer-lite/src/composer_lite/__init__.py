@@ -10,8 +10,8 @@ results in `state.step`, a `StepResult`); evaluators (`Evaluator`) run at its ev
 
 from composer_lite.config import GuardConfig, TrainerConfig
 from composer_lite.core import Algorithm, Callback, Logger, State, StepResult
-from composer_lite.events import Event
 from composer_lite.decoupled import DecoupledAdamW, DecoupledLionW
+from composer_lite.events import Event
 from composer_lite.optim import MasterWeightAdamW
 from composer_lite.parallel import ParallelConfig
 from composer_lite.protocols import (
