@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -24,7 +23,6 @@ __all__ = [
     "cache_marker",
     "enforce_cache_limit",
     "mark_cache_folder",
-    "parse_bytes",
     "touch",
 ]
 
@@ -54,30 +52,6 @@ def cache_marker(folder: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and {"kind", "source"} <= set(record) else None
-
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-def parse_bytes(value: int | str | None) -> int | None:
-    """`1000`, `"64mb"`, `"2GiB"`, `"1.5gb"` -> bytes; None stays None."""
-    if value is None or isinstance(value, int):
-        return value
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
-    if not match or match[2].lower() not in _UNITS:
-        raise ValueError(f"cannot read {value!r} as a size; expected e.g. 1000, '64mb', '2GiB'")
-    return int(float(match[1]) * _UNITS[match[2].lower()])
 
 
 def touch(path: str) -> None:

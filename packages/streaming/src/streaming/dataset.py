@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from streaming.cache import mark_cache_folder, parse_bytes
+from streaming.cache import mark_cache_folder
 from streaming.format import INDEX_NAME, ShardInfo, parse_index
 from streaming.iteration import PassCounter
 from streaming.options import (
@@ -36,6 +36,7 @@ from streaming.options import (
 from streaming.partition import num_global_batches, rank_worker_positions
 from streaming.plan import PlanConfig, epoch_sequence
 from streaming.shardcache import ShardCache
+from streaming.sizes import parse_bytes
 from streaming.stream import Stream, epoch_counts
 from streaming.world import World
 
@@ -73,8 +74,9 @@ class StreamingDataset(_Base):
                          max(4,000,000 // canonical nodes, 2**18), with the checkpoint's canonical
                          nodes after `load_state_dict`).
     num_canonical_nodes: default: the number of physical nodes of the first run (kept on resume).
-    cache_limit:         bytes (or '10gb') of shards to keep per cache folder (a remote stream's,
-                         or one holding a local dataset's decompressed copies).
+    cache_limit:         bytes (or '10gb', units of 1024 as in `streaming.sizes`) of shards to
+                         keep per cache folder (a remote stream's, or one holding a local
+                         dataset's decompressed copies).
     predownload:         samples ahead of reading whose shards are fetched and decompressed in the
                          background (default 8 x batch_size; 0 turns it off).
     validate_hash:       True (default): check every hash index.json records, when a process
@@ -175,7 +177,9 @@ class StreamingDataset(_Base):
         self.validate_hash = validate_hash
         self.allow_pickle = allow_pickle = bool(allow_pickle or allow_unsafe_types)
         self.max_open_shards = max(1, max_open_shards)
-        self.cache_limit = parse_bytes(cache_limit)
+        self.cache_limit: int | None = None
+        if cache_limit is not None:
+            self.cache_limit = parse_bytes(cache_limit, setting="cache_limit")
         self.predownload = 8 * batch_size if predownload is None else predownload
 
         self._shards: list[tuple[int, ShardInfo]] = []

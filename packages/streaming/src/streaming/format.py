@@ -35,11 +35,13 @@ from streaming.compression import compression_extension, parse_compression
 from streaming.encodings import get_encoding
 from streaming.errors import IndexFormatError, ShardCorruptError, UnsafePathError
 from streaming.hashing import HASHES
+from streaming.sizes import parse_bytes
 
 __all__ = [
     "FORMAT_VERSION",
     "INDEX_BASENAME",
     "INDEX_NAME",
+    "MAX_OFFSET",
     "SHARD_FORMAT",
     "FileInfo",
     "ShardInfo",
@@ -58,10 +60,8 @@ FORMAT_VERSION = 2
 INDEX_NAME = "index.json"
 INDEX_BASENAME = INDEX_NAME  # mosaicml-streaming's word for it
 SHARD_FORMAT = "mds"
-_MAX_OFFSET = (1 << 32) - 1  # offsets are uint32
-_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40, "pb": 1 << 50}
-_UNITS |= {"eb": 1 << 60, "zb": 1 << 70, "yb": 1 << 80}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtpezy]?b)?\s*$", re.IGNORECASE)
+# The largest position in a raw shard: offsets are uint32, so no shard may be larger.
+MAX_OFFSET = (1 << 32) - 1
 
 
 def shard_basenames(index: int, compression: str | None) -> tuple[str, str | None]:
@@ -73,28 +73,14 @@ def shard_basenames(index: int, compression: str | None) -> tuple[str, str | Non
 
 
 def parse_size(size: int | float | str | None) -> int | None:
-    """A shard size limit in bytes from an int or a string like "64mb" (units of 1024), or None.
-
-    As in mosaicml-streaming, a falsy limit (None, 0) means no limit: one shard for everything.
+    """A shard size limit in bytes, read by `streaming.sizes.parse_bytes` ("64mb" is 64 MiB), or
+    None. As in mosaicml-streaming, a falsy limit (None, 0, "") means no limit: one shard for
+    everything; a limit must be below 2**32 bytes (offsets are uint32).
     """
-    if isinstance(size, bool):
-        raise TypeError(f"size_limit must be an int, a string like '64mb' or None, got {size!r}")
-    if not size:
+    if not size and not isinstance(size, bool):
         return None
-    if isinstance(size, (int, float)):
-        value = int(size)
-    elif isinstance(size, str):
-        match = _SIZE.match(size)
-        if match is None:
-            raise ValueError(
-                f"size_limit {size!r} is not a size; expected a number of bytes with an optional "
-                f"unit among {', '.join(_UNITS)} (e.g. '64mb')"
-            )
-        number, unit = match.groups()
-        value = int(float(number) * _UNITS[(unit or "b").lower()])
-    else:
-        raise TypeError(f"size_limit must be an int, a string like '64mb' or None, got {size!r}")
-    if not 0 <= value <= _MAX_OFFSET:
+    value = parse_bytes(size, setting="size_limit")
+    if value > MAX_OFFSET:
         raise ValueError(
             f"size_limit must be in [0, 2**32) bytes (offsets are uint32), got {value}"
         )
@@ -353,7 +339,7 @@ def encode_shard(samples: Sequence[bytes], config: bytes) -> bytes:
     count = len(samples)
     start = 4 + 4 * (count + 1) + len(config)
     offsets = np.cumsum([start] + [len(s) for s in samples], dtype=np.uint64)
-    if int(offsets[-1]) > _MAX_OFFSET:
+    if int(offsets[-1]) > MAX_OFFSET:
         raise ValueError(
             f"a shard of {int(offsets[-1])} bytes does not fit uint32 offsets; set a size_limit"
         )

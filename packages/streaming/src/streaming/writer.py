@@ -34,6 +34,7 @@ from streaming.encodings import encode_value, get_encoding
 from streaming.errors import SampleError
 from streaming.format import (
     INDEX_NAME,
+    MAX_OFFSET,
     FileInfo,
     ShardInfo,
     dump_index,
@@ -48,7 +49,6 @@ from streaming.storage.stores import write_bytes_atomic
 
 __all__ = ["MDSWriter"]
 
-_MAX_OFFSET = (1 << 32) - 1  # shard offsets are uint32, so no shard may be larger
 _MOSAIC_ONLY_OPTIONS = {"max_workers", "retries"}  # upload options, moot when local
 
 
@@ -214,10 +214,10 @@ class MDSWriter:
             raise RuntimeError(f"MDSWriter for {self.local} is {self._state}; cannot write more")
         data = self.encode_sample(sample)
         need = len(data) + 4  # its bytes and its offset
-        if self._shard_overhead + need > _MAX_OFFSET:
+        if self._shard_overhead + need > MAX_OFFSET:
             raise SampleError(f"a sample of {len(data)} bytes cannot fit an MDS shard (< 4 GiB)")
         over_limit = self.size_limit is not None and self._shard_size + need > self.size_limit
-        if self._samples and (over_limit or self._shard_size + need > _MAX_OFFSET):
+        if self._samples and (over_limit or self._shard_size + need > MAX_OFFSET):
             self._flush()
         self._samples.append(data)
         self._shard_size += need
