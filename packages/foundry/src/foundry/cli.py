@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from foundry import schema, tokenizer
+from foundry import schema, tokenizer, train
 from foundry.data import mix, prep
 
 __all__ = ["COMMANDS", "Command", "main"]
@@ -56,6 +58,13 @@ COMMANDS: dict[str, Command] = {
             config="data_mix",
             schema=schema.DataMixCommand,
             run=mix.run_command,
+        ),
+        Command(
+            name="train",
+            summary="pretrain an MPT on prepared MDS data (torchrun for several processes)",
+            config="train",
+            schema=schema.TrainCommand,
+            run=train.run_command,
         ),
         Command(
             name="tokenizer train",
@@ -181,14 +190,32 @@ def _unknown(words: list[str], wants_help: bool) -> int:
     return 2
 
 
+def _setup_logging() -> None:
+    """INFO lines of our packages on stderr (which backend, what was resumed, ...); under
+    torchrun only rank 0's, warnings from every rank."""
+    rank = int(os.environ.get("RANK", 0))
+    handler = logging.StreamHandler(sys.stderr)
+    prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+    handler.setFormatter(logging.Formatter(f"{prefix}%(levelname)s %(name)s: %(message)s"))
+    for name in ("foundry", "composer_lite", "streaming", "mpt", "evalkit"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+            logger.propagate = False
+
+
 def run(command: Command, overrides: list[str]) -> int:
     """Compose, check, print and run one command."""
     from foundry.compose import compose_config
 
+    _setup_logging()
+
     composed = compose_config(command.config, overrides)
     cfg = composed.build(command.schema)
     text = composed.to_yaml()
-    print(text, flush=True)
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, once
+        print(text, flush=True)
     return command.run(cfg, text)
 
 

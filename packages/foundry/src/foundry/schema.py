@@ -28,7 +28,10 @@ __all__ = [
     "OptimizerConfig",
     "SchedulerConfig",
     "SourceConfig",
+    "LogConfig",
+    "ParallelismConfig",
     "TokenizerTrainCommand",
+    "TrainCommand",
     "parse_count",
 ]
 
@@ -224,3 +227,84 @@ class DataMixCommand:
     data: DataConfig = need("the mix (pick one: data=<option>)")
     tokens: str = opt("1T", "the training budget in tokens ('1T', '300B')")
     check: bool = opt(False, "also build the Streams (local sources must exist)")
+
+
+# ----------------------------------------------------------------------------- train
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelismConfig:
+    """How `foundry train` spreads the model over the ranks (composer_lite.ParallelConfig)."""
+
+    fsdp: bool = opt(True, "shard with FSDP2 when there is more than one rank")
+    sharding: Literal["full", "hybrid"] = opt("full", "full: over all ranks; hybrid: HSDP")
+    shard_group_size: int | None = opt(None, "ranks per shard group (hybrid); null: per node")
+    param_dtype: Literal["bf16", "fp16"] | None = opt(None, "FSDP2's compute dtype of parameters")
+    activation_checkpointing: bool = opt(False, "recompute each block's activations in backward")
+    compile: bool = opt(False, "torch.compile each block")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    """Where the metrics go: the console always, a JSONL file and TensorBoard beside the run."""
+
+    console_every: int = opt(10, "print the metrics every N batches (eval metrics always)")
+    jsonl: bool = opt(True, "write metrics.jsonl in the save folder (or log_dir)")
+    tensorboard: bool = opt(False, "write TensorBoard event files (needs the tensorboard package)")
+    log_dir: str | None = opt(None, "where logs go; null: the save folder, if local")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainCommand:
+    """`foundry train`: pretrain an MPT on prepared MDS data with composer-lite's Trainer."""
+
+    model: MPTConfig = need("the model (pick one: model=<option>)")
+    hardware: HardwareConfig = need("the machines (pick one: hardware=<option>)")
+    data: DataConfig = need("the training data mix (pick one: data=<option>)")
+    optimizer: OptimizerConfig = need("the optimizer (pick one: optimizer=<option>)")
+    scheduler: SchedulerConfig = need("the LR schedule (pick one: scheduler=<option>)")
+    run_name: str | None = opt(None, "the run's name (default: the save folder's name, else 'run')")
+    max_duration: str = need("how long to train: '1000ba', '2ep', '26Btok' ('B', 'M' allowed)")
+    global_train_batch_size: int = opt(32, "samples per optimizer step, over all ranks")
+    device_train_microbatch_size: int | Literal["auto"] | None = opt(
+        None, "samples per forward/backward; 'auto' halves on OOM; null: the whole device batch"
+    )
+    precision: Literal["auto", "fp32", "amp_bf16", "amp_fp16"] = opt(
+        "auto", "auto: amp_bf16 on GPUs, fp32 on CPUs"
+    )
+    attn_impl: str = opt("auto", "attention backend; auto: triton on GPUs, sdpa on CPUs")
+    tokenizer: str | None = opt(None, "the data's tokenizer: checked against the model's vocab")
+    seed: int = opt(17, "RNG seed (each rank derives its own)")
+    eval_data: SourceConfig | None = opt(None, "held-out MDS data for the eval loss; null: none")
+    eval_interval: str = opt("500ba", "evaluate every ... ('500ba', '1ep')")
+    eval_subset_num_batches: int | None = opt(None, "eval batches per evaluation; null: all")
+    save_folder: str | None = opt(None, "checkpoints go here (a path or s3://); null: no saving")
+    save_interval: str = opt("1000ba", "save every ... ('1000ba', '1ep')")
+    save_num_checkpoints_to_keep: int = opt(-1, "keep the newest N checkpoints; -1: all")
+    save_overwrite: bool = opt(
+        False, "start afresh in a save_folder that holds another run (no autoresume)"
+    )
+    autoresume: bool = opt(True, "continue from the newest checkpoint in save_folder, if any")
+    grad_clip_norm: float | None = opt(1.0, "clip the gradient norm to this; null: no clipping")
+    parallelism: ParallelismConfig = opt(ParallelismConfig, "FSDP2 and friends")
+    log: LogConfig = opt(LogConfig, "console, JSONL and TensorBoard logging")
+    num_workers: int = opt(0, "dataloader worker processes per rank")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: cuda when there is a GPU")
+
+    def __post_init__(self) -> None:
+        if self.global_train_batch_size < 1:
+            raise ValueError(
+                f"global_train_batch_size must be >= 1, got {self.global_train_batch_size}"
+            )
+        if self.hardware.world_size > 1 and self.global_train_batch_size % self.hardware.world_size:
+            raise ValueError(
+                f"global_train_batch_size {self.global_train_batch_size} is not divisible by the"
+                f" {self.hardware.world_size} ranks of hardware ({self.hardware.nodes} node(s) x"
+                f" {self.hardware.gpus_per_node})"
+            )
+        if self.data.max_seq_len > self.model.max_seq_len and not self.model.alibi_extrapolate:
+            raise ValueError(
+                f"data.max_seq_len {self.data.max_seq_len} is longer than model.max_seq_len"
+                f" {self.model.max_seq_len}: prepare the data with max_seq_len <="
+                f" {self.model.max_seq_len}, or set model.max_seq_len={self.data.max_seq_len}"
+            )

@@ -1,0 +1,78 @@
+"""Prepared MDS data as the trainer's LM batches: a `StreamingDataLoader` over a data mix.
+
+Pretraining rows are concatenated token sequences (DESIGN's pretraining-MDS contract), so the
+batch is `input_ids` and `labels` equal to them (the model shifts the labels); finetuning rows
+carry their own `labels` (-100 on prompt tokens) and, when packed, a `sequence_id`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from foundry.data.format import tokens_of
+from foundry.data.mix import streams_from_config
+from foundry.schema import DataConfig, parse_count
+
+__all__ = ["LoaderSettings", "build_loader", "lm_collate"]
+
+
+def _column(rows: Sequence[Mapping[str, Any]], name: str) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(r[name]) for r in rows]).astype(np.int64))
+
+
+def lm_collate(rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """An LM batch (int64 (B, T) `input_ids`, `labels`, and `sequence_id` when rows have it) from
+    pretraining rows (`tokens`, or llm-foundry's older `bytes`) or finetuning rows (`input_ids`,
+    `labels`)."""
+    if "input_ids" in rows[0]:
+        batch = {"input_ids": _column(rows, "input_ids"), "labels": _column(rows, "labels")}
+        if "sequence_id" in rows[0]:
+            batch["sequence_id"] = _column(rows, "sequence_id")
+        return batch
+    lengths = {len(tokens_of(r)) for r in rows}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"pretraining rows of different lengths {sorted(lengths)} in one batch: the data was"
+            " prepared with different max_seq_len values"
+        )
+    ids = torch.from_numpy(np.stack([tokens_of(r) for r in rows]))
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderSettings:
+    """What a loader needs beside the data: the per-rank batch and how to read."""
+
+    batch_size: int  # per rank
+    shuffle: bool
+    seed: int
+    num_workers: int = 0
+    drop_last: bool = True  # training: every step sees a whole batch; evaluation: False
+
+
+def build_loader(data: DataConfig, settings: LoaderSettings):
+    """A `StreamingDataLoader` over the mix in `data` (its sources checked to exist first)."""
+    from streaming import StreamingDataLoader, StreamingDataset
+
+    epoch_size = None
+    if data.epoch_size is not None:
+        epoch_size = parse_count(data.epoch_size, key="data.epoch_size")
+    dataset = StreamingDataset(
+        streams=streams_from_config(data),
+        batch_size=settings.batch_size,
+        shuffle=settings.shuffle,
+        shuffle_seed=settings.seed,
+        epoch_size=epoch_size,
+        cache_dir=data.cache_dir,
+    )
+    return StreamingDataLoader(
+        dataset,
+        collate_fn=lm_collate,
+        num_workers=settings.num_workers,
+        drop_last=settings.drop_last,
+    )

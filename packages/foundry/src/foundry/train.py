@@ -1,0 +1,348 @@
+"""`foundry train`: pretrain an MPT on prepared MDS data with composer-lite's Trainer.
+
+    foundry train model=mpt_tiny data.sources.main.local=mds max_duration=200ba save_folder=run
+    torchrun --nproc-per-node=8 -m foundry train model=mpt_1b hardware=8xh100 ...
+
+What it does, in order (every check before any long work):
+
+1. `check_run`: the processes match the hardware (ranks, GPUs), the data exists and fits the
+   model (sequence length, vocabulary), and a save folder that holds checkpoints holds this
+   model's (its `foundry_config.yaml`), unless `save_overwrite`.
+2. `build_run`: the MPT model behind `foundry.model.MPTTrainable` (attention backend for the
+   machine), the optimizer and LR schedule, the streaming loaders (the global batch split over
+   the ranks), the loggers, and `composer_lite.TrainerConfig` (FSDP2 through `ParallelConfig`
+   when there is more than one rank; checkpoints and autoresume in `save_folder`).
+3. The Trainer's `fit()`; then one summary of where everything went.
+
+Under torchrun every rank runs this same code; the Trainer joins the process group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from foundry.data.loader import LoaderSettings, build_loader
+from foundry.model import MPTTrainable, choose_attention
+from foundry.schema import DataConfig, TrainCommand, parse_count
+from foundry.tokenizer import check_vocab_fits, load_tokenizer
+
+__all__ = [
+    "CONFIG_FILE",
+    "Run",
+    "TrainError",
+    "build_run",
+    "check_run",
+    "optimizer_classes",
+    "run_command",
+    "saved_config",
+    "to_time",
+]
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "foundry_config.yaml"  # the resolved config, beside the checkpoints
+
+
+class TrainError(ValueError):
+    """A training run that cannot start as configured; the message says what to change."""
+
+
+def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
+    """The optimizer group's names and their classes."""
+    from composer_lite import DecoupledAdamW, DecoupledLionW
+
+    return {"adamw": torch.optim.AdamW, "decoupled_adamw": DecoupledAdamW, "lion": DecoupledLionW}
+
+
+_SCALED_TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMbBtT])\s*(tok|sp|ba)\s*$")
+
+
+def to_time(value: str, *, key: str) -> str:
+    """A composer-lite time string; '26Btok' and '1.5Msp' become plain counts ('26000000000tok')."""
+    match = _SCALED_TIME.match(str(value))
+    if match:
+        return f"{parse_count(match[1] + match[2], key=key)}{match[3]}"
+    return str(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placement:
+    """Where this process runs: its rank among `world` processes and its device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+
+def _placement(cfg: TrainCommand) -> Placement:
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    kind = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        return Placement(
+            rank=rank,
+            world=world,
+            device=torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))),
+        )
+    return Placement(rank=rank, world=world, device=torch.device("cpu"))
+
+
+def saved_config(save_folder: str) -> str | None:
+    """The text of `foundry_config.yaml` in a save folder (local or remote), or None."""
+    from streaming.storage import join_url, object_exists, read_bytes
+
+    url = join_url(save_folder, CONFIG_FILE)
+    return read_bytes(url).decode() if object_exists(url) else None
+
+
+def _model_shape_differences(saved_text: str, cfg: TrainCommand) -> list[str]:
+    """The model fields (those that shape the weights) where a saved config differs from `cfg`."""
+    import yaml
+
+    from mpt import MPTConfig
+
+    saved = MPTConfig.from_dict((yaml.safe_load(saved_text) or {}).get("model") or {}).to_dict()
+    ours = cfg.model.to_dict()
+    return [
+        f"model.{k}: {saved[k]!r} there, {ours[k]!r} here" for k in _SHAPE if saved[k] != ours[k]
+    ]
+
+
+# The MPTConfig fields that decide the weights' shapes and names (a checkpoint loads only into a
+# model that agrees on all of them).
+_SHAPE = (
+    "d_model",
+    "n_heads",
+    "n_layers",
+    "expansion_ratio",
+    "vocab_size",
+    "kv_n_heads",
+    "no_bias",
+    "norm_type",
+    "learned_pos_emb",
+    "tie_word_embeddings",
+    "qk_ln",
+)
+
+
+def check_run(cfg: TrainCommand, place: Placement) -> None:
+    """Everything that can be known wrong before any long work, each a `TrainError`."""
+    hw = cfg.hardware
+    if place.world != hw.world_size:
+        raise TrainError(
+            f"hardware has {hw.world_size} rank(s) ({hw.nodes} node(s) x {hw.gpus_per_node}), but"
+            f" this process is one of {place.world}: launch with torchrun --nnodes={hw.nodes}"
+            f" --nproc-per-node={hw.gpus_per_node} -m foundry train ..., or pick the hardware of"
+            " this machine (hardware=cpu, hardware=1xh100, ...)"
+        )
+    if hw.gpu != "cpu" and place.device.type != "cuda":
+        raise TrainError(
+            f"hardware names {hw.gpu} GPUs but this machine has no CUDA device: pick hardware=cpu"
+            " to train here, or run on the machines the hardware describes"
+        )
+    if cfg.tokenizer is not None:
+        check_vocab_fits(load_tokenizer(cfg.tokenizer), cfg.model.vocab_size)
+    if cfg.save_folder is None:
+        return
+    saved = saved_config(cfg.save_folder)
+    if saved is not None and not cfg.save_overwrite:
+        differences = _model_shape_differences(saved, cfg)
+        if differences:
+            raise TrainError(
+                f"save_folder {cfg.save_folder} holds a run of another model shape ("
+                + "; ".join(differences)
+                + "): pick another save_folder, or save_overwrite=true to start afresh there"
+            )
+
+
+def _precision(cfg: TrainCommand, device: torch.device) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "amp_bf16" if device.type == "cuda" else "fp32"
+
+
+def _parallel_config(cfg: TrainCommand) -> Any:
+    from composer_lite import ParallelConfig
+
+    p = cfg.parallelism
+    return ParallelConfig(
+        fsdp=p.fsdp,
+        sharding=p.sharding,
+        shard_group_size=p.shard_group_size,
+        param_dtype=p.param_dtype,
+        activation_checkpointing=p.activation_checkpointing,
+        compile=p.compile,
+    )
+
+
+def _schedule(cfg: TrainCommand) -> Any:
+    from composer_lite import Schedule
+
+    s = cfg.scheduler
+    return Schedule(
+        name=s.name,
+        warmup=to_time(s.warmup, key="scheduler.warmup"),
+        alpha_f=s.alpha_f,
+        t_max=None if s.t_max is None else to_time(s.t_max, key="scheduler.t_max"),
+        tokens_per_batch=cfg.global_train_batch_size * cfg.data.max_seq_len,
+    )
+
+
+def _optimizer(cfg: TrainCommand, model: torch.nn.Module) -> torch.optim.Optimizer:
+    options = {k: v for k, v in vars(cfg.optimizer).items() if k != "name"}
+    options["betas"] = tuple(options["betas"])
+    return optimizer_classes()[cfg.optimizer.name](model.parameters(), **options)
+
+
+def _log_dir(cfg: TrainCommand) -> str | None:
+    from streaming.storage import is_remote
+
+    if cfg.log.log_dir is not None:
+        return cfg.log.log_dir
+    if cfg.save_folder is not None and not is_remote(cfg.save_folder):
+        return cfg.save_folder
+    return None
+
+
+def _loggers(cfg: TrainCommand, place: Placement) -> list[Any]:
+    from composer_lite.loggers import ConsoleLogger, JSONLLogger, TensorBoardLogger
+
+    loggers: list[Any] = [ConsoleLogger(every=cfg.log.console_every)]
+    folder = _log_dir(cfg)
+    if folder is not None and place.rank == 0:
+        os.makedirs(folder, exist_ok=True)
+        if cfg.log.jsonl:
+            loggers.append(JSONLLogger(os.path.join(folder, "metrics.jsonl")))
+        if cfg.log.tensorboard:
+            loggers.append(TensorBoardLogger(os.path.join(folder, "tensorboard")))
+    return loggers
+
+
+def _eval_loader(cfg: TrainCommand, per_rank: int) -> Any:
+    if cfg.eval_data is None:
+        return None
+    data = DataConfig(
+        sources={"eval": cfg.eval_data},
+        root=cfg.data.root,
+        max_seq_len=cfg.data.max_seq_len,
+        cache_dir=cfg.data.cache_dir,
+        shuffle=False,
+    )
+    return build_loader(
+        data, LoaderSettings(batch_size=per_rank, shuffle=False, seed=0, drop_last=False)
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """A built run: the Trainer, and what the summary reports."""
+
+    trainer: Any
+    placement: Placement
+    attn_impl: str
+
+
+def build_run(cfg: TrainCommand, place: Placement, *, callbacks: list[Any] = ()) -> Run:
+    """The Trainer of this run (model, optimizer, schedule, loaders, loggers, checkpoints)."""
+    from composer_lite import Trainer, TrainerConfig
+    from composer_lite.callbacks import GradClip
+    from mpt import MPTForCausalLM
+
+    per_rank = cfg.global_train_batch_size // place.world
+    model_config = choose_attention(cfg.model, place.device, asked=cfg.attn_impl)
+    torch.manual_seed(cfg.seed)  # every rank builds the same weights before any sharding
+    build_on = place.device if place.world == 1 else torch.device("cpu")
+    model = MPTTrainable(MPTForCausalLM(model_config, device=build_on))
+    loader = build_loader(
+        cfg.data,
+        LoaderSettings(
+            batch_size=per_rank,
+            shuffle=cfg.data.shuffle,
+            seed=cfg.data.shuffle_seed,
+            num_workers=cfg.num_workers,
+        ),
+    )
+    config = TrainerConfig(
+        max_duration=to_time(cfg.max_duration, key="max_duration"),
+        scheduler=_schedule(cfg),
+        # without eval data nothing is evaluated, and the interval is not held against the run
+        eval_interval=to_time(cfg.eval_interval, key="eval_interval") if cfg.eval_data else "1dur",
+        eval_subset_num_batches=cfg.eval_subset_num_batches,
+        device_train_microbatch_size=cfg.device_train_microbatch_size,
+        precision=_precision(cfg, place.device),
+        parallelism=_parallel_config(cfg) if place.world > 1 else None,
+        save_folder=cfg.save_folder,
+        save_interval=to_time(cfg.save_interval, key="save_interval"),
+        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+        save_overwrite=cfg.save_overwrite,
+        # save_overwrite starts afresh: resuming the run it replaces would contradict it
+        autoresume=cfg.autoresume and cfg.save_folder is not None and not cfg.save_overwrite,
+        seed=cfg.seed,
+        device=place.device.type,
+        run_name=cfg.run_name or _default_run_name(cfg),
+    )
+    extra = [GradClip(cfg.grad_clip_norm)] if cfg.grad_clip_norm is not None else []
+    trainer = Trainer(
+        model,
+        loader,
+        _optimizer(cfg, model),
+        eval_dataloader=_eval_loader(cfg, per_rank),
+        callbacks=[*extra, *callbacks],
+        loggers=_loggers(cfg, place),
+        config=config,
+    )
+    return Run(trainer=trainer, placement=place, attn_impl=model_config.attn_impl)
+
+
+def _default_run_name(cfg: TrainCommand) -> str:
+    if cfg.save_folder:
+        return os.path.basename(cfg.save_folder.rstrip("/")) or "run"
+    return "run"
+
+
+def _save_config(cfg: TrainCommand, config_text: str, place: Placement) -> None:
+    """Rank 0 writes the resolved config beside the checkpoints (atomically; remote: uploaded)."""
+    if cfg.save_folder is None or place.rank != 0:
+        return
+    from streaming.storage import is_remote, join_url, upload_bytes, write_bytes_atomic
+
+    if is_remote(cfg.save_folder):
+        upload_bytes(config_text.encode(), join_url(cfg.save_folder, CONFIG_FILE))
+    else:
+        os.makedirs(cfg.save_folder, exist_ok=True)
+        write_bytes_atomic(os.path.join(cfg.save_folder, CONFIG_FILE), config_text.encode())
+
+
+def _summary(run: Run, cfg: TrainCommand) -> str:
+    state = run.trainer.state
+    lines = [f"trained to batch {state.timestamp.batch} ({run.attn_impl} attention)"]
+    if state.step is not None:
+        lines.append(f"last step loss: {state.step.loss:.4f}")
+    for name, value in sorted(state.eval_metrics.items()):
+        lines.append(f"{name}: {value:.4f}")
+    latest = run.trainer.checkpoints.latest() if run.trainer.checkpoints is not None else None
+    if latest:
+        lines.append(f"checkpoint: {latest}")
+    folder = _log_dir(cfg)
+    if folder and cfg.log.jsonl:
+        lines.append(f"metrics: {os.path.join(folder, 'metrics.jsonl')}")
+    return "\n".join(lines)
+
+
+def run_command(cfg: TrainCommand, config_text: str) -> int:
+    """`foundry train`: check, build, train, summarize (rank 0 prints the summary)."""
+    place = _placement(cfg)
+    check_run(cfg, place)
+    run = build_run(cfg, place)  # the Trainer has resumed, or refused a folder of another run
+    _save_config(cfg, config_text, place)
+    run.trainer.fit()
+    if place.rank == 0:
+        print(_summary(run, cfg), file=sys.stdout, flush=True)
+    return 0

@@ -1,0 +1,145 @@
+"""`foundry train`: a tiny MPT trains on prepared MDS data, saves, resumes; bad runs are refused
+before any work, each naming what to change."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from foundry.cli import main
+from foundry.compose import compose_config
+from foundry.schema import TrainCommand
+from foundry.train import TrainError, check_run, run_command, to_time
+from streaming import MDSWriter
+from streaming.testing.distributed import free_port
+
+VOCAB, SEQ = 64, 32
+TINY = [
+    f"model.vocab_size={VOCAB}",
+    f"model.max_seq_len={SEQ}",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.n_layers=2",
+    f"data.max_seq_len={SEQ}",
+    "global_train_batch_size=4",
+    "scheduler.warmup=2ba",
+    "log.console_every=100",
+]
+
+
+def write_pretraining_data(out: Path, samples: int = 64, seed: int = 0) -> Path:
+    """Rows of a repeating token pattern (learnable) in foundry's layout (`tokens`, int32)."""
+    rng = np.random.default_rng(seed)
+    with MDSWriter(out=str(out), columns={"tokens": "ndarray:int32"}, size_limit=1 << 12) as w:
+        for _ in range(samples):
+            start = int(rng.integers(0, 8))
+            w.write({"tokens": ((np.arange(SEQ) + start) % 8 + 2).astype(np.int32)})
+    return out
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return write_pretraining_data(tmp_path / "mds")
+
+
+def train_config(*overrides: str) -> TrainCommand:
+    return compose_config("train", [*TINY, *overrides]).build(TrainCommand)
+
+
+def losses(metrics: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()[1:]]
+    return {
+        r["step"]: r["metrics"]["loss/train/total"]
+        for r in rows
+        if "metrics" in r and "loss/train/total" in r["metrics"]
+    }
+
+
+def test_trains_saves_and_resumes(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [f"data.sources.main.local={data}", f"save_folder={run}", "save_interval=6ba"]
+    args += [f"eval_data.local={data}", "eval_interval=6ba", "eval_subset_num_batches=2"]
+    assert main(["train", *TINY, *args, "max_duration=12ba"]) == 0
+    out = capsys.readouterr().out
+    assert "trained to batch 12 (sdpa attention)" in out and f"checkpoint: {run}/ep" in out
+    saved = yaml.safe_load((run / "foundry_config.yaml").read_text())
+    assert saved["model"]["d_model"] == 32 and saved["max_duration"] == "12ba"
+    first = losses(run / "metrics.jsonl")
+    assert first[12] < first[1] * 0.7  # it learns the pattern
+    assert main(["train", *TINY, *args, "max_duration=18ba"]) == 0  # autoresume: 6 more batches
+    assert "trained to batch 18" in capsys.readouterr().out
+    assert sorted(losses(run / "metrics.jsonl")) == list(range(1, 19))  # no batch twice
+
+
+def test_two_processes_train_with_fsdp_under_torchrun(data, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
+    command += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
+    command += ["-m", "foundry", "train", *TINY, "hardware=cpu"]
+    command += ["hardware.gpus_per_node=2", f"data.sources.main.local={data}", "max_duration=6ba"]
+    command += [f"save_folder={run}", "save_interval=3ba"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained to batch 6") == 1  # rank 0 reports
+    assert done.stdout.count("max_duration: 6ba") == 1  # the resolved config is printed once
+    assert sorted(p.name for p in run.glob("ep*")) == ["ep0-ba3", "ep0-ba6"]
+
+
+def test_times_with_scaled_counts():
+    assert to_time("26Btok", key="max_duration") == "26000000000tok"
+    assert to_time("1.5Msp", key="max_duration") == "1500000sp"
+    assert to_time("100ba", key="max_duration") == "100ba"
+
+
+def _place(world: int = 1):
+    import torch
+
+    from foundry.train import Placement
+
+    return Placement(rank=0, world=world, device=torch.device("cpu"))
+
+
+def test_bad_runs_are_refused_before_any_work(data, tmp_path, tiny_tokenizer, capsys):
+    base = [f"data.sources.main.local={data}", "max_duration=4ba"]
+    # a key that does not exist, with a suggestion
+    assert main(["train", *TINY, *base, "max_durration=4ba"]) == 2
+    assert "did you mean 'max_duration'" in capsys.readouterr().err
+    # a data path that does not exist
+    assert main(["train", *TINY, "data.sources.main.local=/nowhere", "max_duration=4ba"]) == 1
+    assert "/nowhere holds no prepared dataset" in capsys.readouterr().err
+    # max_seq_len of the data larger than the model's
+    with pytest.raises(Exception, match="data.max_seq_len 64 is longer than model.max_seq_len 32"):
+        train_config(*base, "data.max_seq_len=64")
+    # a tokenizer whose vocabulary is larger than the model's
+    cfg = train_config(*base, f"tokenizer={tiny_tokenizer}")
+    with pytest.raises(ValueError, match=f"has 600 tokens but model.vocab_size={VOCAB}"):
+        check_run(cfg, _place())
+    # hardware that this process is not
+    with pytest.raises(
+        TrainError, match="hardware has 8 rank.*torchrun --nnodes=1 --nproc-per-node=8"
+    ):
+        check_run(train_config(*base, "hardware=8xh100", "global_train_batch_size=8"), _place())
+    with pytest.raises(TrainError, match="names H100-SXM GPUs but this machine has no CUDA"):
+        check_run(train_config(*base, "hardware=1xh100"), _place())
+
+
+def test_a_save_folder_of_another_model_shape_is_refused(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [f"data.sources.main.local={data}", f"save_folder={run}", "max_duration=2ba"]
+    assert main(["train", *TINY, *args]) == 0
+    before = sorted(p.name for p in run.iterdir())
+    capsys.readouterr()
+    assert main(["train", *TINY, *args, "model.d_model=64"]) == 1
+    err = capsys.readouterr().err
+    assert "holds a run of another model shape (model.d_model: 32 there, 64 here)" in err
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing touched
+    fresh = train_config(*args, "model.d_model=64", "save_overwrite=true")
+    assert run_command(fresh, "model: {}\n") == 0  # asked for: starts afresh there
