@@ -132,7 +132,7 @@ def _spoil(path: Path) -> None:
 def test_verify_answers_honestly_on_an_s3_cache_folder_with_keep_zip_false(
     tmp_path, s3_bucket, capsys
 ):
-    from streaming.shardcache import finish_fills
+    from streaming.rawfill import finish_fills
     from streaming.storage import Uploader
 
     src, remote, cache = _zstd_dataset(tmp_path / "src"), f"{s3_bucket}/ds", tmp_path / "cache"
@@ -164,7 +164,7 @@ def test_verify_answers_honestly_on_an_s3_cache_folder_with_keep_zip_false(
 
 
 def test_verify_checks_the_decompressed_copies_of_a_local_dataset(tmp_path, capsys):
-    from streaming.shardcache import finish_fills
+    from streaming.rawfill import finish_fills
 
     out = _zstd_dataset(tmp_path / "ds")
     ds = StreamingDataset(local=str(out), predownload=0)

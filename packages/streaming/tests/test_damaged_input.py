@@ -26,7 +26,7 @@ from streaming.errors import (
     ShardTruncatedError,
     UnsafePathError,
 )
-from streaming.shardcache import finish_fills
+from streaming.rawfill import finish_fills
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 COLUMNS = {"id": "int", "blob": "bytes"}

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from streaming import MDSWriter, Stream, StreamingDataLoader, StreamingDataset
 from streaming.partition import num_global_batches
-from streaming.shardcache import _track_fill, _untrack_fill, finish_fills
+from streaming.rawfill import _track_fill, _untrack_fill, finish_fills
 
 COLUMNS = {"id": "int", "tokens": "ndarray:int32:4"}
 
@@ -509,7 +509,7 @@ def test_finish_fills_waits_and_says_what_is_left(caplog):
             _untrack_fill()
 
     _track_fill(threading.Thread(target=fill, daemon=True, name="streaming-decompress"))
-    with caplog.at_level("WARNING", logger="streaming.shardcache"):
+    with caplog.at_level("WARNING", logger="streaming.rawfill"):
         assert finish_fills(0.05) == 1
     assert "1 shard decompression(s) still running at exit" in caplog.text
     go.set()

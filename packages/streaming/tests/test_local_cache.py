@@ -21,7 +21,7 @@ import pytest
 from streaming import MDSWriter, StreamingDataset
 from streaming.cache import CACHE_MARKER
 from streaming.errors import HashMismatchError
-from streaming.shardcache import finish_fills
+from streaming.rawfill import finish_fills
 from streaming.stream import Stream, is_read_only, raw_cache_dir
 
 
@@ -134,7 +134,7 @@ def test_a_folder_this_process_may_not_write(tmp_path, home_cache):
 def test_no_writable_cache_folder_at_all_decompresses_in_memory(read_only, tmp_path, caplog):
     blocked = tmp_path / "blocked"
     blocked.write_text("a file, not a folder")  # no folder can be made under it, even by root
-    with caplog.at_level("WARNING", logger="streaming.shardcache"):
+    with caplog.at_level("WARNING", logger="streaming.cache"):
         ds = StreamingDataset(local=str(read_only), cache_dir=str(blocked / "c"), predownload=0)
     assert "every process decompresses the shards it reads in memory" in caplog.text
     before = snapshot(read_only)

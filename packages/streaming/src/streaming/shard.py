@@ -1,16 +1,23 @@
-"""Reading one local MDS shard: check it against its `index.json` entry, then decode samples.
+"""Reading one MDS shard: check it against its `index.json` entry, then decode samples.
 
-This is a data loader's hot path, so the work is done once, at `Shard.open`:
+This is a data loader's hot path, so the work is done once, when the shard is opened. A `Shard`
+reads its raw (decompressed) bytes from one of three places:
 
-- a compressed shard is read and decompressed once and its raw bytes are kept in memory; an
-  uncompressed (raw) file is read sample by sample with `os.pread`, through the page cache that
-  every process on the node shares (no per-process copy, and no mapped pages inflating RSS);
-- every hash recorded in the index is checked (those of `zip_data` over the stored compressed
-  bytes, those of `raw_data` over the raw bytes), and so are the file size, the sample count, the
-  offset table and the column layout embedded in the shard;
-- each column's decoder is looked up once.
+- a raw file, with `os.pread`, through the page cache that every process on the node shares (no
+  per-process copy, and no mapped pages inflating RSS): a stored uncompressed shard, or the raw
+  copy the cache made of a compressed one (`Shard.open`);
+- a raw file still being written by the thread decompressing into it (`GrowingRaw`,
+  `Shard.growing`, see `streaming.rawfill`): each read waits for the bytes it needs;
+- memory: a compressed stored file decompressed by `Shard.open` or `Shard.from_bytes`, when no
+  folder can keep a raw copy (or for `python -m streaming verify`).
 
-`shard[i]` then slices the raw bytes; `ndarray` columns come back as writable copies of their
+Opening checks the file size, every hash recorded in the index that `verify` selects (those of
+`zip_data` over the stored compressed bytes, those of `raw_data` over the raw bytes), the sample
+count, the offset table and the column layout embedded in the shard, and looks up each column's
+decoder once. The checks and the one checked decompression (`decompress_checked`) are the cache's
+too.
+
+`shard[i]` then reads the sample's bytes; `ndarray` columns come back as writable copies of their
 few bytes (torch refuses to share read-only arrays, and copies never pin the shard's memory).
 
     with Shard.open("ds/shard.00000.mds.zstd", info) as shard:
@@ -86,7 +93,7 @@ def decompress_checked(
 
     Whatever the codec raises becomes a `ShardCorruptError` naming `where`, and so does output of
     another size than index.json's `raw_data.bytes`. The one decompression that both the cache
-    (into a growing raw file) and `Shard.open` (into memory) run.
+    (into a growing raw file, `streaming.rawfill`) and `Shard.open` (into memory) run.
     """
     try:
         size = decompress_stream(info.compression, data, write, consumed)

@@ -10,7 +10,7 @@ Getting shard s (in the reader's thread, or ahead of time in a pool thread):
     stored file compressed                                   -> once per node, under a lock:
         check the compressed file, decompress it into the raw copy's temporary name while
         readers start on its prefix, keep the copy's digest beside it, rename it into place
-        (`_RawFill`), so that every later open on the node skips decompression
+        (streaming.rawfill), so that every later open on the node skips decompression
 
 Readers never wait for the raw file to be written, only for the decompression, and preparing
 several shards at once uses every core (zstandard and file I/O release the GIL). Evicted or
@@ -27,97 +27,29 @@ or memory and drops everything the parent's threads were still working on (see `
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import mmap
-import multiprocessing.util
 import os
-import queue
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from enum import IntEnum
 
-from streaming.cache import enforce_cache_limit, mark_cache_folder, touch
+from streaming.cache import CacheFiles, raw_copy_folders
 from streaming.errors import RemoteNotFoundError, ShardCorruptError
 from streaming.format import ShardInfo
-from streaming.rawcopy import (
-    Trust,
-    check_raw_copy,
-    new_kept_hasher,
-    save_kept_hash,
-    source_stamp,
-)
-from streaming.shard import (
-    GrowingRaw,
-    Shard,
-    check_size,
-    decompress_checked,
-    selected_hashes,
-    verify_hashes,
-)
-from streaming.storage.download import discard, file_identity, produce_once
-from streaming.stream import Stream, is_read_only
+from streaming.rawcopy import Trust, check_raw_copy
+from streaming.rawfill import DecompressGate, FillJob, PendingShard, RawFill, finish_fills
+from streaming.shard import Shard
+from streaming.storage.download import discard, file_identity
+from streaming.stream import Stream
 
-__all__ = ["FillStart", "ShardCache", "Urgency", "finish_fills"]
+# finish_fills: where streaming 0.1.1 documented it (it lives in streaming.rawfill)
+__all__ = ["ShardCache", "finish_fills"]
 
 log = logging.getLogger(__name__)
-_PAGE = mmap.PAGESIZE
-
-# Raw files still being written when the process exits (the reader had what it needed from the
-# shard in memory): exit waits for them, so the node's cache ends up holding them whole and no
-# temp file is left behind. One that outlasts the wait dies with the process; the next process
-# that makes that file removes its temp file (storage.produce_once).
-EXIT_WAIT_S = 60.0
-# A file another process on the node fetched or used this recently is not evicted: it may be
-# between its fetch and its open (a reader that still finds it gone fetches it again).
-EVICT_GRACE_S = 5.0
-_filling: set[threading.Thread] = set()
-_filling_lock = threading.Lock()
-_exit_hook_pid: int | None = None
-
-
-def _track_fill(thread: threading.Thread) -> None:
-    """Start `thread` (a raw-file fill) and have this process's exit wait for it."""
-    global _exit_hook_pid
-    with _filling_lock:
-        if _exit_hook_pid != os.getpid():  # first fill here, or in a forked child
-            _filling.clear()  # a parent's threads do not run in a child
-            # multiprocessing's exit runs this in the main process (atexit) and in its workers
-            # (which skip atexit); a forked child starts with the registry cleared.
-            multiprocessing.util.Finalize(None, finish_fills, exitpriority=100)
-            _exit_hook_pid = os.getpid()
-        _filling.add(thread)
-    thread.start()
-
-
-def _untrack_fill() -> None:
-    with _filling_lock:
-        _filling.discard(threading.current_thread())
-
-
-def finish_fills(timeout: float | None = None) -> int:
-    """Wait up to `timeout` seconds (default `EXIT_WAIT_S`) for the raw files this process is
-    still writing; returns how many are still running. Called at exit."""
-    deadline = time.monotonic() + (EXIT_WAIT_S if timeout is None else timeout)
-    with _filling_lock:
-        threads = list(_filling)
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    left = sum(thread.is_alive() for thread in threads)
-    if left:
-        log.warning(
-            "streaming: %d shard decompression(s) still running at exit; their temp files are "
-            "removed by the next process that prepares those shards",
-            left,
-        )
-    return left
-
 
 # Every ShardCache of this process, for the fork handler below.
 _caches: weakref.WeakSet[ShardCache] = weakref.WeakSet()
@@ -126,215 +58,11 @@ _caches: weakref.WeakSet[ShardCache] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     """In a forked child, which has only the thread that forked: reset the state that the
     parent's other threads held or were about to finish."""
-    global _filling_lock
-    _filling_lock = threading.Lock()  # a fill thread may have held it at the fork
     for cache in list(_caches):
         cache._after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class Urgency(IntEnum):
-    """How soon a shard being decompressed is needed; the gate runs the lowest first."""
-
-    READER_WAITING = 0  # a reader is blocked on it
-    NEEDED_SOON = 1  # upcoming reads need more of it than has been decompressed
-    NO_HURRY = 2
-
-
-@dataclass(frozen=True)
-class FillStart:
-    """How a raw-copy fill began, as the thread preparing the shard learns it (`_RawFill.start`).
-
-    raw:   this process is decompressing into this growing file: readers may start on it;
-    error: the fill failed before readers could start;
-    neither: the raw copy exists (another process made it meanwhile): open it.
-    """
-
-    raw: GrowingRaw | None = None
-    error: BaseException | None = None
-
-
-class _Pending:
-    """A shard being prepared: readers wait on it until it is published or fails."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.shard: Shard | None = None
-        self.error: BaseException | None = None
-        self.waiting = 0  # readers blocked until it is published (decompression priority)
-
-    def wait(self) -> Shard:
-        if not self.event.is_set():
-            self.waiting += 1
-            try:
-                self.event.wait()
-            finally:
-                self.waiting -= 1
-        if self.error is not None:
-            raise self.error
-        assert self.shard is not None
-        return self.shard
-
-
-class _Gate:
-    """Lets at most `slots` decompressions run a piece at once: first a shard a reader is waiting
-    for, then the parts of shards that upcoming reads need, then the rest, each in the order the
-    shards were asked for (`Urgency`, then order). Pieces are small (a few hundred KB), so a
-    reader's shard gets the CPU within a few milliseconds, and the first batch waits only for the
-    prefixes of its shards that hold its samples, not for whole shards. A release hands its slot
-    straight to the best waiter (no thundering herd of waiters re-ranking the queue).
-    """
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self.busy = 0
-        self.queue: list[tuple[int, Callable[[], Urgency], threading.Event]] = []
-        self.lock = threading.Lock()
-
-    def _dispatch(self) -> None:  # with self.lock held
-        while self.busy < self.slots and self.queue:
-            best = min(self.queue, key=lambda e: (e[1](), e[0]))
-            self.queue.remove(best)
-            self.busy += 1
-            best[2].set()
-
-    def acquire(self, order: int, urgency: Callable[[], Urgency]) -> None:
-        """Wait for a slot; `urgency()` ranks the caller (lower first), then `order`."""
-        with self.lock:
-            if self.busy < self.slots and not self.queue:
-                self.busy += 1
-                return
-            admitted = threading.Event()
-            self.queue.append((order, urgency, admitted))
-        while not admitted.wait(0.05):  # also re-rank now and then: readers start waiting
-            with self.lock:
-                self._dispatch()
-
-    def release(self) -> None:
-        with self.lock:
-            self.busy -= 1
-            self._dispatch()
-
-    def pause(self, order: int, urgency: Callable[[], Urgency]) -> None:
-        """Between pieces: keep the slot unless a waiter ranks before the caller."""
-        with self.lock:
-            if not self.queue or min((e[1](), e[0]) for e in self.queue) > (urgency(), order):
-                return
-            self.busy -= 1
-            self._dispatch()
-        self.acquire(order, urgency)
-
-
-class _RawFill:
-    """Makes one compressed shard's raw copy, once per node, in a thread of its own.
-
-    The thread takes the node lock for the copy (`produce_once`) and, if no process made it yet,
-    checks the compressed file (its size, and the digests `validate_hash` selects) and
-    decompresses it piece by piece into the copy's temporary name, a `GrowingRaw` handed to the
-    preparing thread at once so that readers start on its prefix (only once it is whole and
-    checked when no digest of the compressed file vouched for it). Pieces share the CPU through
-    the gate. The digest of what was written is kept beside the copy (`streaming.rawcopy`) before it
-    is renamed into place. Then a remote stream's download goes (unless `keep_zip`), the cache
-    is held to its limit, and a shard published over the growing file moves to the finished one.
-    The exit of the process waits for the thread (`finish_fills`).
-    """
-
-    def __init__(self, cache: ShardCache, shard_id: int, pending: _Pending) -> None:
-        self.cache, self.shard_id, self.pending = cache, shard_id, pending
-        self.stream, self.info, raw_path, self.stored_path = cache._paths(shard_id)
-        assert raw_path is not None and self.info.zip_data is not None
-        self.raw_path = raw_path
-        self.validate = cache._validate(self.stream)
-        self.order = next(cache._order)
-        self.raw: GrowingRaw | None = None
-        self.zipped: mmap.mmap | bytes = b""
-        self.started: queue.Queue[FillStart] = queue.Queue()
-
-    def start(self) -> FillStart:
-        """Start the thread; return once readers may start (or the fill failed)."""
-        _track_fill(threading.Thread(target=self._run, daemon=True, name="streaming-decompress"))
-        return self.started.get()
-
-    def urgency(self) -> Urgency:
-        raw = self.raw
-        if self.pending.waiting or (raw is not None and raw.waiting):
-            return Urgency.READER_WAITING
-        needed = self.cache._need.get(self.shard_id, 1.0)
-        if raw is None or raw.filled < needed * raw.size:
-            return Urgency.NEEDED_SOON
-        return Urgency.NO_HURRY
-
-    def _run(self) -> None:
-        try:
-            produce_once(self.raw_path, self._make)
-            if self.stream.remote is not None and not self.cache._keep_zip(self.stream):
-                with contextlib.suppress(FileNotFoundError):  # the raw copy replaces the download
-                    os.unlink(self.stored_path)
-            self.started.put(FillStart())  # unless _make ran: the copy another process made
-            self.cache._evict(keep={self.raw_path})
-            if self.raw is not None and self.pending.event.is_set():
-                # this fill published the growing file: move the shard to the finished copy
-                self.cache._open_file(self.shard_id, self.raw_path, None, verify=False)
-        except BaseException as err:
-            self.started.put(FillStart(error=err))
-        finally:
-            _untrack_fill()
-
-    def _make(self, tmp: str) -> None:
-        raw = self.raw = GrowingRaw(tmp, self.info.raw_data.bytes, new_kept_hasher())
-        self.cache._gate.acquire(self.order, self.urgency)
-        try:
-            source = self._decompress(raw)
-        except BaseException as err:
-            raw.fail(err)
-            raise
-        finally:
-            self.cache._gate.release()
-        raw.sync()  # outside the gate: waiting on the disk must not hold up decompression
-        save_kept_hash(self.raw_path, self.info, raw.hasher.hexdigest(), source)
-
-    def _decompress(self, raw: GrowingRaw) -> dict[str, int] | None:
-        """Check and decompress the stored file into `raw`; returns the local source's stamp."""
-        info, where, validate = self.info, self.stored_path, self.validate
-        assert info.zip_data is not None
-        with open(where, "rb") as file:  # mapped: hashed and read without copies
-            st = os.fstat(file.fileno())
-            check_size(st.st_size, info.zip_data, where)
-            self.zipped = (
-                mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size else b""
-            )
-        try:
-            verify_hashes(self.zipped, info.zip_data, where=where, validate=validate)
-            # Unless a digest vouched for the compressed bytes, readers wait for the whole shard:
-            # the raw digests, the codec's checksum and the size are checked before any sample
-            # is served (with validate_hash off, they start on the prefix regardless).
-            late = bool(validate) and not selected_hashes(info.zip_data, validate)
-            if not late:
-                self.started.put(FillStart(raw=raw))  # checked: readers may start on the prefix
-            decompress_checked(info, self.zipped, self._write, where=where, consumed=self._drop)
-        finally:
-            if isinstance(self.zipped, mmap.mmap):
-                # A codec error's traceback may still hold a view of the map: then it is
-                # unmapped once that error is gone.
-                with contextlib.suppress(BufferError):
-                    self.zipped.close()
-        if late:
-            if selected_hashes(info.raw_data, validate):
-                verify_hashes(raw.whole(), info.raw_data, where=where, validate=validate)
-            self.started.put(FillStart(raw=raw))
-        return source_stamp(st) if self.stream.remote is None else None
-
-    def _write(self, chunk: memoryview) -> None:
-        assert self.raw is not None
-        self.raw.append(chunk)
-        self.cache._gate.pause(self.order, self.urgency)  # a more urgent shard may run now
-
-    def _drop(self, upto: int) -> None:
-        """Input already decompressed leaves this process's memory."""
-        if isinstance(self.zipped, mmap.mmap) and upto >= _PAGE:
-            self.zipped.madvise(mmap.MADV_DONTNEED, 0, upto - upto % _PAGE)
 
 
 class ShardCache:
@@ -361,39 +89,33 @@ class ShardCache:
         self.cache_limit = cache_limit
         self.keep_zip = keep_zip
         self.threads = max(1, threads)
-        self._raw_dirs = _raw_folders(self.shards)
-        self._cached_files = self._files_the_cache_may_evict()
-        self._cached = frozenset(path for paths in self._cached_files for path in paths)
-        self._lock = threading.Lock()
+        self._raw_dirs = raw_copy_folders([stream for stream, _ in self.shards])
+        self._cache_files = CacheFiles(self._files_the_cache_may_evict())
         self._open: OrderedDict[int, Shard] = OrderedDict()
-        self._pending: dict[int, _Pending] = {}
         self._verified: set[int] = set()
-        # path -> the mtime this process left it with (its touch on open, or its own download):
-        # a later mtime means another process used or re-made the file since (see _evict)
-        self._touched: dict[str, float] = {}
+        self._start_threads_state()
+        _caches.add(self)
+
+    def _start_threads_state(self) -> None:
+        """What this process's threads share: none of it survives a fork or a pickle."""
+        self._lock = threading.Lock()
+        self._pending: dict[int, PendingShard] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = -1
-        self._gate = _Gate(os.cpu_count() or 1)
+        self._gate = DecompressGate(os.cpu_count() or 1)
         self._order = itertools.count()
         self._need: dict[int, float] = {}  # shard -> fraction upcoming reads need (see prefetch)
-        _caches.add(self)
 
     def __getstate__(self) -> dict:
         # A copy in another process (a dataloader worker) starts with nothing open or pending.
-        state = self.__dict__.copy()
-        for key in ("_lock", "_open", "_pending", "_pool", "_verified", "_gate", "_order", "_need"):
-            del state[key]
-        del state["_cached"]  # made again from _cached_files
-        return state
+        threads = {"_lock", "_pending", "_pool", "_gate", "_order", "_need"}
+        dropped = threads | {"_open", "_verified"}
+        return {key: value for key, value in self.__dict__.items() if key not in dropped}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._cached = frozenset(path for paths in self._cached_files for path in paths)
-        self._lock = threading.Lock()
-        self._open, self._pending, self._verified = OrderedDict(), {}, set()
-        self._touched = {}
-        self._pool, self._pool_pid = None, -1
-        self._gate, self._order, self._need = _Gate(os.cpu_count() or 1), itertools.count(), {}
+        self._open, self._verified = OrderedDict(), set()
+        self._start_threads_state()
         _caches.add(self)
 
     def _after_fork(self) -> None:
@@ -405,11 +127,8 @@ class ShardCache:
         descriptors and pages are the child's too); a dropped shard is prepared again on demand,
         which waits on the node lock for the parent's raw file instead of decompressing twice.
         """
-        self._lock = threading.Lock()
         self._open = OrderedDict((i, s) for i, s in self._open.items() if not s.is_growing)
-        self._pending, self._need = {}, {}
-        self._pool, self._pool_pid = None, -1
-        self._gate, self._order = _Gate(os.cpu_count() or 1), itertools.count()
+        self._start_threads_state()
 
     # -- public -------------------------------------------------------------------------------
     def get(self, shard_id: int) -> Shard:
@@ -453,11 +172,11 @@ class ShardCache:
     def _keep_zip(self, stream: Stream) -> bool:
         return self.keep_zip if stream.keep_zip is None else stream.keep_zip
 
-    def _claim(self, shard_id: int) -> tuple[_Pending, bool]:
+    def _claim(self, shard_id: int) -> tuple[PendingShard, bool]:
         pending = self._pending.get(shard_id)
         if pending is not None:
             return pending, False
-        pending = self._pending[shard_id] = _Pending()
+        pending = self._pending[shard_id] = PendingShard()
         return pending, True
 
     def _executor(self) -> ThreadPoolExecutor:
@@ -466,7 +185,7 @@ class ShardCache:
             self._pool_pid = os.getpid()
         return self._pool
 
-    def _publish(self, shard_id: int, shard: Shard, pending: _Pending | None) -> None:
+    def _publish(self, shard_id: int, shard: Shard, pending: PendingShard | None) -> None:
         with self._lock:
             self._open[shard_id] = shard
             self._open.move_to_end(shard_id)
@@ -478,7 +197,7 @@ class ShardCache:
             pending.shard = shard
             pending.event.set()
 
-    def _prepare(self, shard_id: int, pending: _Pending) -> None:
+    def _prepare(self, shard_id: int, pending: PendingShard) -> None:
         try:
             self._make_ready(shard_id, pending)
         except BaseException as err:
@@ -505,7 +224,7 @@ class ShardCache:
             raw_path = os.path.join(raw_dir, info.raw_data.basename)
         return stream, info, raw_path, os.path.join(stream.local, info.basename)
 
-    def _make_ready(self, shard_id: int, pending: _Pending, attempts: int = 8) -> None:
+    def _make_ready(self, shard_id: int, pending: PendingShard, attempts: int = 8) -> None:
         """Open (fetching and decompressing first if need be) shard `shard_id`.
 
         Another process on the node may evict a remote stream's file between our finding or
@@ -531,7 +250,7 @@ class ShardCache:
         return self._make_ready_once(shard_id, pending)  # the fetch after the last try's damage
 
     def _retry_after_eviction(
-        self, shard_id: int, pending: _Pending, err: FileNotFoundError, last: bool
+        self, shard_id: int, pending: PendingShard, err: FileNotFoundError, last: bool
     ) -> None:
         """Raise `err` unless the file may have been evicted by another process (then return)."""
         stream, info = self.shards[shard_id]
@@ -545,23 +264,31 @@ class ShardCache:
                 f"({self.cache_limit} bytes here) is too small for the shards the node's workers "
                 "and ranks use at once; raise it"
             ) from err
-        log.info("shard %s was evicted from %s before it was opened; fetching it again",
-                 info.basename, stream.local)  # fmt: skip
+        log.info(
+            "shard %s was evicted from %s before it was opened; fetching it again",
+            info.basename,
+            stream.local,
+        )
 
     def _discard_damaged_download(
-        self, shard_id: int, pending: _Pending, err: ShardCorruptError
+        self, shard_id: int, pending: PendingShard, err: ShardCorruptError
     ) -> bool:
         """A remote stream's cached shard file is damaged: remove it so that it is fetched again.
         False (nothing done) for a local dataset, or once readers were served from the shard."""
         stream, info, _, stored_path = self._paths(shard_id)
         if stream.remote is None or pending.event.is_set():
             return False
-        log.warning("shard %s in the cache %s is damaged (%s); fetching it again from %s",
-                    info.basename, stream.local, err, stream.remote)  # fmt: skip
+        log.warning(
+            "shard %s in the cache %s is damaged (%s); fetching it again from %s",
+            info.basename,
+            stream.local,
+            err,
+            stream.remote,
+        )
         discard(stored_path, file_identity(stored_path))
         return True
 
-    def _make_ready_once(self, shard_id: int, pending: _Pending) -> None:
+    def _make_ready_once(self, shard_id: int, pending: PendingShard) -> None:
         stream, info, raw_path, stored_path = self._paths(shard_id)
         if raw_path is not None and self._open_raw_copy(shard_id, pending):
             return None
@@ -588,10 +315,12 @@ class ShardCache:
             timeout=stream.download_timeout,
             **stream.storage_options,
         )
-        self._touch(stored_path)  # fresh to others' eviction (a copy may keep an old mtime)
+        self._cache_files.touch(
+            stored_path
+        )  # fresh to others' eviction (a copy may keep an old mtime)
         self._evict(keep={stored_path})
 
-    def _open_raw_copy(self, shard_id: int, pending: _Pending) -> bool:
+    def _open_raw_copy(self, shard_id: int, pending: PendingShard) -> bool:
         """Open the raw copy made earlier (by any process), checked at this process's first open
         (`streaming.rawcopy`). False if there is none, or if it was set aside to be made again:
         it is damaged, or nothing vouches for it and the compressed file is at hand."""
@@ -615,17 +344,20 @@ class ShardCache:
             discard(raw_path, identity)
             return False
         if trust is Trust.NONE and validate and os.path.exists(stored_path):
-            log.info("nothing vouches for %s (no digest kept or recorded); making it again from %s",
-                     raw_path, stored_path)  # fmt: skip
+            log.info(
+                "nothing vouches for %s (no digest kept or recorded); making it again from %s",
+                raw_path,
+                stored_path,
+            )
             shard.close()
             discard(raw_path, identity)
             return False
         self._verified.add(shard_id)
-        self._touch(raw_path)
+        self._cache_files.touch(raw_path)
         self._publish(shard_id, shard, pending)
         return True
 
-    def _open_only_raw_copy(self, shard_id: int, pending: _Pending) -> None:
+    def _open_only_raw_copy(self, shard_id: int, pending: PendingShard) -> None:
         """A local dataset without the stored file: a raw copy in the dataset folder (which
         mosaicml-streaming may leave there) is all there is; else the shard is missing."""
         stream, info, raw_path, stored_path = self._paths(shard_id)
@@ -640,16 +372,30 @@ class ShardCache:
         self._verified.add(shard_id)
         self._publish(shard_id, shard, pending)
 
-    def _decompress_once(self, shard_id: int, pending: _Pending) -> None:
+    def _decompress_once(self, shard_id: int, pending: PendingShard) -> None:
         """Decompress a shard once per node into its raw copy, letting readers in as it grows
-        (see `_RawFill`). A copy another process made meanwhile is checked like any other."""
-        _, info, raw_path, stored_path = self._paths(shard_id)
+        (see `streaming.rawfill`). A copy another process made meanwhile is checked like any
+        other."""
+        stream, info, raw_path, stored_path = self._paths(shard_id)
+        assert raw_path is not None
         for _ in range(2):  # a copy that fails its check is set aside: make it once more
-            started = _RawFill(self, shard_id, pending).start()
+            job = FillJob(
+                shard_id=shard_id,
+                info=info,
+                raw_path=raw_path,
+                stored_path=stored_path,
+                validate=self._validate(stream),
+                local=stream.remote is None,
+                drop_stored=stream.remote is not None and not self._keep_zip(stream),
+                order=next(self._order),
+            )
+            started = RawFill(job, pending, self._gate, self).start()
             if started.error is not None:
                 raise started.error
             if started.raw is not None:
-                shard = Shard.growing(started.raw, info, where=stored_path, allow_pickle=self.allow_pickle)  # fmt: skip
+                shard = Shard.growing(
+                    started.raw, info, where=stored_path, allow_pickle=self.allow_pickle
+                )
                 return self._publish(shard_id, shard, pending)
             if self._open_raw_copy(shard_id, pending):
                 return None
@@ -657,14 +403,26 @@ class ShardCache:
             f"{raw_path}: the decompressed copies made by other processes failed their checks"
         )
 
+    # -- what a RawFill asks of the cache (rawfill.FillHost) -----------------------------------
+    def needed(self, shard_id: int) -> float:
+        """The fraction of the shard (from its start) that upcoming reads use (`prefetch`)."""
+        return self._need.get(shard_id, 1.0)
+
+    def copy_made(self, job: FillJob, pending: PendingShard, *, grew: bool) -> None:
+        """A fill put the raw copy in place: hold the cache to its limit, and move a shard
+        published over the growing file this fill wrote to the finished copy."""
+        self._evict(keep={job.raw_path})
+        if grew and pending.event.is_set():
+            self._open_file(job.shard_id, job.raw_path, None, verify=False)
+
     def _open_file(
-        self, shard_id: int, path: str, pending: _Pending | None, *, verify: bool | str
+        self, shard_id: int, path: str, pending: PendingShard | None, *, verify: bool | str
     ) -> None:
         shard = Shard.open(
             path, self.shards[shard_id][1], verify=verify, allow_pickle=self.allow_pickle
         )
         self._verified.add(shard_id)
-        self._touch(path)
+        self._cache_files.touch(path)
         self._publish(shard_id, shard, pending)
 
     def _files_the_cache_may_evict(self) -> list[list[str]]:
@@ -682,13 +440,6 @@ class ShardCache:
                 by_folder.setdefault(os.path.dirname(raw_path), set()).add(raw_path)
         return [sorted(paths) for paths in by_folder.values()]
 
-    def _touch(self, path: str) -> None:
-        if path not in self._cached:
-            return  # a local dataset's own file: never written to, not even its mtime
-        touch(path)
-        with contextlib.suppress(OSError):
-            self._touched[path] = os.stat(path).st_mtime
-
     def _evict(self, keep: set[str]) -> None:
         """Hold each cache folder to `cache_limit`, sparing `keep` (the file just produced) and
         the files of shards being prepared, which are yet to be opened.
@@ -703,49 +454,4 @@ class ShardCache:
             pending = list(self._pending)
         for shard_id in pending:
             keep |= {path for path in self._paths(shard_id)[2:] if path is not None}
-        for paths in self._cached_files:  # others' fresh files: maybe fetched, not yet opened
-            enforce_cache_limit(
-                paths, self.cache_limit, keep, own=self._touched, grace_s=EVICT_GRACE_S
-            )
-
-
-def _raw_folders(shards: Sequence[tuple[Stream, ShardInfo]]) -> list[str | None]:
-    """For each shard, the folder its raw copy goes to (`Stream.raw_folder`), made and marked
-    as a cache when it is not the dataset's own; None where no folder can take it. Two datasets
-    never share a folder (their shards have the same names)."""
-    folders: dict[int, str | None] = {}
-    sources: dict[str, str] = {}  # folder -> the dataset whose copies it holds
-    out = []
-    for stream, _ in shards:
-        if id(stream) not in folders:
-            folder = folders[id(stream)] = _raw_folder(stream)
-            source = stream.remote or stream.local
-            assert source is not None
-            if folder is not None and sources.setdefault(folder, source) != source:
-                raise ValueError(
-                    f"the streams of {sources[folder]} and {source} would keep their shards in "
-                    f"one folder, {folder}; give each its own local= (or cache_dir=)"
-                )
-        out.append(folders[id(stream)])
-    return out
-
-
-def _raw_folder(stream: Stream) -> str | None:
-    folder = stream.raw_folder()
-    if folder == stream.local:
-        return folder
-    try:
-        os.makedirs(folder, exist_ok=True)
-        writable = not is_read_only(folder)
-    except OSError:
-        writable = False
-    if not writable:
-        log.warning(
-            "streaming: cannot keep decompressed shards of %s in %s; every process decompresses "
-            "the shards it reads in memory (give a writable cache_dir)",
-            stream.local,
-            folder,
-        )
-        return None
-    mark_cache_folder(folder, os.path.realpath(stream.local), "raw copies")
-    return folder
+        self._cache_files.evict(self.cache_limit, keep)  # others' fresh files are spared too
