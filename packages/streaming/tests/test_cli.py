@@ -116,8 +116,13 @@ def test_convert_errors_name_the_file_and_line(tmp_path):
 def _zstd_dataset(out: Path, count: int = 60, hashes=("xxh64",)) -> Path:
     from streaming import MDSWriter
 
-    with MDSWriter(out=str(out), columns={"id": "int", "text": "str"}, compression="zstd",
-                   hashes=list(hashes), size_limit=400) as writer:  # fmt: skip
+    with MDSWriter(
+        out=str(out),
+        columns={"id": "int", "text": "str"},
+        compression="zstd",
+        hashes=list(hashes),
+        size_limit=400,
+    ) as writer:
         for i in range(count):
             writer.write({"id": i, "text": f"sample {i} " * 3})
     return out
@@ -146,7 +151,8 @@ def test_verify_answers_honestly_on_an_s3_cache_folder_with_keep_zip_false(
     assert sorted(p.name for p in cache.glob("shard.*")) == ["shard.00000.mds", "shard.00001.mds"]
     assert main(["verify", str(cache), "-v"]) == 0  # was: every shard BAD (no .zstd file)
     out = capsys.readouterr().out
-    assert f"2/{total} shards ok (hashes xxh64), {total - 2} not cached (this folder caches {remote}" in out  # fmt: skip
+    summary = f"2/{total} shards ok (hashes xxh64), {total - 2} not cached"
+    assert f"{summary} (this folder caches {remote}" in out
     assert (
         f"{cache / 'shard.00000.mds'}: hashes" in out and "shard.00002.mds.zstd: not cached" in out
     )
@@ -173,7 +179,8 @@ def test_verify_checks_the_decompressed_copies_of_a_local_dataset(tmp_path, caps
     assert main(["verify", str(out), "-v"]) == 0
     text = capsys.readouterr().out
     assert f"{total}/{total} shards ok (hashes xxh64)" in text
-    assert f"{out / 'shard.00000.mds'}: hashes" in text and f"{out / 'shard.00000.mds.zstd'}: hashes" in text  # fmt: skip
+    assert f"{out / 'shard.00000.mds'}: hashes" in text
+    assert f"{out / 'shard.00000.mds.zstd'}: hashes" in text
     _spoil(out / "shard.00002.mds")  # the copy a reader would open first
     assert main(["verify", str(out)]) == 1  # was: ok (only the compressed file was checked)
     text = capsys.readouterr().out
@@ -182,7 +189,9 @@ def test_verify_checks_the_decompressed_copies_of_a_local_dataset(tmp_path, caps
     (out / "shard.00003.mds.zstd").unlink()
     (out / "shard.00003.mds").unlink()
     assert main(["verify", str(out)]) == 1
-    assert f"shard.00003.mds.zstd: BAD: missing: {out / 'shard.00003.mds.zstd'} does not exist" in capsys.readouterr().out  # fmt: skip
+    missing = out / "shard.00003.mds.zstd"
+    text = capsys.readouterr().out
+    assert f"shard.00003.mds.zstd: BAD: missing: {missing} does not exist" in text
 
 
 def test_verify_of_data_without_hashes_says_what_it_checked(tmp_path, capsys):

@@ -36,10 +36,10 @@ def test_names_and_default_levels_match_mosaicml(algo, expected):
     assert compression_extension(algo) == expected[0]
 
 
-@pytest.mark.parametrize(
-    "algo", ["zstd:0", "zstd:23", "zstd:07", "zstd:-1", "zstd:", "gz:10", "bz2:0", "br:12"]
-    + ["snappy:1", "lz4", "ZSTD", "gz:x", "zstd :3"],
-)  # fmt: skip
+BAD_LEVELS = ["zstd:0", "zstd:23", "zstd:07", "zstd:-1", "zstd:", "gz:10", "bz2:0", "br:12"]
+
+
+@pytest.mark.parametrize("algo", [*BAD_LEVELS, "snappy:1", "lz4", "ZSTD", "gz:x", "zstd :3"])
 def test_invalid_names_are_rejected(algo):
     with pytest.raises(ValueError, match="compression"):
         parse_compression(algo)
@@ -100,7 +100,8 @@ def test_old_zstd_frames_still_read():
 
 def test_a_damaged_zstd_frame_fails_instead_of_decoding_wrong():
     noise = bytes((i * 7919 + (i >> 3) * 104729) % 256 for i in range(50_000))  # kept as literals
-    ours, old = bytearray(compress("zstd", noise)), bytearray(zstandard.ZstdCompressor().compress(noise))  # fmt: skip
+    ours = bytearray(compress("zstd", noise))
+    old = bytearray(zstandard.ZstdCompressor().compress(noise))  # no checksum
     for frame in (ours, old):
         frame[len(frame) // 2] ^= 0x20
     assert decompress("zstd", bytes(old)) != noise  # without the checksum: silently wrong
@@ -117,7 +118,10 @@ def test_check_compression():
         check_compression(7)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("family", "module", "pip_name"), [("br", "brotli", "brotli"), ("snappy", "snappy", "python-snappy")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("family", "module", "pip_name"),
+    [("br", "brotli", "brotli"), ("snappy", "snappy", "python-snappy")],
+)
 def test_missing_module_says_what_to_install(monkeypatch, family, module, pip_name):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import <module>` fail
     with pytest.raises(ModuleNotFoundError, match=f"pip install {pip_name}"):

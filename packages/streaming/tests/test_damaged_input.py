@@ -41,8 +41,14 @@ def write(out: Path, count=40, compression="zstd", hashes=("xxh64",), offset=0, 
         blob = bytes((i * 37 + k * 101 + offset) % 251 for k in range(24))
         return {"id": i + offset, "blob": blob} if cols is COLUMNS else {"j": [i]}
 
-    with MDSWriter(out=str(out), columns=cols, compression=compression, hashes=list(hashes),
-                   size_limit=400, exist_ok=True) as writer:  # fmt: skip
+    with MDSWriter(
+        out=str(out),
+        columns=cols,
+        compression=compression,
+        hashes=list(hashes),
+        size_limit=400,
+        exist_ok=True,
+    ) as writer:
         for i in range(count):
             writer.write(sample(i))
     return out
@@ -93,7 +99,8 @@ def flipped_byte(tmp_path, caplog):
         out = write(tmp_path / str(compression), compression=compression, hashes=("sha1", "xxh64"))
         flip(first(out, ".zstd" if compression else ".mds"))
         ds = StreamingDataset(local=str(out), predownload=0)
-        with pytest.raises(HashMismatchError, match=r"sha1 of shard\.00000\.mds\S* is \w+, but index\.json records \w+"):  # fmt: skip
+        differs = r"sha1 of shard\.00000\.mds\S* is \w+, but index\.json records \w+"
+        with pytest.raises(HashMismatchError, match=differs):
             ds[0]
         assert ds[ds.num_samples - 1]["id"] == 39  # the other shards are fine
 
@@ -102,7 +109,8 @@ def zstd_checksum(tmp_path, caplog):
     out = write(tmp_path / "d", hashes=())
     flip(first(out, ".zstd"), at=first(out, ".zstd").stat().st_size // 2)
     ds = StreamingDataset(local=str(out), predownload=0)
-    with pytest.raises(ShardCorruptError, match=r"shard\.00000\.mds\.zstd: cannot decompress with zstd: .*checksum"):  # fmt: skip
+    bad_frame = r"shard\.00000\.mds\.zstd: cannot decompress with zstd: .*checksum"
+    with pytest.raises(ShardCorruptError, match=bad_frame):
         ds[0]  # no sample of the shard is served: readers wait for the whole, checked shard
     assert finish_fills(30) == 0 and not (out / "shard.00000.mds").exists()
 
@@ -153,7 +161,8 @@ def sample_bytes(tmp_path, caplog):
     ds = StreamingDataset(local=str(out), predownload=0)
     assert ds[0]["j"] == [0]  # the shard opens; only the bad sample fails, when it is read
     last = int(ds._shard_ends[0]) - 1
-    with pytest.raises(ShardCorruptError, match=f"sample {last} column 'j' \\(json\\) does not decode"):  # fmt: skip
+    undecodable = f"sample {last} column 'j' \\(json\\) does not decode"
+    with pytest.raises(ShardCorruptError, match=undecodable):
         ds[last]
 
 
@@ -190,7 +199,8 @@ def damaged_cache(tmp_path, caplog):
     shutil.copy(src / name, cache / name)
     flip(cache / name)
     with caplog.at_level(logging.WARNING, logger="streaming.shardcache"):
-        assert ids(StreamingDataset(remote=str(src), local=str(cache), predownload=0)) == list(range(40))  # fmt: skip
+        ds = StreamingDataset(remote=str(src), local=str(cache), predownload=0)
+        assert ids(ds) == list(range(40))
     assert "fetching it again" in caplog.text
     flip(src / name)  # the remote's own copy is bad too: an error, after one more fetch
     other = tmp_path / "cache2"
@@ -231,7 +241,8 @@ def raw_copy_damaged_kept(tmp_path, caplog):
 def raw_copy_damaged_no_zip(tmp_path, caplog):
     src = write(tmp_path / "src")
     cache = tmp_path / "cache"
-    assert ids(StreamingDataset(remote=str(src), local=str(cache), predownload=0)) == list(range(40))  # fmt: skip
+    ds = StreamingDataset(remote=str(src), local=str(cache), predownload=0)
+    assert ids(ds) == list(range(40))
     assert not list(cache.glob("*.zstd"))  # keep_zip=False: only the raw copies are cached
     raw = first(cache, ".mds")
     flip(raw)
@@ -267,7 +278,8 @@ def raw_copy_only(tmp_path, caplog):
     raw = first(out, ".mds")
     flip(raw)
     ds = reread(local=str(out))
-    with pytest.raises(HashMismatchError, match=f"{raw}: .*no compressed file to make it again from"):  # fmt: skip
+    no_source = f"{raw}: .*no compressed file to make it again from"
+    with pytest.raises(HashMismatchError, match=no_source):
         ds[0]
     assert raw.exists()  # the only copy is not deleted
     assert ds[ds.num_samples - 1]["id"] == 39
@@ -330,7 +342,8 @@ def missing_remote(tmp_path, caplog):
 
 
 def missing_index_remote(tmp_path, caplog):
-    with pytest.raises(RemoteNotFoundError, match=f"no index.json at {tmp_path / 'nothing'}/index.json"):  # fmt: skip
+    no_index = f"no index.json at {tmp_path / 'nothing'}/index.json"
+    with pytest.raises(RemoteNotFoundError, match=no_index):
         StreamingDataset(remote=str(tmp_path / "nothing"), local=str(tmp_path / "cache"))
 
 

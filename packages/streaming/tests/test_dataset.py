@@ -353,9 +353,12 @@ def test_workers_sharing_a_small_cache_never_lose_a_shard_to_each_others_evictio
     just fetched and not opened yet (was: FileNotFoundError in a worker)."""
     out = write_dataset(tmp_path / "src", range(600), compression=compression, size_limit=300)
     ds = StreamingDataset(
-        remote=str(out), local=str(tmp_path / "cache"), cache_limit=least_cache_limit(out), batch_size=4,
+        remote=str(out),
+        local=str(tmp_path / "cache"),
+        cache_limit=least_cache_limit(out),
+        batch_size=4,
         shuffle=True,
-    )  # fmt: skip
+    )
     loader = StreamingDataLoader(ds, num_workers=3, collate_fn=lambda b: [s["id"] for s in b])
     assert sorted(i for batch in loader for i in batch) == list(range(600))
 
@@ -643,8 +646,9 @@ def test_with_only_raw_hashes_no_sample_is_served_before_its_shard_is_checked(tm
     from streaming.errors import HashMismatchError
 
     out = tmp_path / "d"
-    with MDSWriter(out=str(out), columns={"id": "int"}, compression="zstd", hashes=["xxh64"],
-                   size_limit=2000) as writer:  # fmt: skip
+    with MDSWriter(
+        out=str(out), columns={"id": "int"}, compression="zstd", hashes=["xxh64"], size_limit=2000
+    ) as writer:
         for i in range(40):
             writer.write({"id": i})
     index = json.loads((out / "index.json").read_text())

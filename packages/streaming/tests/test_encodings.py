@@ -23,8 +23,13 @@ from streaming.shard import Shard
 from streaming.writer import MDSWriter
 
 # derandomize: the same examples on every run (deterministic suite); no example database.
-FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+FAST = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def round_trip(name, value):
@@ -44,14 +49,25 @@ def same(a, b):
     return type(a) is type(b) and a == b
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
-    max_leaves=12,
-)  # fmt: skip
-images = hnp.arrays(np.uint8, st.tuples(st.integers(1, 6), st.integers(1, 6), st.sampled_from([1, 3, 4]))).map(
-    lambda a: Image.fromarray(a[..., 0] if a.shape[2] == 1 else a, {1: "L", 3: "RGB", 4: "RGBA"}[a.shape[2]])
-)  # fmt: skip
+finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | finite_floats | st.text()
+
+
+def json_containers(inner):
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+
+
+json_values = st.recursive(json_scalars, json_containers, max_leaves=12)
+IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channels -> PIL mode
+
+
+def to_image(pixels: np.ndarray) -> Image.Image:
+    channels = pixels.shape[2]
+    return Image.fromarray(pixels[..., 0] if channels == 1 else pixels, IMAGE_MODES[channels])
+
+
+image_shapes = st.tuples(st.integers(1, 6), st.integers(1, 6), st.sampled_from(list(IMAGE_MODES)))
+images = hnp.arrays(np.uint8, image_shapes).map(to_image)
 ndarrays = st.sampled_from(list(NDARRAY_DTYPES)).flatmap(
     lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5))
 )
@@ -143,7 +159,9 @@ samples = st.fixed_dictionaries(
 def test_writer_to_shard_round_trip(batch, compression):
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ds")
-        with MDSWriter(out=out, columns=COLUMNS, compression=compression, hashes=["xxh64"], size_limit=600) as writer:  # fmt: skip
+        with MDSWriter(
+            out=out, columns=COLUMNS, compression=compression, hashes=["xxh64"], size_limit=600
+        ) as writer:
             for sample in batch:
                 writer.write(sample)
         with open(os.path.join(out, INDEX_NAME), "rb") as file:
@@ -251,7 +269,10 @@ def test_bytes_are_taken_as_already_encoded():
     assert encode_value("c", get_encoding("uint16"), b"\x01\x02") == b"\x01\x02"
 
 
-@pytest.mark.parametrize("name", ["nope", "int:5", "ndarray:bool", "ndarray:int8:0", "ndarray:int8:2:3", "ndarray:int8:x", 5])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    ["nope", "int:5", "ndarray:bool", "ndarray:int8:0", "ndarray:int8:2:3", "ndarray:int8:x", 5],
+)
 def test_unknown_encodings(name):
     with pytest.raises((ValueError, TypeError)):
         get_encoding(name)

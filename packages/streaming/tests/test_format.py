@@ -32,12 +32,20 @@ SHARD = {
     "compression": "zstd",
     "format": "mds",
     "hashes": ["sha1", "xxh64"],
-    "raw_data": {"basename": "shard.00000.mds", "bytes": 958, "hashes": {"sha1": "1d", "xxh64": "88"}},
+    "raw_data": {
+        "basename": "shard.00000.mds",
+        "bytes": 958,
+        "hashes": {"sha1": "1d", "xxh64": "88"},
+    },
     "samples": 13,
     "size_limit": 1000,
     "version": 2,
-    "zip_data": {"basename": "shard.00000.mds.zstd", "bytes": 413, "hashes": {"sha1": "1c", "xxh64": "72"}},
-}  # fmt: skip
+    "zip_data": {
+        "basename": "shard.00000.mds.zstd",
+        "bytes": 413,
+        "hashes": {"sha1": "1c", "xxh64": "72"},
+    },
+}
 # What mosaicml-streaming 0.13 writes for that shard (json.dump, sort_keys=True, no newline).
 INDEX_TEXT = (
     '{"shards": [{"column_encodings": ["ndarray:int32", "str", "int"], "column_names": ["a", "b", '
@@ -173,9 +181,13 @@ def test_parse_size_rejects(given):
 
 def test_shard_layout_round_trip():
     config = encode_shard_config(
-        column_encodings=["str", "int"], column_names=["s", "x"], column_sizes=[None, 8],
-        compression=None, hashes=[], size_limit=None,
-    )  # fmt: skip
+        column_encodings=["str", "int"],
+        column_names=["s", "x"],
+        column_sizes=[None, 8],
+        compression=None,
+        hashes=[],
+        size_limit=None,
+    )
     samples = [
         encode_sample([b"ab", struct.pack("<q", 5)], [None, 8]),
         encode_sample([b"", struct.pack("<q", -1)], [None, 8]),
@@ -188,25 +200,41 @@ def test_shard_layout_round_trip():
     assert offsets == (head, head + 14, head + 26) and len(data) == head + 26
     assert data[16:head] == config
     info = ShardInfo(
-        column_encodings=("str", "int"), column_names=("s", "x"), column_sizes=(None, 8),
-        compression=None, hashes=(), raw_data=FileInfo(basename="s", bytes=len(data), hashes={}),
-        zip_data=None, samples=2, size_limit=None,
-    )  # fmt: skip
+        column_encodings=("str", "int"),
+        column_names=("s", "x"),
+        column_sizes=(None, 8),
+        compression=None,
+        hashes=(),
+        raw_data=FileInfo(basename="s", bytes=len(data), hashes={}),
+        zip_data=None,
+        samples=2,
+        size_limit=None,
+    )
     assert info.config_bytes() == config
     assert read_shard_table(data, info=info, where="w").tolist() == list(offsets)
 
 
 def test_shard_table_rejects_bad_layouts():
     config = encode_shard_config(
-        column_encodings=["bytes"], column_names=["b"], column_sizes=[None], compression=None,
-        hashes=[], size_limit=None,
-    )  # fmt: skip
+        column_encodings=["bytes"],
+        column_names=["b"],
+        column_sizes=[None],
+        compression=None,
+        hashes=[],
+        size_limit=None,
+    )
     data = encode_shard([b"\x01\x00\x00\x00x", b"\x00\x00\x00\x00"], config)
     info = ShardInfo(
-        column_encodings=("bytes",), column_names=("b",), column_sizes=(None,), compression=None,
-        hashes=(), raw_data=FileInfo(basename="s", bytes=len(data), hashes={}), zip_data=None,
-        samples=2, size_limit=None,
-    )  # fmt: skip
+        column_encodings=("bytes",),
+        column_names=("b",),
+        column_sizes=(None,),
+        compression=None,
+        hashes=(),
+        raw_data=FileInfo(basename="s", bytes=len(data), hashes={}),
+        zip_data=None,
+        samples=2,
+        size_limit=None,
+    )
     read_shard_table(data, info=info, where="w")
     bad_count = struct.pack("<I", 3) + data[4:]
     swapped = bytearray(data)

@@ -26,8 +26,13 @@ from streaming.stream import Stream, is_read_only, raw_cache_dir
 
 
 def write(out: Path, count=60, compression="zstd", hashes=("xxh64",)) -> Path:
-    with MDSWriter(out=str(out), columns={"id": "int", "v": "ndarray:int32:3"}, compression=compression,
-                   hashes=list(hashes), size_limit=300) as writer:  # fmt: skip
+    with MDSWriter(
+        out=str(out),
+        columns={"id": "int", "v": "ndarray:int32:3"},
+        compression=compression,
+        hashes=list(hashes),
+        size_limit=300,
+    ) as writer:
         for i in range(count):
             writer.write({"id": i, "v": np.full(3, i, np.int32)})
     return out
@@ -35,7 +40,14 @@ def write(out: Path, count=60, compression="zstd", hashes=("xxh64",)) -> Path:
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every entry of `folder` with its size and mtime: what "nothing was written" compares."""
-    return {n: (os.stat(folder / n).st_size, os.stat(folder / n).st_mtime_ns) for n in sorted(os.listdir(folder))}  # fmt: skip
+    stats = {name: os.stat(folder / name) for name in sorted(os.listdir(folder))}
+    return {name: (st.st_size, st.st_mtime_ns) for name, st in stats.items()}
+
+
+def verify(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m streaming verify folder`, in a process of its own."""
+    command = [sys.executable, "-m", "streaming", "verify", str(folder)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
 
 def read_all(ds: StreamingDataset) -> list[int]:
@@ -69,8 +81,10 @@ def test_a_read_only_dataset_is_read_through_a_cache_folder(read_only, home_cach
     copies = Path(raw_cache_dir(str(read_only)))
     assert copies.parent.parent == home_cache  # ~/.cache/streaming/<hash of the path>
     zipped = sorted(n for n in before if n.endswith(".zstd"))
-    assert sorted(n for n in os.listdir(copies) if n.startswith("shard.")) == [n[: -len(".zstd")] for n in zipped]  # fmt: skip
-    assert json.loads((copies / CACHE_MARKER).read_text()) == {"kind": "raw copies", "source": os.path.realpath(read_only)}  # fmt: skip
+    copied = sorted(n for n in os.listdir(copies) if n.startswith("shard."))
+    assert copied == [n[: -len(".zstd")] for n in zipped]
+    marker = json.loads((copies / CACHE_MARKER).read_text())
+    assert marker == {"kind": "raw copies", "source": os.path.realpath(read_only)}
     # A second reader opens the copies (checked) instead of decompressing again.
     again = StreamingDataset(local=str(read_only), predownload=0)
     opened = {os.path.basename(again._cache.get(i).where) for i in range(len(zipped))}
@@ -84,7 +98,8 @@ def test_cache_dir_keeps_the_copies_out_of_a_writable_shared_folder(tmp_path):
     ds = StreamingDataset(local=str(out), cache_dir=str(copies), predownload=0)
     assert read_all(ds) == list(range(60))
     assert snapshot(out) == before
-    assert len([n for n in os.listdir(copies) if n.startswith("shard.")]) == len([n for n in before if n.endswith(".zstd")])  # fmt: skip
+    copied = [n for n in os.listdir(copies) if n.startswith("shard.")]
+    assert len(copied) == len([n for n in before if n.endswith(".zstd")])
     with pytest.raises(
         ValueError, match="cache_dir='x' is for a local dataset read without writing"
     ):
@@ -105,7 +120,8 @@ def test_cache_limit_holds_the_copies_of_a_local_dataset(tmp_path):
     out = write(tmp_path / "ds", count=200)
     before = snapshot(out)
     copies = tmp_path / "copies"
-    raw = max(json.loads((out / "index.json").read_text())["shards"], key=lambda s: s["raw_data"]["bytes"])  # fmt: skip
+    shards = json.loads((out / "index.json").read_text())["shards"]
+    raw = max(shards, key=lambda s: s["raw_data"]["bytes"])
     limit = 4 * raw["raw_data"]["bytes"] + raw["zip_data"]["bytes"]
     ds = StreamingDataset(
         local=str(out), cache_dir=str(copies), cache_limit=limit, max_open_shards=1
@@ -151,13 +167,11 @@ def test_verify_checks_the_copies_a_reader_of_a_read_only_dataset_made(read_only
     data[-3] ^= 0x40
     copy.write_bytes(bytes(data))
     env = {**os.environ, "XDG_CACHE_HOME": str(home_cache)}
-    result = subprocess.run([sys.executable, "-m", "streaming", "verify", str(read_only)],
-                            capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    result = verify(read_only, env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{copy}: xxh64 of the decompressed copy" in result.stdout
     assert "a reader makes it again from shard.00000.mds.zstd" in result.stdout
-    result = subprocess.run([sys.executable, "-m", "streaming", "verify", str(copies)],
-                            capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    result = verify(copies, env)
     assert result.returncode == 2
     assert f"verify {os.path.realpath(read_only)} --cache {copies}" in result.stderr
 

@@ -16,8 +16,13 @@ from streaming.options import MOSAIC_OPTIONS, parse_epoch_size
 
 
 def write(out: Path, hashes=("sha1", "xxh64"), compression=None, count=30) -> Path:
-    with MDSWriter(out=str(out), columns={"id": "int", "x": "ndarray:int32:2"}, hashes=list(hashes),
-                   compression=compression, size_limit=200) as writer:  # fmt: skip
+    with MDSWriter(
+        out=str(out),
+        columns={"id": "int", "x": "ndarray:int32:2"},
+        hashes=list(hashes),
+        compression=compression,
+        size_limit=200,
+    ) as writer:
         for i in range(count):
             writer.write({"id": i, "x": np.array([i, -i], np.int32)})
     return out
@@ -59,7 +64,8 @@ def test_validate_hash_rejects_unknown_names_at_construction(tmp_path):
 
 def test_a_hash_the_data_does_not_record(tmp_path):
     out = write(tmp_path / "d", hashes=("xxh64",))
-    with pytest.raises(ValueError, match=r"validate_hash='sha1', but 30 of the 30 shards .* do not record it \(recorded: xxh64\)"):  # fmt: skip
+    unrecorded = r"validate_hash='sha1', but 30 of the 30 shards .* do not record it"
+    with pytest.raises(ValueError, match=unrecorded + r" \(recorded: xxh64\)"):
         StreamingDataset(local=str(out), validate_hash="sha1")
     bare = write(tmp_path / "bare", hashes=())
     with pytest.warns(
@@ -75,14 +81,21 @@ def test_a_hash_the_data_does_not_record(tmp_path):
 def test_a_streams_own_validate_hash_and_keep_zip_win(tmp_path):
     a, b = write(tmp_path / "a"), write(tmp_path / "b", compression="zstd")
     spoil_digest(a, "xxh64")
-    streams = [Stream(local=str(a), validate_hash="sha1"), Stream(remote=str(b), local=str(tmp_path / "c"), keep_zip=True)]  # fmt: skip
+    streams = [
+        Stream(local=str(a), validate_hash="sha1"),
+        Stream(remote=str(b), local=str(tmp_path / "c"), keep_zip=True),
+    ]
     ds = StreamingDataset(streams=streams, validate_hash="xxh64", predownload=0)
     assert [s["id"] for s in ds] == list(range(30)) * 2
     assert [s.validate_hash for s in ds.streams] == ["sha1", "xxh64"]
     assert list((tmp_path / "c").glob("*.zstd"))  # kept
 
 
-@pytest.mark.parametrize(("name", "value"), [(name, ok) for name, (accepted, _) in MOSAIC_OPTIONS.items() for ok in accepted])  # fmt: skip
+ACCEPTED = [(name, ok) for name, (accepted, _) in MOSAIC_OPTIONS.items() for ok in accepted]
+UNSUPPORTED_BATCHING = "'stratified', 'per_stream' and 'device_per_stream' are not supported"
+
+
+@pytest.mark.parametrize(("name", "value"), ACCEPTED)
 def test_mosaic_options_at_values_that_mean_what_we_do_are_accepted(tmp_path, name, value):
     out = write(tmp_path / "d")
     ds = StreamingDataset(local=str(out), **{name: value})
@@ -95,13 +108,13 @@ def test_mosaic_options_at_values_that_mean_what_we_do_are_accepted(tmp_path, na
         ("partition_algo", "orig", "its own elastic scheme"),
         ("sampling_method", "fixed", "'fixed' is not supported"),
         ("sampling_granularity", 4, "draws single samples"),
-        ("batching_method", "stratified", "'stratified', 'per_stream' and 'device_per_stream' are not supported"),
+        ("batching_method", "stratified", UNSUPPORTED_BATCHING),
         ("batching_method", "per_stream", "mixes the streams within each global batch"),
         ("replication", 2, "every rank samples of its own"),
         ("stream_name", "my_stream", "no stream registry"),
         ("stream_config", {"x": 1}, "no stream registry"),
     ],
-)  # fmt: skip
+)
 def test_mosaic_options_we_do_not_implement_are_refused_at_construction(
     tmp_path, name, value, says
 ):
@@ -115,7 +128,11 @@ def test_mosaic_options_we_do_not_implement_are_refused_at_construction(
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_mosaic_shuffles_are_refused_at_construction(tmp_path, algo, shuffle):
     out = write(tmp_path / "d")
-    with pytest.raises(ValueError, match=f"shuffle_algo='{algo}' is a mosaicml-streaming shuffle that streaming does not implement; choose one of naive, py1e, py1s"):  # fmt: skip
+    not_ours = (
+        f"shuffle_algo='{algo}' is a mosaicml-streaming shuffle that streaming does not "
+        "implement; choose one of naive, py1e, py1s"
+    )
+    with pytest.raises(ValueError, match=not_ours):
         StreamingDataset(local=str(out), shuffle=shuffle, shuffle_algo=algo)
     with pytest.raises(ValueError, match="unknown shuffle_algo 'py9'"):
         StreamingDataset(local=str(out), shuffle=shuffle, shuffle_algo="py9")
@@ -128,9 +145,8 @@ def test_an_unknown_keyword_is_still_a_type_error(tmp_path):
 
 
 def test_epoch_size_and_batch_size_as_mosaicml_writes_them(tmp_path):
-    assert [parse_epoch_size(v) for v in (None, 7, "7", "1.5k", "2M", "1b", " 3k ")] == [
-        None, 7, 7, 1500, 2_000_000, 10**9, 3000
-    ]  # fmt: skip
+    sizes = [parse_epoch_size(v) for v in (None, 7, "7", "1.5k", "2M", "1b", " 3k ")]
+    assert sizes == [None, 7, 7, 1500, 2_000_000, 10**9, 3000]
     for bad in ("many", "1kb", "-3"):
         with pytest.raises(ValueError, match="epoch_size"):
             parse_epoch_size(bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,9 +23,19 @@ from streaming.writer import MDSWriter
 COLUMNS = {"tokens": "ndarray:int32", "text": "str", "id": "int", "w": "float32"}
 
 
+def sample(i: int) -> dict:
+    return {"tokens": np.arange(i, i + 8, dtype=np.int32), "text": f"s{i}", "id": i, "w": i / 2}
+
+
 def write(out, count=20, compression=None, hashes=("sha256", "xxh64"), columns=COLUMNS, make=None):
-    make = make or (lambda i: {"tokens": np.arange(i, i + 8, dtype=np.int32), "text": f"s{i}", "id": i, "w": i / 2})  # fmt: skip
-    with MDSWriter(out=str(out), columns=columns, compression=compression, hashes=list(hashes), size_limit=1 << 20) as writer:  # fmt: skip
+    make = make or sample
+    with MDSWriter(
+        out=str(out),
+        columns=columns,
+        compression=compression,
+        hashes=list(hashes),
+        size_limit=1 << 20,
+    ) as writer:
         for i in range(count):
             writer.write(make(i))
     return parse_index((out / INDEX_NAME).read_bytes(), str(out))
@@ -96,9 +107,9 @@ def test_raw_hashes_are_checked_after_decompressing_when_no_compressed_hash(tmp_
     """The compressed bytes' hashes vouch for the raw bytes (decompression is deterministic);
     without them, the raw hashes are checked after decompressing."""
     (info,) = write(tmp_path / "ds", compression="zstd")
-    raw = info.raw_data.__class__(basename=info.raw_data.basename, bytes=info.raw_data.bytes, hashes={"xxh64": "0" * 16})  # fmt: skip
-    zip_no_hash = info.zip_data.__class__(basename=info.zip_data.basename, bytes=info.zip_data.bytes, hashes={})  # fmt: skip
-    bad = ShardInfo(**{**info.__dict__, "raw_data": raw, "zip_data": zip_no_hash})
+    raw = replace(info.raw_data, hashes={"xxh64": "0" * 16})
+    zip_no_hash = replace(info.zip_data, hashes={})
+    bad = replace(info, raw_data=raw, zip_data=zip_no_hash)
     with pytest.raises(HashMismatchError, match=f"xxh64 of {info.raw_data.basename}"):
         Shard.open(str(tmp_path / "ds" / info.basename), bad)
     vouched = ShardInfo(**{**info.__dict__, "raw_data": raw})
@@ -174,7 +185,8 @@ def test_pickle_needs_opt_in(tmp_path):
     path = str(tmp_path / "ds" / info.basename)
     with Shard.open(path, info) as shard:  # opening and checking hashes is safe
         assert len(shard.get_raw(0)) > 8
-        with pytest.raises(UnsafeEncodingError, match="column 'p' is encoded as 'pkl'.*allow_pickle=True"):  # fmt: skip
+        unsafe = "column 'p' is encoded as 'pkl'.*allow_pickle=True"
+        with pytest.raises(UnsafeEncodingError, match=unsafe):
             shard[0]
     with Shard.open(path, info, allow_pickle=True) as shard:
         assert shard[4] == {"p": {"i": 4}, "x": 4}

@@ -23,10 +23,13 @@ def fixed_sample(i: int) -> dict:
 def overhead(columns=FIXED, compression=None, hashes=(), size_limit=None) -> int:
     names = sorted(columns)
     config = encode_shard_config(
-        column_encodings=[columns[n] for n in names], column_names=names,
-        column_sizes=[100] * len(names), compression=compression, hashes=list(hashes),
+        column_encodings=[columns[n] for n in names],
+        column_names=names,
+        column_sizes=[100] * len(names),
+        compression=compression,
+        hashes=list(hashes),
         size_limit=size_limit,
-    )  # fmt: skip
+    )
     return 4 + 4 + len(config)
 
 
@@ -52,7 +55,8 @@ def test_shard_boundaries_follow_size_limit_exactly(tmp_path):
     assert [info.samples for info in infos] == [5, 5, 2]
     assert [info.raw_data.bytes for info in infos[:2]] == [limit, limit]  # full to the byte
     assert [s["x"][0] for s in read_all(tmp_path / "ds")] == list(range(12))
-    assert sorted(os.listdir(tmp_path / "ds")) == [INDEX_NAME, *[f"shard.0000{i}.mds" for i in range(3)]]  # fmt: skip
+    shards = [f"shard.0000{i}.mds" for i in range(3)]
+    assert sorted(os.listdir(tmp_path / "ds")) == [INDEX_NAME, *shards]
 
 
 def test_size_limit_forms(tmp_path):
@@ -63,7 +67,11 @@ def test_size_limit_forms(tmp_path):
                 writer.write(fixed_sample(j))
         infos = index_of(out)
         assert {info.size_limit for info in infos} == {recorded}
-        assert len(infos) == (1 if recorded is None else -(-30 // ((recorded - overhead(size_limit=recorded)) // 104)))  # fmt: skip
+        if recorded is None:
+            assert len(infos) == 1
+        else:
+            per_shard = (recorded - overhead(size_limit=recorded)) // 104  # see FIXED
+            assert len(infos) == -(-30 // per_shard)
     for bad in ("4gb", -1, "lots"):
         with pytest.raises(ValueError, match="size_limit"):
             MDSWriter(out=str(tmp_path / "bad"), columns=FIXED, size_limit=bad)
@@ -97,7 +105,9 @@ def test_files_appear_whole_and_the_index_last(tmp_path, monkeypatch):
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spy)
-    with MDSWriter(out=str(tmp_path / "ds"), columns=FIXED, compression="zstd", size_limit=600) as writer:  # fmt: skip
+    with MDSWriter(
+        out=str(tmp_path / "ds"), columns=FIXED, compression="zstd", size_limit=600
+    ) as writer:
         for i in range(12):
             writer.write(fixed_sample(i))
     assert renamed[-1] == INDEX_NAME and len(renamed) == 4
@@ -195,14 +205,22 @@ def test_bad_arguments(tmp_path, kwargs, error, needle):
 
 
 def test_mosaicml_keyword_spellings_are_accepted(tmp_path, capsys):
-    with MDSWriter(out=str(tmp_path / "ds"), columns=FIXED, progress_bar=True, max_workers=2, retry=1) as w:  # fmt: skip
+    with MDSWriter(
+        out=str(tmp_path / "ds"), columns=FIXED, progress_bar=True, max_workers=2, retry=1
+    ) as w:
         w.write(fixed_sample(1))
     assert "shard.00000.mds: 1 samples" in capsys.readouterr().err
 
 
 def test_pair_output_uploads_shards_then_index_and_keeps_local(tmp_path):
     local, remote = tmp_path / "local", tmp_path / "remote"  # a local folder serves as the remote
-    with MDSWriter(out=(str(local), str(remote)), columns=FIXED, compression="gz", hashes=["sha1"], size_limit=600) as w:  # fmt: skip
+    with MDSWriter(
+        out=(str(local), str(remote)),
+        columns=FIXED,
+        compression="gz",
+        hashes=["sha1"],
+        size_limit=600,
+    ) as w:
         for i in range(12):
             w.write(fixed_sample(i))
     assert sorted(os.listdir(local)) == sorted(os.listdir(remote))
@@ -232,12 +250,16 @@ def test_rewriting_a_remote_dataset(tmp_path, s3_bucket):
         with pytest.raises(FileExistsError, match=f"{remote}/index.json exists.*exist_ok=True"):
             MDSWriter(out=(str(tmp_path / "b"), remote), columns=FIXED)
         with pytest.raises(KeyError):
-            with MDSWriter(out=(str(tmp_path / "c"), remote), columns=FIXED, size_limit=600, exist_ok=True) as w:  # fmt: skip
+            with MDSWriter(
+                out=(str(tmp_path / "c"), remote), columns=FIXED, size_limit=600, exist_ok=True
+            ) as w:
                 for i in range(100, 106):
                     w.write(fixed_sample(i))
                 raise KeyError("crash")  # was: the old index.json listed the new shards
         assert not object_exists(f"{remote}/{INDEX_NAME}")
-        with MDSWriter(out=(str(tmp_path / "d"), remote), columns=FIXED, size_limit=600, exist_ok=True) as w:  # fmt: skip
+        with MDSWriter(
+            out=(str(tmp_path / "d"), remote), columns=FIXED, size_limit=600, exist_ok=True
+        ) as w:
             for i in range(200, 203):
                 w.write(fixed_sample(i))
         assert object_exists(f"{remote}/{INDEX_NAME}")
@@ -250,7 +272,14 @@ def test_s3_output(s3_bucket, keep_local):
     from streaming.storage import list_objects, read_bytes
 
     url = f"{s3_bucket}/data/ds"
-    with MDSWriter(out=url, columns=FIXED, compression="zstd", hashes=["xxh64"], size_limit=600, keep_local=keep_local) as w:  # fmt: skip
+    with MDSWriter(
+        out=url,
+        columns=FIXED,
+        compression="zstd",
+        hashes=["xxh64"],
+        size_limit=600,
+        keep_local=keep_local,
+    ) as w:
         for i in range(12):
             w.write(fixed_sample(i))
     assert os.path.isdir(w.local) == keep_local  # the staging folder goes unless kept

@@ -226,10 +226,14 @@ class StreamingDataset(_Base):
         self._resume: tuple[int, int] = (0, 0)  # (epoch, sample in epoch) of the first pass
         self._passes = PassCounter()
         self._cache = ShardCache(
-            [(self.streams[s], info) for s, info in self._shards], validate_hash=validate_hash,
-            allow_pickle=allow_pickle, max_open=max_open_shards, cache_limit=self.cache_limit, keep_zip=keep_zip,
+            [(self.streams[s], info) for s, info in self._shards],
+            validate_hash=validate_hash,
+            allow_pickle=allow_pickle,
+            max_open=max_open_shards,
+            cache_limit=self.cache_limit,
+            keep_zip=keep_zip,
             threads=shard_threads or min(4, os.cpu_count() or 1),
-        )  # fmt: skip
+        )
         self._sequence_cache: tuple[int, np.ndarray] | None = None
 
     # -- index and shards -------------------------------------------------------------------

@@ -72,17 +72,23 @@ class Uploader:
         """Whether `remote/basename` exists (asked now, with retries)."""
         url = join_url(self.remote, basename)
         return call_with_retries(
-            lambda: self._store.exists(url), url=url, action="look up",
-            retries=self._retries, backoff=self._backoff,
-        )  # fmt: skip
+            lambda: self._store.exists(url),
+            url=url,
+            action="look up",
+            retries=self._retries,
+            backoff=self._backoff,
+        )
 
     def delete(self, basename: str) -> None:
         """Delete `remote/basename` now (with retries); a missing object is fine."""
         url = join_url(self.remote, basename)
         call_with_retries(
-            lambda: self._store.delete(url), url=url, action="delete",
-            retries=self._retries, backoff=self._backoff,
-        )  # fmt: skip
+            lambda: self._store.delete(url),
+            url=url,
+            action="delete",
+            retries=self._retries,
+            backoff=self._backoff,
+        )
 
     def upload(
         self, local_path: str | os.PathLike[str], basename: str, *, keep_local: bool = True

@@ -279,14 +279,21 @@ class MosaicStreaming:
         for job in writes:
             options = {k: v for k, v in job.items() if k not in ("out", "columns", "samples")}
             write_jobs.append(
-                {"out": str(job["out"]), "columns": dict(job["columns"]),
-                 "samples": list(job["samples"]), "options": options}
-            )  # fmt: skip
+                {
+                    "out": str(job["out"]),
+                    "columns": dict(job["columns"]),
+                    "samples": list(job["samples"]),
+                    "options": options,
+                }
+            )
         read_jobs = [
-            {"path": str(job["path"]), "validate_hash": job.get("validate_hash"),
-             "allow_unsafe_types": bool(job.get("allow_unsafe_types", False))}
+            {
+                "path": str(job["path"]),
+                "validate_hash": job.get("validate_hash"),
+                "allow_unsafe_types": bool(job.get("allow_unsafe_types", False)),
+            }
             for job in reads
-        ]  # fmt: skip
+        ]
         return self.call(_BATCH, {"writes": write_jobs, "reads": read_jobs}, timeout=timeout)
 
     def write(
