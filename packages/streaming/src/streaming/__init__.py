@@ -15,7 +15,7 @@ from streaming.stream import Stream
 from streaming.world import World
 from streaming.writer import MDSWriter
 
-__version__ = "0.1.2"
+__version__ = "0.1.3"
 __all__ = ["MDSWriter", "Stream", "StreamingDataLoader", "StreamingDataset", "World"]
 
 
