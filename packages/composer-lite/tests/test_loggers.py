@@ -71,6 +71,9 @@ def test_console_logger_lines():
     text = out.getvalue()
     assert '"max_duration": "1ep"' in text
     assert text.splitlines()[-1] == "[step 4] loss/train/total: 3.142, time/batch: 4"
+    quiet = io.StringIO()
+    ConsoleLogger(stream=quiet, show_config=False).log_hyperparameters({"seed": 17})
+    assert quiet.getvalue() == ""  # a caller that prints its own config
 
 
 def test_jsonl_round_trip_nonfinite_append_and_version(tmp_path):

@@ -59,20 +59,29 @@ def _jsonable(value: Any) -> Any:
 
 class ConsoleLogger:
     """Metrics as one line per log call, for every `every`-th step (eval metrics always); the
-    configuration once, as indented JSON. The progress bar shows the steps in between."""
+    configuration once, as indented JSON, unless `show_config=False` (a caller that prints its
+    own). The progress bar shows the steps in between."""
 
     def __init__(
-        self, *, stream: IO[str] | None = None, precision: int = 4, every: int = 1
+        self,
+        *,
+        stream: IO[str] | None = None,
+        precision: int = 4,
+        every: int = 1,
+        show_config: bool = True,
     ) -> None:
         if every < 1:
             raise ValueError(f"ConsoleLogger every must be a positive number of steps, got {every}")
         self._stream, self.precision, self.every = stream, precision, every
+        self.show_config = show_config
 
     @property
     def stream(self) -> IO[str]:
         return self._stream if self._stream is not None else sys.stdout
 
     def log_hyperparameters(self, config: dict[str, Any]) -> None:
+        if not self.show_config:
+            return
         self.stream.write(
             "config: " + json.dumps(_jsonable(config), indent=2, sort_keys=True) + "\n"
         )
