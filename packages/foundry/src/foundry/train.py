@@ -41,6 +41,7 @@ __all__ = [
     "check_run",
     "optimizer_classes",
     "run_command",
+    "save_config",
     "saved_config",
     "to_time",
 ]
@@ -214,7 +215,8 @@ def _log_dir(cfg: TrainCommand) -> str | None:
 def _loggers(cfg: TrainCommand, place: Placement) -> list[Any]:
     from composer_lite.loggers import ConsoleLogger, JSONLLogger, TensorBoardLogger
 
-    loggers: list[Any] = [ConsoleLogger(every=cfg.log.console_every)]
+    # foundry prints the resolved config itself
+    loggers: list[Any] = [ConsoleLogger(every=cfg.log.console_every, show_config=False)]
     folder = _log_dir(cfg)
     if folder is not None and place.rank == 0:
         os.makedirs(folder, exist_ok=True)
@@ -307,7 +309,7 @@ def _default_run_name(cfg: TrainCommand) -> str:
     return "run"
 
 
-def _save_config(cfg: TrainCommand, config_text: str, place: Placement) -> None:
+def save_config(cfg: TrainCommand, config_text: str, place: Placement) -> None:
     """Rank 0 writes the resolved config beside the checkpoints (atomically; remote: uploaded)."""
     if cfg.save_folder is None or place.rank != 0:
         return
@@ -341,7 +343,7 @@ def run_command(cfg: TrainCommand, config_text: str) -> int:
     place = _placement(cfg)
     check_run(cfg, place)
     run = build_run(cfg, place)  # the Trainer has resumed, or refused a folder of another run
-    _save_config(cfg, config_text, place)
+    save_config(cfg, config_text, place)
     run.trainer.fit()
     if place.rank == 0:
         print(_summary(run, cfg), file=sys.stdout, flush=True)
