@@ -12,7 +12,7 @@ setup:  ## create .venv and install every package (editable, with test extras); 
 test: setup  ## run each package's suite alone, then tests/, with timings
 	@$(PY) tools/run-tests
 
-demo: setup  ## run the main job on an embedded default (no network, no ../shared needed)
+demo: setup  ## raw text to a pretrained mpt_tiny on the CPU (no network, no ../shared needed)
 	@$(PY) tools/demo.py
 
 lint: setup  ## ruff check and format check
