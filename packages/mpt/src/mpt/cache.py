@@ -48,6 +48,21 @@ class KVCache:
     def batch_size(self) -> int:
         return self.seq_ids.shape[0]
 
+    def index_select(self, rows: torch.Tensor) -> KVCache:
+        """A new cache whose row i holds row `rows[i]` of this one (rows may repeat: several
+        continuations of one cached prefix, like the choices of a question); this one is unchanged.
+        The copy has the same capacity, so it can be filled further."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.seq_ids.device)
+        picked = KVCache.__new__(KVCache)
+        picked.keys = [k.index_select(0, rows) for k in self.keys]
+        picked.values = [v.index_select(0, rows) for v in self.values]
+        picked.key_norm_max = [n.index_select(0, rows) for n in self.key_norm_max]
+        picked.seq_ids = self.seq_ids.index_select(0, rows)
+        picked.last_id = self.last_id.index_select(0, rows)
+        picked.positions = self.positions.index_select(0, rows)
+        picked.capacity, picked.length, picked.masked = self.capacity, self.length, self.masked
+        return picked
+
     def check_room(self, new: int) -> None:
         if self.length + new > self.capacity:
             raise ValueError(
