@@ -90,7 +90,7 @@ def test_top_level_readme_shows_each_packages_version(folder: str):
 FAULT_TABLE = re.compile(r"^## What happens with [^\n]*\n(.*?)(?=^## |\Z)", re.M | re.S)
 
 
-@pytest.mark.parametrize("folder", ["streaming", "composer-lite", "mpt"])
+@pytest.mark.parametrize("folder", ["streaming", "composer-lite", "mpt", "foundry"])
 def test_fault_table_rows_name_tests_that_exist(folder: str):
     """Each built package's README has a fault table ("What happens with ..."): bad input -> what
     the user sees -> the test (or the scenario of a table-driven test, `flipped-byte` for
