@@ -143,3 +143,28 @@ def test_a_save_folder_of_another_model_shape_is_refused(data, tmp_path, capsys)
     assert sorted(p.name for p in run.iterdir()) == before  # nothing touched
     fresh = train_config(*args, "model.d_model=64", "save_overwrite=true")
     assert run_command(fresh, "model: {}\n") == 0  # asked for: starts afresh there
+
+
+def test_rows_of_another_length_are_refused_before_training(data):
+    from foundry.train import build_run
+
+    short = train_config(
+        f"data.sources.main.local={data}", "max_duration=2ba", "data.max_seq_len=16"
+    )
+    with pytest.raises(
+        TrainError, match="data: its rows hold 32 tokens, but data.max_seq_len is 16"
+    ):
+        build_run(short, _place())  # was: an error at the first forward, or a silent crop
+
+
+def test_checkpoints_and_config_go_to_s3(data, s3_bucket, capsys):
+    folder = f"{s3_bucket}/runs/tiny"
+    args = [f"data.sources.main.local={data}", f"save_folder={folder}", "max_duration=2ba"]
+    assert main(["train", *TINY, *args]) == 0
+    assert f"checkpoint: {folder}/ep0-ba2" in capsys.readouterr().out
+    from foundry.checkpoints import load_trained
+
+    model, cfg = load_trained(folder)  # the config read back from the bucket, then the weights
+    assert cfg.model.d_model == 32 and model.config.vocab_size == VOCAB
+    assert main(["train", *TINY, *args, "max_duration=3ba"]) == 0  # autoresume from the bucket
+    assert "trained to batch 3" in capsys.readouterr().out

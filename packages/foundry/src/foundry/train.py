@@ -38,6 +38,7 @@ __all__ = [
     "Run",
     "TrainError",
     "build_run",
+    "check_row_length",
     "check_run",
     "optimizer_classes",
     "run_command",
@@ -163,6 +164,22 @@ def check_run(cfg: TrainCommand, place: Placement) -> None:
             )
 
 
+def check_row_length(dataset: Any, expected: int, *, what: str) -> None:
+    """The first row of a dataset holds `expected` tokens, or a `TrainError` says what to do."""
+    from foundry.data.format import tokens_of
+
+    if dataset.num_samples == 0:
+        raise TrainError(f"{what}: the dataset holds no samples")
+    row = dataset[0]
+    length = len(tokens_of(row)) if "input_ids" not in row else len(row["input_ids"])
+    if length != expected:
+        raise TrainError(
+            f"{what}: its rows hold {length} tokens, but {what}.max_seq_len is {expected}: set"
+            f" {what}.max_seq_len={length} (and model.max_seq_len >= {length}), or prepare the"
+            f" data with max_seq_len={expected}"
+        )
+
+
 def _precision(cfg: TrainCommand, device: torch.device) -> str:
     if cfg.precision != "auto":
         return cfg.precision
@@ -237,9 +254,11 @@ def _eval_loader(cfg: TrainCommand, per_rank: int) -> Any:
         cache_dir=cfg.data.cache_dir,
         shuffle=False,
     )
-    return build_loader(
+    loader = build_loader(
         data, LoaderSettings(batch_size=per_rank, shuffle=False, seed=0, drop_last=False)
     )
+    check_row_length(loader.dataset, cfg.data.max_seq_len, what="eval_data")
+    return loader
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -271,6 +290,7 @@ def build_run(cfg: TrainCommand, place: Placement, *, callbacks: list[Any] = ())
             num_workers=cfg.num_workers,
         ),
     )
+    check_row_length(loader.dataset, cfg.data.max_seq_len, what="data")
     config = TrainerConfig(
         max_duration=to_time(cfg.max_duration, key="max_duration"),
         scheduler=_schedule(cfg),
