@@ -40,6 +40,14 @@ def _check(lr: float, betas: tuple[float, float], weight_decay: float) -> None:
         raise ValueError(f"bad optimizer settings: {', '.join(problems)}")
 
 
+def _closure_loss(closure: Callable[[], float] | None) -> float | None:
+    """The loss of an optimizer step's closure (re-evaluated with gradients on), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 @torch.no_grad()
 def decay_parameters(group: dict[str, Any]) -> None:
     """Multiply the group's parameters that have a gradient by 1 - (lr / initial_lr) * decay."""
@@ -73,10 +81,7 @@ class DecoupledAdamW(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             decay_parameters(group)
         super().step()
@@ -104,10 +109,7 @@ class DecoupledLionW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             decay_parameters(group)
             beta1, beta2 = group["betas"]
