@@ -17,6 +17,7 @@ downloaded, once per node, into `cache_dir`. One job saves into a folder at a ti
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -27,6 +28,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -70,6 +72,18 @@ log = logging.getLogger(__name__)
 
 _THREADS = 8  # parallel uploads and downloads per rank
 _LEFTOVER = re.compile(r"^\..+\.(tmp|deleting)-[0-9a-f]{8}$")  # folders of a crashed save/delete
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Written:
+    """What the ranks wrote of one checkpoint, for rank 0 to publish in its manifest."""
+
+    name: str
+    files: dict[str, int]  # relative path: bytes (remote: what the ranks uploaded)
+    hashes: dict[str, str]  # relative path: hash, from the rank that wrote the file
+    optimizer_kind: str
+    rank_objects: list[int]  # the ranks that wrote rank objects
+    protect: frozenset[str]  # checkpoints retention must not delete
 
 
 class CheckpointManager:
@@ -164,18 +178,18 @@ class CheckpointManager:
                 "writing its files",
                 lambda: self._write_rank_files(root, target, payload, rank_objects, rank),
             )
-            files = {rel: size for uploaded, _, _ in written for rel, size in uploaded.items()}
-            hashes = {rel: value for _, hashed, _ in written for rel, value in hashed.items()}
-            ranks = [r for r, (_, _, has_own) in enumerate(written) if has_own]
+            saved = _Written(
+                name=name,
+                files={rel: size for uploaded, _, _ in written for rel, size in uploaded.items()},
+                hashes={rel: value for _, hashed, _ in written for rel, value in hashed.items()},
+                optimizer_kind=optimizer_kind,
+                rank_objects=[r for r, (_, _, has_own) in enumerate(written) if has_own],
+                protect=frozenset(protect),
+            )
             publish = self._publish_remote if self.remote else self._publish_local
-            return on_all_ranks(
-                "publishing",
-                lambda: (
-                    publish(root, name, files, hashes, optimizer_kind, ranks, set(protect))
-                    if rank == 0
-                    else None
-                ),
-            )[0]
+            return on_all_ranks("publishing", lambda: publish(root, saved) if rank == 0 else None)[
+                0
+            ]
         except BaseException:
             if not self.remote and rank == 0:
                 shutil.rmtree(root, ignore_errors=True)  # a crash leaves it; the next save cleans
@@ -221,78 +235,57 @@ class CheckpointManager:
             )
         return files, hashes, rank_objects is not None
 
-    def _publish_local(
-        self,
-        tmp: str,
-        name: str,
-        files: dict[str, int],
-        hashes: dict[str, str],
-        kind: str,
-        ranks: list[int],
-        protect: set,
-    ) -> str:
+    def _publish_local(self, tmp: str, saved: _Written) -> str:
         existing = complete_checkpoints(self.folder, self.storage_options)
         files = walk_files(tmp)
         hashes = {
-            rel: hashes.get(rel) or hash_file(os.path.join(tmp, *rel.split("/"))) for rel in files
+            rel: saved.hashes.get(rel) or hash_file(os.path.join(tmp, *rel.split("/")))
+            for rel in files
         }
-        manifest = self._manifest(name, files, hashes, kind, ranks, existing)
-        write_bytes_atomic(os.path.join(tmp, MANIFEST_NAME), manifest.to_json())
+        saved = dataclasses.replace(saved, files=files, hashes=hashes)
+        write_bytes_atomic(
+            os.path.join(tmp, MANIFEST_NAME), self._manifest(saved, existing).to_json()
+        )
+        name = saved.name
         final = os.path.join(self.folder, name)
         if os.path.exists(final):
             delete_checkpoint(final, self.storage_options)
         os.rename(tmp, final)
         fsync_folder(self.folder)
-        self._after_publish(name, final, existing, protect)
+        self._after_publish(name, final, existing, saved.protect)
         for leftover in os.listdir(self.folder):  # folders of saves or deletions that crashed
             if _LEFTOVER.match(leftover):
                 shutil.rmtree(os.path.join(self.folder, leftover), ignore_errors=True)
         return final
 
-    def _publish_remote(
-        self,
-        root: str,
-        name: str,
-        files: dict[str, int],
-        hashes: dict[str, str],
-        kind: str,
-        ranks: list[int],
-        protect: set,
-    ) -> str:
+    def _publish_remote(self, root: str, saved: _Written) -> str:
         existing = complete_checkpoints(self.folder, self.storage_options)
-        manifest = self._manifest(name, files, hashes, kind, ranks, existing)
-        target = join_url(self.folder, name)
+        target = join_url(self.folder, saved.name)
         path = os.path.join(root, MANIFEST_NAME)
-        write_bytes_atomic(path, manifest.to_json())
+        write_bytes_atomic(path, self._manifest(saved, existing).to_json())
         upload_file(path, join_url(target, MANIFEST_NAME), **self.storage_options)
-        self._after_publish(name, target, existing, protect)
+        self._after_publish(saved.name, target, existing, saved.protect)
         return target
 
-    def _manifest(
-        self,
-        name: str,
-        files: dict[str, int],
-        hashes: dict[str, str],
-        kind: str,
-        ranks: list[int],
-        existing: list,
-    ) -> Manifest:
+    def _manifest(self, saved: _Written, existing: list) -> Manifest:
         # Newest is the greatest saved_at_ns: never below an existing one, even if the clock
         # went back, so a new checkpoint always sorts first.
-        newest = max((m.saved_at_ns for _, m in existing if m.name != name), default=0)
+        newest = max((m.saved_at_ns for _, m in existing if m.name != saved.name), default=0)
         return Manifest(
-            name=name,
+            name=saved.name,
             id=uuid.uuid4().hex,
             saved_at_ns=max(time.time_ns(), newest + 1),
             world_size=get_world_size(),
-            files=dict(sorted(files.items())),
-            hashes={rel: hashes[rel] for rel in sorted(files)},
-            optimizer=kind,
-            rank_objects=ranks,
+            files=dict(sorted(saved.files.items())),
+            hashes={rel: saved.hashes[rel] for rel in sorted(saved.files)},
+            optimizer=saved.optimizer_kind,
+            rank_objects=saved.rank_objects,
             torch_version=torch.__version__,
         )
 
-    def _after_publish(self, name: str, location: str, existing: list, protect: set) -> None:
+    def _after_publish(
+        self, name: str, location: str, existing: list, protect: frozenset[str]
+    ) -> None:
         """Move `latest`, then apply retention: a failure here is logged, the save stands."""
         write_pointer(self.folder, name, self.storage_options)
         if self.keep is None:
