@@ -21,6 +21,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+# lm-eval fills its model registry with its own models only when the registry is empty: load
+# them first, so that registering "evalkit" does not hide "hf" and the others
+import lm_eval.models  # noqa: F401
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window

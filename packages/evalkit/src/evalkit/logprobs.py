@@ -71,12 +71,15 @@ def inspect_model(model: torch.nn.Module) -> ModelCall:
         names = set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
         names = set()
+    from composer_lite.parallel import is_sharded
+
     param = next(iter(model.parameters()), None)
     return ModelCall(
         attention_mask="attention_mask" in names,
         logits_to_keep="logits_to_keep" in names,
         prefix_cache=supports_prefix_cache(model) and "past_key_values" in names,
-        packed=supports_packing(model),
+        # forward_packed is not forward: FSDP2 would not gather a sharded model's parameters
+        packed=supports_packing(model) and not is_sharded(model),
         device=param.device if param is not None else torch.device("cpu"),
     )
 

@@ -114,9 +114,11 @@ def compare(
     b: EvalResults | str | os.PathLike[str],
     *,
     gauntlet: Gauntlet | None = None,
-    file: TextIO | None = sys.stdout,
+    file: TextIO | None = None,
+    echo: bool = True,
 ) -> str:
-    """Print (to `file`, unless None) and return two results side by side with differences."""
+    """Return two results side by side with differences; print them (to `file`, default
+    stdout) unless `echo` is False."""
     ra, rb = _load(a), _load(b)
     rows = []
     for name in dict.fromkeys([*ra.tasks, *rb.tasks]):
@@ -132,8 +134,8 @@ def compare(
             diff = f"{vb - va:+.4f}" if va is not None and vb is not None else "–"
             rows.append([f"gauntlet/{name}", _fmt(va), _fmt(vb), diff])
     text = "\n".join(_table(["task", ra.model, rb.model, "difference"], rows, "lrrr")) + "\n"
-    if file is not None:
-        file.write(text)
+    if echo:
+        (file or sys.stdout).write(text)
     return text
 
 

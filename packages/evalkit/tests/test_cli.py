@@ -1,0 +1,110 @@
+"""`python -m evalkit`: --help, a run from a model factory with its files, `compare`, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from evalkit.cli import main
+from evalkit.loading import import_factory
+
+FACTORY = """\
+from evalkit.testing import WordTokenizer, tiny_lm
+
+
+def build():
+    return tiny_lm("packed"), WordTokenizer()
+
+
+def model_only():
+    return tiny_lm("packed")
+"""
+
+GAUNTLET = """\
+eval_gauntlet:
+  weighting: EQUAL
+  subtract_random_baseline: true
+  rescale_accuracy: true
+  averages: {core: [all]}
+  categories:
+  - name: all
+    benchmarks:
+    - {name: mc, num_fewshot: 1, random_baseline: 0.33}
+    - {name: schema, num_fewshot: 2, random_baseline: 0.5}
+"""
+
+
+@pytest.fixture
+def factory(tmp_path, monkeypatch):
+    (tmp_path / "evalkit_cli_factory.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "evalkit_cli_factory"
+
+
+def test_help_explains_the_options():
+    out = subprocess.run(
+        [sys.executable, "-m", "evalkit", "--help"], capture_output=True, text=True, check=True
+    )
+    for words in (
+        "--model-factory MODULE:FUNCTION",
+        "--gauntlet YAML",
+        "--data-root",
+        "compare A.json B.json",
+        "--sharing",
+        "torchrun",
+    ):
+        assert words in out.stdout
+
+
+def test_a_run_writes_the_report_and_compare_reads_it(factory, tasks_yaml, tmp_path, capsys):
+    (tmp_path / "g.yaml").write_text(GAUNTLET)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "--model-factory",
+            f"{factory}:build",
+            "--tasks",
+            str(tasks_yaml),
+            "--gauntlet",
+            str(tmp_path / "g.yaml"),
+            "--limit",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--name",
+            "tiny",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| task | type | metric | examples | tiny |" in printed and "| **core** |" in printed
+    assert {p.name for p in out.iterdir()} >= {"results.json", "report.md"}
+    assert (out / "report.md").read_text() in printed
+    pytest.importorskip("matplotlib")
+    assert (out / "gauntlet.png").is_file()
+    assert main(["compare", str(out / "results.json"), str(out / "results.json")]) == 0
+    assert "| mc/1-shot | " in capsys.readouterr().out
+
+
+def test_mistakes_are_explained(factory, tasks_yaml, capsys):
+    with pytest.raises(SystemExit):
+        main(["--tasks", str(tasks_yaml)])
+    assert "give a model folder or --model-factory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "--model-factory",
+                f"{factory}:model_only",
+                "--tasks",
+                str(tasks_yaml),
+                "--no-progress",
+            ]
+        )
+    assert "returned no tokenizer: give --tokenizer" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="a model factory is 'module:function'"):
+        import_factory("no_colon")
+    with pytest.raises(ValueError, match="has no function 'nothing'"):
+        import_factory(f"{factory}:nothing")
