@@ -74,6 +74,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="the first N examples of each task (default: all)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per forward (32)")
     p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=4096,
+        help="sequences x length per forward, at most (4096; raise it on a GPU)",
+    )
+    p.add_argument(
+        "--pack-len",
+        type=int,
+        default=256,
+        help="tokens per packed row (models that pack, e.g. transformers) (256)",
+    )
+    p.add_argument(
         "--max-seq-len",
         type=int,
         help="the model's window (default: from its config); contexts cut on the left",
@@ -155,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"{args.model_factory} returned no tokenizer: give --tokenizer")
     config = EvalConfig(
         batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        pack_len=args.pack_len,
         max_seq_len=args.max_seq_len,
         sharing=args.sharing,
         padding_side=args.padding_side,

@@ -44,11 +44,11 @@ class EvalConfig:
     """How to evaluate (every field has a default that works on CPU and GPU).
 
     batch_size:       sequences per forward (32).
-    max_batch_tokens: sequences x length per forward, at most (16384): bounds the memory of
+    max_batch_tokens: sequences x length per forward, at most (4096): bounds the memory of
                       models that return every position's logits.
     max_seq_len:      the model's context window; None: read from its config (max_seq_len,
                       max_position_embeddings, n_positions, ...). Contexts are cut on the left.
-    pack_len:         tokens per packed row, for models that pack ("packed" sharing) (1024).
+    pack_len:         tokens per packed row, for models that pack ("packed" sharing) (256).
     padding_side:     "right" (any causal LM) or "left" (models that take attention_mask).
     sharing:          how a context shared by several choices runs once: "auto" (the first the
                       model offers of "packed" and "kv_cache"), "packed", "kv_cache", or "none"
@@ -61,9 +61,9 @@ class EvalConfig:
     """
 
     batch_size: int = 32
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 4096
     max_seq_len: int | None = None
-    pack_len: int = 1024
+    pack_len: int = 256
     padding_side: str = "right"
     sharing: str = "auto"
     near_tie: float = 1e-5

@@ -69,6 +69,7 @@ class HFCausalLM(nn.Module):
         self._takes_keep = "logits_to_keep" in names
         # transformers >= 5.2x names the cache argument `cache` (`past_key_values` before)
         self._cache_arg = "cache" if "cache" in names else "past_key_values"
+        self._fast_head: bool | None = None  # decided on the first packed forward
 
     def forward(
         self,
@@ -114,13 +115,45 @@ class HFCausalLM(nn.Module):
         # additive mask: 0 where allowed, the dtype's minimum elsewhere (exp() of it is 0)
         bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+        mask = bias[:, None]  # (B, 1, T, T): transformers takes a 4-D mask as it is
+        if self._fast_head is None:
+            self._fast_head = self._head_is_linear(input_ids, position_ids, mask)
+        if self._fast_head:
+            hidden = self.model.base_model(
+                input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+            return self._linear_head(hidden[logits_to_keep])
         kwargs: dict[str, Any] = {"use_cache": False}
         if self._takes_keep:
             kwargs["logits_to_keep"] = logits_to_keep
         out = self.model(
-            input_ids=input_ids, attention_mask=bias[:, None], position_ids=position_ids, **kwargs
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs
         ).logits
         return out[logits_to_keep] if out.dim() == 3 else out
+
+    def _linear_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, V) logits of (N, D) hidden states, computed as head (V, D) @ hidden.T: this
+        orientation runs ~1.5x faster on CPU than the (N, D) @ (D, V) of nn.Linear."""
+        head = self.model.get_output_embeddings()
+        out = torch.mm(head.weight, hidden.t())  # (V, N)
+        if head.bias is not None:
+            out += head.bias[:, None]
+        return out.t()
+
+    def _head_is_linear(self, input_ids, position_ids, mask) -> bool:
+        """Whether the model's logits are its output embedding applied to its base model's last
+        hidden state (no scaling or capping after it): checked once on the first row."""
+        head = self.model.get_output_embeddings()
+        if not isinstance(head, nn.Linear) or not hasattr(self.model, "base_model"):
+            return False
+        n = min(input_ids.shape[1], 16)
+        ids, pos, sub = input_ids[:1, :n], position_ids[:1, :n], mask[:1, :, :n, :n]
+        want = self.model(input_ids=ids, attention_mask=sub, position_ids=pos, use_cache=False)
+        hidden = self.model.base_model(
+            input_ids=ids, attention_mask=sub, position_ids=pos, use_cache=False
+        ).last_hidden_state
+        got = self._linear_head(hidden[0])
+        return bool(torch.allclose(got, want.logits[0], rtol=1e-4, atol=1e-4))
 
     def new_cache(self, batch_size: int, capacity: int) -> HFPrefixCache:
         """An empty cache (transformers' DynamicCache grows; `capacity` is not needed)."""

@@ -93,6 +93,10 @@ def _rows(config: TaskConfig, examples: list[Example], prompts: list[Prompt]) ->
     return rows
 
 
+def _mean(metric: str) -> dict[str, Any]:
+    return {"metric": metric, "aggregation": "mean", "higher_is_better": True}
+
+
 def _spec(task: Task, data_file: str, budget: int) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "task": lm_eval_name(task),
@@ -106,14 +110,19 @@ def _spec(task: Task, data_file: str, budget: int) -> dict[str, Any]:
     kind = task.config.icl_task_type
     if kind == "multiple_choice":
         spec.update(output_type="multiple_choice", doc_to_text="context", doc_to_choice="choices")
-        spec.update(doc_to_target="gold", metric_list=[{"metric": "acc"}, {"metric": "acc_norm"}])
+        spec.update(doc_to_target="gold", metric_list=[_mean("acc"), _mean("acc_norm")])
     elif kind == "schema":
         spec.update(output_type="multiple_choice", doc_to_text="gold", doc_to_choice="contexts")
-        spec.update(doc_to_target="continuation", metric_list=[{"metric": "acc"}])
+        spec.update(doc_to_target="continuation", metric_list=[_mean("acc")])
     elif kind == "language_modeling":
         spec.update(output_type="loglikelihood", doc_to_text="context")
         spec.update(doc_to_target="continuation")
-        spec["metric_list"] = [{"metric": "acc"}, {"metric": "perplexity"}]
+        perplexity = {
+            "metric": "perplexity",
+            "aggregation": "perplexity",
+            "higher_is_better": False,
+        }
+        spec["metric_list"] = [_mean("acc"), perplexity]
     else:
         spec.update(output_type="generate_until", doc_to_text="prompt", doc_to_target="answers")
         until = list(task.config.early_stopping_criteria)
@@ -121,7 +130,7 @@ def _spec(task: Task, data_file: str, budget: int) -> dict[str, Any]:
         if until:
             spec["generation_kwargs"]["until"] = until
         spec["process_results"] = f"!function {UTILS_MODULE}.process_generation"
-        spec["metric_list"] = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
+        spec["metric_list"] = [_mean("acc")]
     return spec
 
 

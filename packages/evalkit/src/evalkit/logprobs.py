@@ -173,12 +173,13 @@ def requests_of(rows: Sequence[Row]) -> tuple[dict[int, int], dict[int, int]]:
 def accumulate(logits, keep, pieces: Sequence[Piece], local: dict[int, int], sums: Sums) -> None:
     """Add the tokens of `pieces` (scored on the flat logits of `keep`) to `sums`.
 
-    Per-position statistics (logsumexp, max) are taken once per kept position and read per
+    Per-position statistics (max, log-sum-exp) are taken once per kept position and read per
     token, so a position shared by several requests (one-token choices, the shared start of the
-    choices) costs once."""
+    choices) costs once. `logits` is consumed: the log-sum-exp is computed in place (a fresh
+    (N, V) temporary would cost more than the arithmetic on a CPU)."""
     if not pieces:
         return
-    x = logits.float()  # (N, V): the log-softmax is taken in fp32 whatever the model's dtype
+    x = logits if logits.dtype == torch.float32 else logits.float()  # fp32 log-softmax
     before = [0]
     for n in keep.sum(dim=1).tolist()[:-1]:
         before.append(before[-1] + n)
@@ -191,16 +192,20 @@ def accumulate(logits, keep, pieces: Sequence[Piece], local: dict[int, int], sum
         own.extend([local[request]] * (c1 - c0))
     idx_t = torch.tensor(idx, device=x.device)
     tgt_t = torch.tensor(tgt, device=x.device)
-    lse = torch.logsumexp(x, dim=-1)  # (N,)
-    best, arg = x.max(dim=-1)  # arg: the first index of the maximum, like argmax
     target = x[idx_t, tgt_t]
-    hit = arg[idx_t] == tgt_t
-    other = best[idx_t]
-    if bool(hit.any()):  # the model's top token is the target: the margin is to the runner-up
-        rows = idx_t[hit].unique()
-        runner_up = torch.full_like(best, float("nan"))
-        runner_up[rows] = x.index_select(0, rows).topk(2, dim=-1).values[:, 1]
-        other = torch.where(hit, runner_up[idx_t], other)
+    best = x.amax(dim=-1)  # (N,)
+    is_max = target == best[idx_t]
+    hit = torch.zeros_like(is_max)  # greedy: the target is the argmax (the first maximum)
+    other = best[idx_t].clone()  # the best other logit: the maximum, or the runner-up
+    if bool(is_max.any()):
+        rows = idx_t[is_max].unique()
+        picked = x.index_select(0, rows)
+        slot = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+        slot[rows] = torch.arange(len(rows), device=x.device)
+        where = slot[idx_t[is_max]]
+        hit[is_max] = picked.argmax(dim=-1)[where] == tgt_t[is_max]
+        other[is_max] = picked.topk(2, dim=-1).values[where, 1]
+    lse = x.sub_(best[:, None]).exp_().sum(dim=-1).log_().add_(best)  # x is consumed here
     own_t = torch.tensor(own)
     sums.logprob.index_add_(0, own_t, (target - lse[idx_t]).double().cpu())
     sums.misses.index_add_(0, own_t, (~hit).double().cpu())

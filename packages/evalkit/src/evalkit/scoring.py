@@ -60,8 +60,8 @@ class ScoringOptions:
     padding (never scored). lockstep: see the module docstring."""
 
     batch_size: int = 32
-    max_batch_tokens: int = 16384
-    pack_len: int = 1024
+    max_batch_tokens: int = 4096
+    pack_len: int = 256
     padding_side: str = "right"
     sharing: str = "auto"
     pad_token_id: int = 0

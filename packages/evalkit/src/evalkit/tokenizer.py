@@ -89,6 +89,10 @@ class TransformersAdapter:
         return list(self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens))
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)  # fast tokenizers: Rust
+        if backend is not None:
+            encoded = backend.encode_batch(list(texts), add_special_tokens=self.add_special_tokens)
+            return [e.ids for e in encoded]
         out = self.tokenizer(list(texts), add_special_tokens=self.add_special_tokens)
         return [list(ids) for ids in out["input_ids"]]
 
