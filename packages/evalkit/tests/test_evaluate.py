@@ -143,3 +143,23 @@ def test_a_model_without_a_window_needs_max_seq_len(tasks_yaml, tokenizer):
     assert evaluate(
         model, tokenizer, tasks=tasks_yaml, config=EvalConfig(max_seq_len=128, limit=2)
     ).tasks
+
+
+def test_nothing_to_score_or_continue_is_a_bad_example(tmp_path, tokenizer):
+    (tmp_path / "lm.jsonl").write_text(
+        '{"context": "a b", "continuation": "c"}\n{"context": "a b", "continuation": "  "}\n'
+    )
+    (tmp_path / "gen.jsonl").write_text(
+        '{"context": "", "answer": "x"}\n{"context": "Q: a?", "answer": "x"}\n'
+    )
+    (tmp_path / "t.yaml").write_text(
+        "icl_tasks:\n- {label: lm, dataset_uri: lm.jsonl, icl_task_type: language_modeling}\n"
+        "- {label: gen, dataset_uri: gen.jsonl, icl_task_type: generation_task_with_answers, max_new_tokens: 2}\n"
+    )
+    result = evaluate(tiny_lm("cache"), tokenizer, tasks=tmp_path / "t.yaml")
+    lm, gen = result.tasks["lm/0-shot"], result.tasks["gen/0-shot"]
+    assert [e.line for e in lm.examples] == [1] and [e.line for e in gen.examples] == [2]
+    assert [(i.location, i.message) for i in lm.bad_examples] == [
+        (f"{tmp_path / 'lm.jsonl'}:2", "'continuation' is empty: nothing to score")
+    ]
+    assert gen.bad_examples[0].message == "the prompt encodes to no tokens (nothing to continue)"

@@ -81,14 +81,18 @@ def _strings(row: dict, key: str, problems: list[str], *, min_len: int = 1) -> t
         return ()
     if len(value) < min_len:
         problems.append(f"{key!r} needs at least {min_len} entries, got {len(value)}")
+    if any(not v.strip() for v in value):
+        problems.append(f"{key!r} has an empty entry: nothing to score")
     return tuple(value)
 
 
-def _text(row: dict, key: str, problems: list[str]) -> str:
+def _text(row: dict, key: str, problems: list[str], *, empty: bool = True) -> str:
     value = row.get(key)
     if not isinstance(value, str):
         problems.append(f"{key!r} must be a string, got {_show(value)}")
         return ""
+    if not empty and not value.strip():
+        problems.append(f"{key!r} is empty: nothing to score")
     return value.strip()  # llm-foundry strips every string field of a row
 
 
@@ -109,7 +113,7 @@ def _show(value: object) -> str:
 def _language_modeling(row: dict, problems: list[str]) -> dict:
     return {
         "contexts": (_text(row, "context", problems),),
-        "continuations": (_text(row, "continuation", problems),),
+        "continuations": (_text(row, "continuation", problems, empty=False),),
     }
 
 
@@ -126,7 +130,7 @@ def _schema(row: dict, problems: list[str]) -> dict:
     options = tuple(o.strip() for o in _strings(row, "context_options", problems, min_len=2))
     return {
         "contexts": options,
-        "continuations": (_text(row, "continuation", problems),),
+        "continuations": (_text(row, "continuation", problems, empty=False),),
         "gold": _gold(row, len(options), "context_options", problems),
     }
 
@@ -134,7 +138,7 @@ def _schema(row: dict, problems: list[str]) -> dict:
 def _generation(row: dict, problems: list[str]) -> dict:
     aliases = _strings(row, "aliases", problems, min_len=0) if "aliases" in row else ()
     cot = _text(row, "chain_of_thought", problems) if "chain_of_thought" in row else ""
-    answer = _text(row, "answer", problems)
+    answer = _text(row, "answer", problems, empty=False)
     return {
         "contexts": (_text(row, "context", problems),),
         "answers": (answer, *[a for a in aliases if a != answer]),

@@ -89,23 +89,23 @@ def generation_budget(
 
 
 def _tokenize(prepared: PreparedTask, tokenizer: Tokenizer) -> None:
-    """Fill token ids; examples whose continuation has no token move to `bad`."""
+    """Fill token ids; an example with an empty prompt or continuation moves to `bad`."""
     if prepared.generative:
-        prompts = encode_many(tokenizer, [p.generation or "" for p in prepared.prompts])
-        prepared.gen_prompts = [tuple(p) for p in prompts]
-        return
-    flat = [pair for p in prepared.prompts for pair in p.pairs]
-    encoded = iter(encode_pairs(tokenizer, flat))
-    keep: list[int] = []
-    for i, prompt in enumerate(prepared.prompts):
-        ids = [next(encoded) for _ in prompt.pairs]
-        if any(not cont for _, cont in ids):
-            where = f"{prepared.dataset}:{prepared.examples[i].line}"
-            msg = "a continuation encodes to no tokens (nothing to score)"
-            prepared.bad.append(Issue(prepared.task.name, where, msg))
-            continue
-        keep.append(i)
-        prepared.pairs.append(ids)
+        ids = [
+            tuple(p) for p in encode_many(tokenizer, [p.generation or "" for p in prepared.prompts])
+        ]
+        keep = [i for i, prompt in enumerate(ids) if prompt]
+        prepared.gen_prompts = [ids[i] for i in keep]
+        problem = "the prompt encodes to no tokens (nothing to continue)"
+    else:
+        flat = iter(encode_pairs(tokenizer, [pair for p in prepared.prompts for pair in p.pairs]))
+        pairs = [[next(flat) for _ in prompt.pairs] for prompt in prepared.prompts]
+        keep = [i for i, example in enumerate(pairs) if all(cont for _, cont in example)]
+        prepared.pairs = [pairs[i] for i in keep]
+        problem = "a continuation encodes to no tokens (nothing to score)"
+    for i in sorted(set(range(len(prepared.prompts))) - set(keep)):
+        where = f"{prepared.dataset}:{prepared.examples[i].line}"
+        prepared.bad.append(Issue(prepared.task.name, where, problem))
     prepared.examples = [prepared.examples[i] for i in keep]
     prepared.prompts = [prepared.prompts[i] for i in keep]
 
