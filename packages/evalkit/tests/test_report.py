@@ -123,6 +123,10 @@ def test_markdown_lists_tasks_models_categories_and_problems(tmp_path):
     assert "| quiz/3-shot | multiple_choice | acc_norm_tokens | 400 | 0.5500 | 0.7000 |" in text
     assert "| reasoning (benchmarks not run: 1) | 0.4000 | 0.4000 |" in text
     assert "| **core_average** |" in text
+    a.tasks.pop("puzzle/5-shot")  # a category with no benchmark run: listed, not averaged
+    text = markdown([a], gauntlet=gauntlet(tmp_path))
+    assert "| reasoning (benchmarks not run: 2) | – |" in text
+    assert "| **core_average** (over 1 of 2 categories) |" in text
     assert "tasks.yaml:9: absent/0-shot: cannot read dataset absent.jsonl" in text
     assert "quiz.jsonl:7: quiz/3-shot: acc near tie (difference +3.00e-06)" in text
 

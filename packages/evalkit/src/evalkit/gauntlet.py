@@ -95,6 +95,7 @@ class GauntletResult:
     categories: dict[str, float] = field(default_factory=dict)
     averages: dict[str, float] = field(default_factory=dict)
     missing: dict[str, list[str]] = field(default_factory=dict)
+    coverage: dict[str, tuple[int, int]] = field(default_factory=dict)  # average: (scored, named)
 
     def metrics(self) -> dict[str, float]:
         """Flat {name: value} ("gauntlet/world_knowledge", "gauntlet/core_average", ...)."""
@@ -174,6 +175,7 @@ def score_gauntlet(
     averages = gauntlet.averages or {"average": tuple(c.name for c in gauntlet.categories)}
     for average, members in averages.items():
         present = [out.categories[m] for m in members if m in out.categories]
+        out.coverage[average] = (len(present), len(members))
         if present:
             out.averages[average] = fmean(present)
     return out

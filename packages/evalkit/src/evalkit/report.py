@@ -56,13 +56,16 @@ def _task_rows(results: Sequence[EvalResults]) -> list[list[str]]:
 
 def _gauntlet_rows(scores: list[GauntletResult]) -> list[list[str]]:
     rows = []
-    names = list(dict.fromkeys(c for s in scores for c in s.categories))
+    names = list(dict.fromkeys(c for s in scores for c in [*s.categories, *s.missing]))
     for name in names:
         missing = max((len(s.missing.get(name, [])) for s in scores), default=0)
         note = f" (benchmarks not run: {missing})" if missing else ""
         rows.append([name + note, *[_fmt(s.categories.get(name)) for s in scores]])
-    averages = list(dict.fromkeys(a for s in scores for a in s.averages))
-    rows += [[f"**{a}**", *[_fmt(s.averages.get(a)) for s in scores]] for a in averages]
+    averages = list(dict.fromkeys(a for s in scores for a in s.coverage))
+    for average in averages:
+        scored, named = min(s.coverage.get(average, (0, 0)) for s in scores)
+        note = f" (over {scored} of {named} categories)" if scored < named else ""
+        rows.append([f"**{average}**{note}", *[_fmt(s.averages.get(average)) for s in scores]])
     return rows
 
 
