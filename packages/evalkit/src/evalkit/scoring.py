@@ -51,6 +51,9 @@ __all__ = ["SHARING", "Request", "Score", "ScoringOptions", "score_requests"]
 
 SHARING = ("auto", "packed", "kv_cache", "none")
 
+# Packing tries the most recent rows with room left, at most this many (first fit, bounded).
+OPEN_ROWS = 64
+
 
 @dataclass(frozen=True, kw_only=True)
 class ScoringOptions:
@@ -154,15 +157,19 @@ def _packs(trees: list[_Tree], opts: ScoringOptions) -> list[list[list[_Tree]]]:
     tree has its own row), then rows of similar length grouped within max_batch_tokens."""
     rows: list[list[_Tree]] = []
     room: list[int] = []
+    open_rows: list[int] = []  # rows with room left; the last OPEN_ROWS are tried (bounded cost)
     for tree in sorted(trees, key=_Tree.size, reverse=True):
         n = tree.size()
-        slot = next((i for i, free in enumerate(room) if free >= n), None)
+        slot = next((i for i in open_rows[-OPEN_ROWS:] if room[i] >= n), None)
         if slot is None:
-            rows.append([tree])
-            room.append(max(opts.pack_len - n, 0))
-        else:
-            rows[slot].append(tree)
-            room[slot] -= n
+            slot = len(rows)
+            rows.append([])
+            room.append(max(opts.pack_len, n))
+            open_rows.append(slot)
+        rows[slot].append(tree)
+        room[slot] -= n
+        if room[slot] == 0:
+            open_rows.remove(slot)
     lengths = {id(r): sum(t.size() for t in r) for r in rows}
     return _batches(rows, lambda r: lengths[id(r)], lambda r: 1, opts)
 
@@ -213,7 +220,8 @@ def _run_packed(model, call: ModelCall, rows: list[list[_Tree]], opts: ScoringOp
     width = max(sum(t.size() for t in row) for row in rows)
     shape = (len(rows), width)
     ids = [[opts.pad_token_id] * width for _ in rows]
-    pos, seg, branch = ([[0] * width for _ in rows] for _ in range(3))
+    pos = [[0] * width for _ in rows]
+    branch = [[0] * width for _ in rows]
     seg = [[-1 - c for c in range(width)] for _ in rows]  # padding: a segment of its own
     placed = []
     for j, row in enumerate(rows):
