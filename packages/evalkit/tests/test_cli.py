@@ -108,3 +108,53 @@ def test_mistakes_are_explained(factory, tasks_yaml, capsys):
         import_factory("no_colon")
     with pytest.raises(ValueError, match="has no function 'nothing'"):
         import_factory(f"{factory}:nothing")
+
+
+@pytest.mark.distributed
+def test_the_command_under_torchrun_gives_what_one_process_gives(factory, tasks_yaml, tmp_path):
+    import json
+    import os
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]),
+        "OMP_NUM_THREADS": "1",
+    }
+    common = [
+        "-m",
+        "evalkit",
+        "--model-factory",
+        f"{factory}:build",
+        "--tasks",
+        str(tasks_yaml),
+        "--limit",
+        "5",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    from streaming.testing.distributed import free_port
+
+    rendezvous = ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", *rendezvous]
+    two = subprocess.run(
+        [*torchrun, *common, "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("| task | type |") == 1  # rank 0 alone prints
+    one = subprocess.run(
+        [sys.executable, *common, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("two", "one"))
+    assert {n: t["metrics"] for n, t in a["tasks"].items()} == {
+        n: t["metrics"] for n, t in b["tasks"].items()
+    }

@@ -152,9 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     from evalkit.report import markdown, plot
 
     device = _device(args.device)
-    rank, _ = init_distributed(device, timeout_s=1800)
-    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = _device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+    if (
+        device.type == "cuda"
+        and device.index is None
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ):
+        device = _device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")  # one GPU per rank
+    init_distributed(device, timeout_s=1800)
     gauntlet = load_gauntlet(args.gauntlet) if args.gauntlet else None
     model, tokenizer = load_model(
         pretrained=args.model,
