@@ -12,11 +12,15 @@ lm-eval runs with `softmax_dtype=float64` (its own option): by default it sums p
 log-probabilities in fp32, whose rounding on sums near -500 (random weights, ~8-11 nats per token,
 long PIQA choices) is itself ~1e-4; in float64 lm-eval is the exact side and the
 1e-4 bound measures evalkit's fp32 log-softmax with float64 sums (measured: ~1e-5).
+With random weights no LAMBADA word is the greedy continuation (accuracy 0 on both sides); the
+synthetic test's copy rows give greedy verdicts of both kinds, compared the same way.
 The tasks reach lm-eval through `evalkit.lm_eval_tasks` (dataset_path: json, local data_files)
 because our data is llm-foundry jsonl; the strings scored are checked to be evalkit's own.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -98,8 +102,22 @@ def trained_bpe(files, vocab_size: int):
     return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
 
 
+def copy_rows(n: int) -> str:
+    """Language-modeling rows whose continuation repeats the context's last word half the time:
+    a random GPT-2 with tied embeddings predicts the token it reads, so its greedy verdicts are
+    a mix of right and wrong (on LAMBADA they are all wrong) and the comparison means something."""
+    words = "red blue green cat dog bird river hill apple bread stone".split()
+    rows = []
+    for i in range(n):
+        context = [words[(i * 7 + k * 3) % len(words)] for k in range(5)]
+        continuation = context[-1] if i % 2 == 0 else words[(i + 1) % len(words)]
+        rows.append(json.dumps({"context": " ".join(context), "continuation": continuation}))
+    return "\n".join(rows) + "\n"
+
+
 def test_parity_on_synthetic_tasks(tmp_path):
     write_tasks(tmp_path / "tasks", n=16)
+    (tmp_path / "tasks" / "lm.jsonl").write_text(copy_rows(16))
     tok = trained_bpe((tmp_path / "tasks").glob("*.jsonl"), 400)
     folder = save_gpt2(tmp_path / "gpt2", tok, width=32, layers=2)
     model, tokenizer = load_hf(folder)
@@ -117,6 +135,7 @@ def test_parity_on_synthetic_tasks(tmp_path):
         TaskConfig(label="schema", dataset_uri=str(data / "schema.jsonl"), icl_task_type="schema"),
     ]
     ours = evaluate(model, tokenizer, tasks=configs)
+    assert 0 < ours.tasks["lm/0-shot"].metrics["acc"] < 1  # greedy verdicts of both kinds
     names, _ = write_lm_eval_tasks(configs, tmp_path / "lm", tokenizer=tokenizer)
     assert_parity(ours, lm_eval_hf(folder, names, tmp_path / "lm", None), names)
     # the same weights through lm-eval's registry as "evalkit", from the folder's path
