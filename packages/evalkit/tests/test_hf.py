@@ -98,6 +98,24 @@ def test_tokenizer_adapters():
     with pytest.raises(TypeError, match="does not follow the tokenizer contract"):
         as_tokenizer(object())
 
+    class Wrapped:  # follows the contract and also has token_to_id/encode_batch (foundry's)
+        eos_token_id, pad_token_id = 0, None
+
+        def encode(self, text):
+            return tok.encode(text)
+
+        def encode_batch(self, texts):
+            return tok.encode_batch(texts)
+
+        def decode(self, ids):
+            return tok.decode(ids)
+
+        def token_to_id(self, token):
+            return raw.token_to_id(token)
+
+    own = Wrapped()
+    assert as_tokenizer(own) is own  # used as it is, not wrapped as an HF `tokenizers` object
+
 
 @pytest.mark.shared_data
 def test_the_neox_tokenizer_both_ways(shared_data):

@@ -111,8 +111,11 @@ def as_tokenizer(tokenizer: Any, **options: Any) -> Tokenizer:
         tokenizer, "eos_token_id"
     ):
         return TransformersAdapter(tokenizer, **options)
-    if callable(getattr(tokenizer, "token_to_id", None)) and callable(
-        getattr(tokenizer, "encode_batch", None)
+    follows_contract = isinstance(tokenizer, Tokenizer)
+    if (
+        not follows_contract  # e.g. foundry's tokenizer, which has token_to_id and encode_batch too
+        and callable(getattr(tokenizer, "token_to_id", None))
+        and callable(getattr(tokenizer, "encode_batch", None))
     ):
         return TokenizersAdapter(tokenizer, **options)
     if options:
