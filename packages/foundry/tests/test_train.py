@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from evalkit.testing import write_tasks
 from foundry.cli import main
 from foundry.compose import compose_config
 from foundry.schema import TrainCommand
@@ -78,19 +79,26 @@ def test_trains_saves_and_resumes(data, tmp_path, capsys):
     assert sorted(losses(run / "metrics.jsonl")) == list(range(1, 19))  # no batch twice
 
 
-def test_two_processes_train_with_fsdp_under_torchrun(data, tmp_path):
+def test_two_processes_train_with_fsdp_under_torchrun(data, tmp_path, tiny_tokenizer):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
     command += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
     command += ["-m", "foundry", "train", *TINY, "hardware=cpu"]
     command += ["hardware.gpus_per_node=2", f"data.sources.main.local={data}", "max_duration=6ba"]
     command += [f"save_folder={run}", "save_interval=3ba"]
+    # evalkit's ICL tasks at each evaluation, through the FSDP2-sharded model's root
+    tasks = write_tasks(tmp_path / "icl", n=4)
+    command += [f"icl_tasks={tasks}", f"tokenizer={tiny_tokenizer}", "model.vocab_size=640"]
+    command += ["eval_interval=3ba"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained to batch 6") == 1  # rank 0 reports
     assert done.stdout.count("max_duration: 6ba") == 1  # the resolved config is printed once
     assert sorted(p.name for p in run.glob("ep*")) == ["ep0-ba3", "ep0-ba6"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()[1:]]
+    icl = [r["step"] for r in records if any(k.startswith("icl/") for k in r.get("metrics", {}))]
+    assert icl == [3, 6]
 
 
 def test_times_with_scaled_counts():

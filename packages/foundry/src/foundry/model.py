@@ -59,14 +59,21 @@ class MPTTrainable(nn.Module):
 
     def forward(self, batch: Mapping[str, Any]) -> MPTOutput:
         """The loss of an LM batch (`input_ids`, `labels`, optional `sequence_id` and
-        `attention_mask`); in training without logits, in evaluation with them."""
+        `attention_mask`); in training without logits, in evaluation with them. Without
+        `labels`: the logits alone."""
+        labels = batch.get("labels")
         return self.model(
             batch["input_ids"],
             attention_mask=batch.get("attention_mask"),
             sequence_id=batch.get("sequence_id"),
-            labels=batch["labels"],
-            return_logits=not self.training,
+            labels=labels,
+            return_logits=labels is None or not self.training,
         )
+
+    def causal_lm(self) -> nn.Module:
+        """This model as a causal LM for evaluation (ids -> logits) that calls this module itself,
+        so that FSDP2 gathers the parameters outside the blocks (`evalkit`'s contract)."""
+        return _CausalLMView(self)
 
     def loss(self, outputs: MPTOutput, batch: Mapping[str, Any]) -> torch.Tensor:
         return outputs.loss
@@ -76,3 +83,15 @@ class MPTTrainable(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> float:
         return self.model.flops_per_token(seq_len)
+
+
+class _CausalLMView(nn.Module):
+    """`model(input_ids, attention_mask=None) -> MPTOutput` through an `MPTTrainable`'s forward."""
+
+    def __init__(self, trainable: MPTTrainable) -> None:
+        super().__init__()
+        self.trainable = trainable
+        self.config = trainable.config  # evalkit reads the window (max_seq_len) here
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        return self.trainable({"input_ids": input_ids, "attention_mask": attention_mask})

@@ -276,6 +276,9 @@ class TrainCommand:
     tokenizer: str | None = opt(None, "the data's tokenizer: checked against the model's vocab")
     seed: int = opt(17, "RNG seed (each rank derives its own)")
     eval_data: SourceConfig | None = opt(None, "held-out MDS data for the eval loss; null: none")
+    icl_tasks: str | None = opt(None, "evalkit task YAML run at each evaluation; needs tokenizer")
+    icl_data_root: str | None = opt(None, "folder of the tasks' dataset_uri (default: the YAML's)")
+    icl_limit: int | None = opt(None, "examples per ICL task (null: all)")
     eval_interval: str = opt("500ba", "evaluate every ... ('500ba', '1ep')")
     eval_subset_num_batches: int | None = opt(None, "eval batches per evaluation; null: all")
     save_folder: str | None = opt(None, "checkpoints go here (a path or s3://); null: no saving")
@@ -302,6 +305,8 @@ class TrainCommand:
                 f" {self.hardware.world_size} ranks of hardware ({self.hardware.nodes} node(s) x"
                 f" {self.hardware.gpus_per_node})"
             )
+        if self.icl_tasks is not None and self.tokenizer is None:
+            raise ValueError("icl_tasks needs the tokenizer of the data: set tokenizer=...")
         if self.data.max_seq_len > self.model.max_seq_len and not self.model.alibi_extrapolate:
             raise ValueError(
                 f"data.max_seq_len {self.data.max_seq_len} is longer than model.max_seq_len"

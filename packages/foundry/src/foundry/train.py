@@ -261,6 +261,22 @@ def _eval_loader(cfg: TrainCommand, per_rank: int) -> Any:
     return loader
 
 
+def _icl_evaluators(cfg: TrainCommand) -> list[Any]:
+    """evalkit's ICL tasks at each evaluation point, when `icl_tasks` names a task YAML."""
+    if cfg.icl_tasks is None:
+        return []
+    from evalkit import EvalConfig, Evaluator
+    from evalkit.training import InTrainingEvaluator
+
+    evaluator = Evaluator(
+        load_tokenizer(cfg.tokenizer),
+        cfg.icl_tasks,
+        data_root=cfg.icl_data_root,
+        config=EvalConfig(limit=cfg.icl_limit, max_seq_len=cfg.model.max_seq_len),
+    )
+    return [InTrainingEvaluator(evaluator, causal_lm=lambda trained: trained.causal_lm())]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Run:
     """A built run: the Trainer, and what the summary reports."""
@@ -295,7 +311,11 @@ def build_run(cfg: TrainCommand, place: Placement, *, callbacks: list[Any] = ())
         max_duration=to_time(cfg.max_duration, key="max_duration"),
         scheduler=_schedule(cfg),
         # without eval data nothing is evaluated, and the interval is not held against the run
-        eval_interval=to_time(cfg.eval_interval, key="eval_interval") if cfg.eval_data else "1dur",
+        eval_interval=(
+            to_time(cfg.eval_interval, key="eval_interval")
+            if cfg.eval_data or cfg.icl_tasks
+            else "1dur"
+        ),
         eval_subset_num_batches=cfg.eval_subset_num_batches,
         device_train_microbatch_size=cfg.device_train_microbatch_size,
         precision=_precision(cfg, place.device),
@@ -316,6 +336,7 @@ def build_run(cfg: TrainCommand, place: Placement, *, callbacks: list[Any] = ())
         loader,
         _optimizer(cfg, model),
         eval_dataloader=_eval_loader(cfg, per_rank),
+        evaluators=_icl_evaluators(cfg),
         callbacks=[*extra, *callbacks],
         loggers=_loggers(cfg, place),
         config=config,
