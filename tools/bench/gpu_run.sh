@@ -9,6 +9,8 @@
 #
 #   tools/gpu-setup && tools/bench/gpu_run.sh target              # the part-7 target, 2 rounds
 #   tools/gpu-setup && tools/bench/gpu_run.sh rows                # mpt_125m/350m x every backend
+#   tools/gpu-setup && tools/bench/gpu_run.sh eval foundry        # evalkit mpt_1b seed table;
+#                                                                 # foundry prep + train on 1 GPU
 #
 # Steps (arguments, in any order; none = tests, attention, model): tests, attention, model,
 # target (mpt_1b triton vs the compiled GPT + FlexAttention in both precision recipes, --repeat 2
@@ -37,7 +39,7 @@ budget=${GPU_RUN_BUDGET:-530}
 steps=("$@")
 (( ${#steps[@]} )) || steps=(tests attention model)
 for s in "${steps[@]}"; do
-  case $s in tests|attention|model|target|rows) ;; *) echo "gpu_run: unknown step '$s' (tests, attention, model, target, rows)" >&2; exit 2 ;; esac
+  case $s in tests|attention|model|target|rows|eval|foundry) ;; *) echo "gpu_run: unknown step '$s' (tests, attention, model, target, rows, eval, foundry)" >&2; exit 2 ;; esac
 done
 
 log() { echo "$*" | tee -a "$OUT/gpu_run.log"; }
@@ -117,6 +119,31 @@ for s in "${steps[@]}"; do
         --time-budget "$(budget_for "$lim")" --models mpt_125m,mpt_350m \
         --backends triton,flex,sdpa,torch --modes mp-compile-model --baselines none \
         --json "$OUT/model_bench_rows.json"
+      ;;
+    eval)
+      # evalkit alone, mpt_1b (random weights, bf16, triton) over the seed table's twelve tasks;
+      # DATA: a copy of ../shared/data carried along (the machine has no ../shared)
+      data=${DATA:-tools/bench/out/shared-data}
+      PYTHONPATH=tools/bench run_step eval_seed_table "$(limit_for "${T_EVAL:-300}")" \
+        "$PY" -m evalkit --model-factory eval_models:mpt_1b \
+        --tokenizer "$data/tokenizers/gpt-neox-20b/tokenizer.json" \
+        --tasks "$data/eval/yamls/tasks_seed_table.yaml" --data-root "$data/eval/icl" \
+        --gauntlet "$data/eval/yamls/eval_gauntlet_v0.3.yaml" --batch-size 64 \
+        --max-batch-tokens 131072 --device cuda --no-progress --out "$OUT/eval_seed_table" \
+        ${EVAL_ARGS:-}
+      ;;
+    foundry)
+      # foundry's own path on one GPU: data prep (standard-library source, the NeoX tokenizer),
+      # then `foundry train model=mpt_125m hardware=1xh200` for a few dozen batches
+      data=${DATA:-tools/bench/out/shared-data}
+      work=$(mktemp -d)
+      stdlib=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
+      run_step foundry_prep 120 "$PY" -m foundry data prep "inputs=[$stdlib]" 'include=["*.py"]' \
+        "out=$work/mds" "tokenizer=$data/tokenizers/gpt-neox-20b" max_seq_len=2048 progress=false
+      run_step foundry_train "$(limit_for "${T_FOUNDRY:-240}")" "$PY" -m foundry train \
+        model=mpt_125m hardware=1xh200 "data.sources.main.local=$work/mds" max_duration=40ba \
+        global_train_batch_size=16 log.console_every=10 "save_folder=$work/run" save_interval=40ba \
+        ${FOUNDRY_ARGS:-}
       ;;
   esac
 done
