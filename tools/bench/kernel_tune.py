@@ -39,7 +39,8 @@ WARPS, STAGES = (4, 8), (2, 3, 4)
 def bench_ms(fn, warmup=25, rep=80) -> float:
     import triton.testing
 
-    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5])[0])
+    median = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5])
+    return float(median if isinstance(median, float) else median[0])  # one quantile: a float
 
 
 class ShapeBench:
