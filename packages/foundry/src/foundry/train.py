@@ -165,14 +165,16 @@ def check_run(cfg: TrainCommand, place: Placement) -> None:
 
 
 def check_row_length(dataset: Any, expected: int, *, what: str) -> None:
-    """The first row of a dataset holds `expected` tokens, or a `TrainError` says what to do."""
+    """The first row of a dataset holds `expected` tokens (finetuning rows, which the collator
+    pads: at most `expected`), or a `TrainError` says what to do."""
     from foundry.data.format import tokens_of
 
     if dataset.num_samples == 0:
         raise TrainError(f"{what}: the dataset holds no samples")
     row = dataset[0]
-    length = len(tokens_of(row)) if "input_ids" not in row else len(row["input_ids"])
-    if length != expected:
+    finetuning = "input_ids" in row
+    length = len(row["input_ids"]) if finetuning else len(tokens_of(row))
+    if length > expected or (length != expected and not finetuning):
         raise TrainError(
             f"{what}: its rows hold {length} tokens, but {what}.max_seq_len is {expected}: set"
             f" {what}.max_seq_len={length} (and model.max_seq_len >= {length}), or prepare the"
@@ -286,17 +288,27 @@ class Run:
     attn_impl: str
 
 
-def build_run(cfg: TrainCommand, place: Placement, *, callbacks: list[Any] = ()) -> Run:
-    """The Trainer of this run (model, optimizer, schedule, loaders, loggers, checkpoints)."""
+def build_run(
+    cfg: TrainCommand,
+    place: Placement,
+    *,
+    callbacks: list[Any] = (),
+    model: MPTTrainable | None = None,
+) -> Run:
+    """The Trainer of this run (model, optimizer, schedule, loaders, loggers, checkpoints).
+    `model`: start from these weights (`foundry finetune`; config `cfg.model`, on the device
+    where this function would build it) instead of a freshly initialised `cfg.model`."""
     from composer_lite import Trainer, TrainerConfig
     from composer_lite.callbacks import GradClip
     from mpt import MPTForCausalLM
 
     per_rank = cfg.global_train_batch_size // place.world
-    model_config = choose_attention(cfg.model, place.device, asked=cfg.attn_impl)
-    torch.manual_seed(cfg.seed)  # every rank builds the same weights before any sharding
-    build_on = place.device if place.world == 1 else torch.device("cpu")
-    model = MPTTrainable(MPTForCausalLM(model_config, device=build_on))
+    if model is None:
+        model_config = choose_attention(cfg.model, place.device, asked=cfg.attn_impl)
+        torch.manual_seed(cfg.seed)  # every rank builds the same weights before any sharding
+        build_on = place.device if place.world == 1 else torch.device("cpu")
+        model = MPTTrainable(MPTForCausalLM(model_config, device=build_on))
+    model_config = model.config
     loader = build_loader(
         cfg.data,
         LoaderSettings(

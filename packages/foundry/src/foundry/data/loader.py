@@ -21,18 +21,29 @@ from foundry.schema import DataConfig, parse_count
 __all__ = ["LoaderSettings", "build_loader", "lm_collate"]
 
 
-def _column(rows: Sequence[Mapping[str, Any]], name: str) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.asarray(r[name]) for r in rows]).astype(np.int64))
+def _padded(rows: Sequence[Mapping[str, Any]], name: str, fill: int | None) -> torch.Tensor:
+    """(B, T) int64 of column `name`, rows shorter than the longest padded at their end with
+    `fill` (None: one more than the row's last value, a segment of its own for `sequence_id`)."""
+    values = [np.asarray(r[name]).reshape(-1) for r in rows]
+    out = np.empty((len(values), max(len(v) for v in values)), dtype=np.int64)
+    for row, v in zip(out, values, strict=True):
+        row[: len(v)] = v
+        row[len(v) :] = fill if fill is not None else (int(v[-1]) + 1 if len(v) else 0)
+    return torch.from_numpy(out)
 
 
 def lm_collate(rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """An LM batch (int64 (B, T) `input_ids`, `labels`, and `sequence_id` when rows have it) from
     pretraining rows (`tokens`, or llm-foundry's older `bytes`) or finetuning rows (`input_ids`,
-    `labels`)."""
+    `labels`). Finetuning rows of different lengths are padded at their end to the longest:
+    `input_ids` 0 (causal attention: no earlier token sees a pad) and `labels` -100 (no loss)."""
     if "input_ids" in rows[0]:
-        batch = {"input_ids": _column(rows, "input_ids"), "labels": _column(rows, "labels")}
+        batch = {
+            "input_ids": _padded(rows, "input_ids", 0),
+            "labels": _padded(rows, "labels", -100),
+        }
         if "sequence_id" in rows[0]:
-            batch["sequence_id"] = _column(rows, "sequence_id")
+            batch["sequence_id"] = _padded(rows, "sequence_id", None)
         return batch
     lengths = {len(tokens_of(r)) for r in rows}
     if len(lengths) != 1:
