@@ -1,4 +1,5 @@
-"""Loggers: where metrics go. The console, a JSONL file per run, TensorBoard, and the hub.
+"""Loggers: where metrics go. The console, a JSONL file per run, TensorBoard, MLflow
+(`MLFlowLogger`, in `composer_lite.mlflow_logger`), and the hub.
 
 Callbacks and the Trainer see one `LoggerHub`; it fans every call out to its loggers, on rank 0
 only unless `all_ranks=True` (metrics are the same on every rank; one writer is enough).
@@ -24,12 +25,15 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
+from composer_lite.mlflow_logger import MLFlowLogger
+
 __all__ = [
     "JSONL_FORMAT",
     "JSONL_VERSION",
     "ConsoleLogger",
     "JSONLLogger",
     "LoggerHub",
+    "MLFlowLogger",
     "TensorBoardLogger",
     "read_jsonl",
 ]
