@@ -246,12 +246,20 @@ class ParallelismConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class LogConfig:
-    """Where the metrics go: the console always, a JSONL file and TensorBoard beside the run."""
+    """Where the metrics go: the console always, a JSONL file and TensorBoard beside the run,
+    and an MLflow run."""
 
     console_every: int = opt(10, "print the metrics every N batches (eval metrics always)")
     jsonl: bool = opt(True, "write metrics.jsonl in the save folder (or log_dir)")
     tensorboard: bool = opt(False, "write TensorBoard event files (needs the tensorboard package)")
     log_dir: str | None = opt(None, "where logs go; null: the save folder, if local")
+    mlflow: bool = opt(False, "log to an MLflow run (needs composer-lite[mlflow])")
+    mlflow_tracking_uri: str | None = opt(
+        None, "MLflow store: http(s)://..., file:/path; null: MLFLOW_TRACKING_URI"
+    )
+    mlflow_experiment: str | None = opt(
+        None, "MLflow experiment (made if new); null: MLFLOW_EXPERIMENT_NAME, else Default"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

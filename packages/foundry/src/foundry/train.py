@@ -243,7 +243,26 @@ def _loggers(cfg: TrainCommand, place: Placement) -> list[Any]:
             loggers.append(JSONLLogger(os.path.join(folder, "metrics.jsonl")))
         if cfg.log.tensorboard:
             loggers.append(TensorBoardLogger(os.path.join(folder, "tensorboard")))
+    if cfg.log.mlflow and place.rank == 0:
+        loggers.append(_mlflow_logger(cfg, folder))
     return loggers
+
+
+def _mlflow_logger(cfg: TrainCommand, folder: str | None) -> Any:
+    """An MLflow run named as the run; the metrics file and the resolved config go with it."""
+    from composer_lite.loggers import MLFlowLogger
+    from streaming.storage import is_remote
+
+    files = [os.path.join(folder, "metrics.jsonl")] if folder and cfg.log.jsonl else []
+    if cfg.save_folder is not None and not is_remote(cfg.save_folder):
+        files.append(os.path.join(cfg.save_folder, CONFIG_FILE))
+    return MLFlowLogger(
+        tracking_uri=cfg.log.mlflow_tracking_uri,
+        experiment_name=cfg.log.mlflow_experiment,
+        run_name=cfg.run_name or _default_run_name(cfg),
+        artifacts=files,
+        rank=0,
+    )
 
 
 def _eval_loader(cfg: TrainCommand, per_rank: int) -> Any:
