@@ -14,6 +14,7 @@ from typing import Literal
 
 from foundry.data.dedup import DedupConfig
 from foundry.data.filters import FilterConfig
+from foundry.launch import LaunchConfig
 from foundry.validate import need, opt
 from mpt.config import MPTConfig
 
@@ -301,6 +302,9 @@ class TrainCommand:
     log: LogConfig = opt(LogConfig, "console, JSONL and TensorBoard logging")
     num_workers: int = opt(0, "dataloader worker processes per rank")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: cuda when there is a GPU")
+    launch: LaunchConfig = opt(
+        LaunchConfig, "how the run gets onto its hardware: here, torchrun here, or a written launch"
+    )
 
     def __post_init__(self) -> None:
         if self.global_train_batch_size < 1:

@@ -1,0 +1,450 @@
+"""Where `foundry train` runs: in this process, under a torchrun that foundry starts here, or on
+the cluster its `hardware` names, through a launch that foundry writes.
+
+    foundry train hardware=cpu hardware.gpus_per_node=2 ...   # torchrun here, 2 gloo processes
+    foundry train model=mpt_30b hardware=512xh100 ...         # writes the launch, exits 1
+    foundry train ... launch.launcher=slurm launch.submit=true  # writes it and calls sbatch
+
+`choose_launch` decides (`launch.launcher`):
+
+- `auto`: inside a job (torchrun's RANK and WORLD_SIZE are set) train here; on a machine that
+  *is* the hardware (one node; `cpu`, or this box's CUDA devices are `gpus_per_node` GPUs of the
+  hardware's family) start torchrun here, or train in this process for one CPU process;
+  otherwise write the launch: both files below.
+- `local`: torchrun here, even for one process; refused when the hardware is not this machine.
+- `slurm` / `torchrun`: write that one launch.  `none`: train in this process as it is.
+
+The written launch goes into `launch.out_dir` (default: the save folder if it is local):
+
+- `launch_slurm.sh`, a Slurm batch script: one task per node, each a torchrun agent
+  (`--nnodes=$SLURM_NNODES`, c10d rendezvous hosted on the job's first node, the job id as the
+  rendezvous id, `--max-restarts`);
+- `launch_torchrun.sh`, the same torchrun for clusters without Slurm: run it on every node with
+  `HEAD=<first node's address>`.
+
+Both run `foundry train` with this run's own overrides (those that do not set `launch.*`) plus
+`launch.launcher=none`, from the folder foundry was started in, so the job trains exactly the
+config printed here; a written script replaces another run's only with `save_overwrite=true`.
+Restarts (torchrun `--max-restarts`, after a worker or node fails) rerun the same command, and
+autoresume continues from the newest checkpoint of `save_folder`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
+
+from foundry.validate import opt
+
+if TYPE_CHECKING:
+    from foundry.schema import HardwareConfig, TrainCommand
+
+__all__ = [
+    "SLURM_SCRIPT",
+    "TORCHRUN_SCRIPT",
+    "LaunchConfig",
+    "LaunchError",
+    "Machine",
+    "child_overrides",
+    "choose_launch",
+    "gpu_family",
+    "in_job",
+    "launch_dir",
+    "machine_matches",
+    "run_local",
+    "run_name",
+    "slurm_script",
+    "this_machine",
+    "torchrun_script",
+    "write_launch",
+    "write_script",
+]
+
+SLURM_SCRIPT = "launch_slurm.sh"
+TORCHRUN_SCRIPT = "launch_torchrun.sh"
+Launcher = Literal["auto", "local", "slurm", "torchrun", "none"]
+Where = Literal["here", "local", "write"]  # train in this process | torchrun here | write it
+
+_SLURM_TIME = re.compile(r"^\d+(-\d{1,2}(:\d{2}){0,2}|(:\d{2}){0,2})$")  # sbatch --time forms
+_SLURM_WORD = re.compile(r"^[\w.,+\-]+$")  # a job name, partition or account: one shell word
+# torchrun's workers must not share the failed attempt's rendezvous store after a restart: a
+# restarted node reads the previous round's keys (pytorch#135712)
+_RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+class LaunchError(ValueError):
+    """A launch that cannot be made as configured; the message says what to change."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchConfig:
+    """How `foundry train` gets onto the processes its `hardware` describes."""
+
+    launcher: Launcher = opt(
+        "auto", "auto: train/torchrun here when the hardware is this machine, else write the launch"
+    )
+    submit: bool = opt(False, "call sbatch on the written Slurm script (launcher auto or slurm)")
+    max_restarts: int = opt(3, "torchrun --max-restarts: worker-group restarts, each resuming")
+    rdzv_port: int = opt(29500, "port of the c10d rendezvous on the first node")
+    out_dir: str | None = opt(None, "folder of the written launch; null: save_folder (if local)")
+    python: str | None = opt(None, "the nodes' Python in the written launch; null: this one")
+    job_name: str | None = opt(None, "Slurm job name; null: the run's name")
+    partition: str | None = opt(None, "Slurm partition; null: the cluster's default")
+    account: str | None = opt(None, "Slurm account; null: the cluster's default")
+    time: str | None = opt(None, "Slurm time limit ('2-00:00:00'); null: the partition's")
+    cpus_per_task: int | None = opt(None, "Slurm CPUs per node (its one task); null: default")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.submit and self.launcher not in ("auto", "slurm"):
+            problems.append(
+                f"launch.submit=true calls sbatch: it needs launch.launcher=slurm (or auto), got"
+                f" {self.launcher}"
+            )
+        if self.max_restarts < 0:
+            problems.append(f"launch.max_restarts must be >= 0, got {self.max_restarts}")
+        if not 0 < self.rdzv_port < 65536:
+            problems.append(f"launch.rdzv_port must be a TCP port (1-65535), got {self.rdzv_port}")
+        if self.time is not None and not _SLURM_TIME.match(self.time):
+            problems.append(
+                f"launch.time={self.time!r} is not a Slurm time: minutes, 'HH:MM:SS' or"
+                " 'D-HH:MM:SS'"
+            )
+        for key in ("job_name", "partition", "account"):
+            value = getattr(self, key)
+            if value is not None and not _SLURM_WORD.match(value):
+                problems.append(
+                    f"launch.{key}={value!r}: letters, digits and . , + - _ only (it goes into"
+                    " an #SBATCH line)"
+                )
+        if self.cpus_per_task is not None and self.cpus_per_task < 1:
+            problems.append(f"launch.cpus_per_task must be >= 1, got {self.cpus_per_task}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+# ----------------------------------------------------------------------------- the decision
+
+
+@dataclass(frozen=True, kw_only=True)
+class Machine:
+    """This machine's CUDA devices: the first one's name (None without CUDA) and their count."""
+
+    gpu_name: str | None
+    gpu_count: int
+
+    def describe(self) -> str:
+        return f"{self.gpu_count} x {self.gpu_name}" if self.gpu_name else "no CUDA device"
+
+
+def this_machine() -> Machine:
+    """The CUDA devices this process sees (CUDA_VISIBLE_DEVICES applies)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return Machine(gpu_name=None, gpu_count=0)
+    return Machine(gpu_name=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count())
+
+
+def gpu_family(name: str) -> str | None:
+    """'H100' of 'H100-SXM' or 'NVIDIA H100 80GB HBM3'; 'A100' of 'NVIDIA A100-SXM4-40GB'."""
+    found = re.search(r"(?<![A-Z0-9])([A-Z]\d{2,3})(?![0-9])", name.upper())
+    return found[1] if found else None
+
+
+def machine_matches(hw: HardwareConfig, machine: Machine) -> bool:
+    """Whether `hw` is this machine: one node, and its CPU, or exactly its GPUs' family and count."""
+    if hw.nodes != 1:
+        return False
+    if hw.gpu == "cpu":
+        return True
+    family = gpu_family(hw.gpu)
+    return (
+        machine.gpu_name is not None
+        and family is not None
+        and gpu_family(machine.gpu_name) == family
+        and machine.gpu_count == hw.gpus_per_node
+    )
+
+
+def in_job(env: Mapping[str, str]) -> bool:
+    """Whether this process is a rank of a launched job (torchrun sets RANK and WORLD_SIZE)."""
+    return "RANK" in env and "WORLD_SIZE" in env
+
+
+def choose_launch(
+    launch: LaunchConfig, hw: HardwareConfig, *, env: Mapping[str, str], machine: Machine
+) -> Where:
+    """'here' (train in this process), 'local' (start torchrun here) or 'write' (the launch)."""
+    if in_job(env):
+        if launch.launcher not in ("auto", "none"):
+            raise LaunchError(
+                f"launch.launcher={launch.launcher}, but this process is already rank"
+                f" {env['RANK']} of a launched job of {env['WORLD_SIZE']}: inside a job use"
+                " launch.launcher=none (or auto), as the written launch does"
+            )
+        return "here"
+    if launch.launcher == "none":
+        return "here"
+    if launch.launcher in ("slurm", "torchrun"):
+        return "write"
+    matches = machine_matches(hw, machine)
+    if launch.launcher == "local":
+        if not matches:
+            raise LaunchError(
+                f"launch.launcher=local: hardware is {hw.nodes} node(s) x {hw.gpus_per_node}"
+                f" {hw.gpu}, but this machine has {machine.describe()}: pick this machine's"
+                " hardware, or launch.launcher=auto to write the launch for the cluster"
+            )
+        return "local"
+    if not matches:
+        return "write"
+    return "here" if hw.gpu == "cpu" and hw.world_size == 1 else "local"
+
+
+# ----------------------------------------------------------------------------- the job's command
+
+
+def child_overrides(cfg: TrainCommand, config_text: str) -> list[str]:
+    """This run's overrides for the job: the command line's (from the resolved config's header)
+    less `launch.*`, plus `launch.launcher=none`; checked to rebuild this very config."""
+    from foundry.compose import compose_config
+    from foundry.schema import TrainCommand
+
+    header = [line for line in config_text.splitlines() if line.startswith("# overrides:")]
+    if not header:
+        raise LaunchError(
+            "cannot launch: the config text does not say its overrides (no '# overrides:' line);"
+            " run foundry train from the command line"
+        )
+    given = header[0].removeprefix("# overrides:").split()
+    given = [] if given == ["(none)"] else given
+    overrides = [o for o in given if not o.startswith(("launch.", "launch="))]
+    overrides.append("launch.launcher=none")
+    try:
+        rebuilt = compose_config("train", overrides).build(TrainCommand)
+    except ValueError as err:
+        rebuilt = err
+    if not isinstance(rebuilt, TrainCommand) or replace(rebuilt, launch=cfg.launch) != cfg:
+        raise LaunchError(
+            "cannot launch: the overrides " + " ".join(given) + " do not rebuild this run's"
+            " config for the job (is there a value with a space in it? write it without one)"
+        )
+    return overrides
+
+
+def _torchrun(hw: HardwareConfig, *, python: str, nnodes: str, endpoint: str) -> list[str]:
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={hw.gpus_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+    ]
+
+
+def _command_lines(words: list[str], overrides: list[str]) -> str:
+    """The job's command, one option or override a line (shell-quoted; $VARS left to bash)."""
+    quoted = [w if "$" in w else shlex.quote(w) for w in words]
+    quoted += ["-m foundry train", *map(shlex.quote, overrides)]
+    return " \\\n    ".join(quoted)
+
+
+def _header(cfg: TrainCommand, plan: str | None) -> list[str]:
+    hw = cfg.hardware
+    lines = [
+        f"# Written by `foundry train`: {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu}",
+        f"# (world size {hw.world_size}); runs from the folder foundry was started in.",
+    ]
+    if plan:
+        lines += ["#", *(f"# {line}".rstrip() for line in plan.splitlines())]
+    return lines
+
+
+def run_name(cfg: TrainCommand) -> str:
+    """The run's name: `run_name`, else the save folder's last part, else 'foundry-train'."""
+    base = os.path.basename((cfg.save_folder or "").rstrip("/"))
+    return cfg.run_name or base or "foundry-train"
+
+
+def slurm_script(
+    cfg: TrainCommand, overrides: list[str], *, workdir: str, out_dir: str, plan: str | None
+) -> str:
+    """The Slurm batch script: one torchrun agent per node, c10d rendezvous on the first node."""
+    launch, hw = cfg.launch, cfg.hardware
+    sbatch = {
+        "job-name": launch.job_name or run_name(cfg),
+        "nodes": hw.nodes,
+        "ntasks-per-node": 1,  # one torchrun agent per node; it starts the node's processes
+        "gpus-per-node": hw.gpus_per_node if hw.gpu != "cpu" else None,
+        "cpus-per-task": launch.cpus_per_task,
+        "time": launch.time,
+        "partition": launch.partition,
+        "account": launch.account,
+        "output": os.path.join(out_dir, "slurm-%j.out"),
+        "chdir": workdir,
+    }
+    torchrun = _torchrun(
+        hw,
+        python=launch.python or sys.executable,
+        nnodes='"$SLURM_NNODES"',
+        endpoint=f'"$head":{launch.rdzv_port}',
+    )
+    torchrun += ['--rdzv-id="$SLURM_JOB_ID"', f"--max-restarts={launch.max_restarts}"]
+    lines = [
+        "#!/bin/bash",
+        *(f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in sbatch.items() if v is not None),
+        *_header(cfg, plan),
+        "set -euo pipefail",
+        "# the first node of the job hosts torchrun's c10d rendezvous",
+        'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        *(
+            f"export {k}={v}  # restarts need their own store (pytorch#135712)"
+            for k, v in _RESTART_ENV.items()
+        ),
+        "srun --kill-on-bad-exit=1 " + _command_lines(torchrun, overrides),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def torchrun_script(
+    cfg: TrainCommand, overrides: list[str], *, workdir: str, plan: str | None
+) -> str:
+    """The torchrun each node runs (no scheduler): `HEAD=<first node> bash launch_torchrun.sh`."""
+    launch, hw = cfg.launch, cfg.hardware
+    torchrun = _torchrun(
+        hw,
+        python=launch.python or sys.executable,
+        nnodes=str(hw.nodes),
+        endpoint=f'"$HEAD":{launch.rdzv_port}',
+    )
+    torchrun += [
+        f'--rdzv-id="${{RDZV_ID:-{run_name(cfg)}}}"',
+        f"--max-restarts={launch.max_restarts}",
+    ]
+    lines = [
+        "#!/bin/bash",
+        f"# Run on each of the {hw.nodes} node(s), at about the same time, with HEAD set to one",
+        "# node's address (it hosts the rendezvous):  HEAD=node-0 bash launch_torchrun.sh",
+        *_header(cfg, plan),
+        "set -euo pipefail",
+        ': "${HEAD:?set HEAD to the address of the node that hosts the rendezvous}"',
+        f"cd {shlex.quote(workdir)}",
+        *(
+            f"export {k}={v}  # restarts need their own store (pytorch#135712)"
+            for k, v in _RESTART_ENV.items()
+        ),
+        "exec " + _command_lines(torchrun, overrides),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- doing it
+
+
+def launch_dir(cfg: TrainCommand) -> str:
+    """Where the launch is written: launch.out_dir, else a local save folder (absolute)."""
+    from streaming.storage import is_remote
+
+    if cfg.launch.out_dir is not None:
+        return os.path.abspath(cfg.launch.out_dir)
+    if cfg.save_folder is not None and not is_remote(cfg.save_folder):
+        return os.path.abspath(cfg.save_folder)
+    where = "a remote save_folder" if cfg.save_folder else "no save_folder"
+    raise LaunchError(
+        f"the launch is written beside the run's checkpoints, but this run has {where}: set"
+        " launch.out_dir=<a local folder> (and save_folder, so that restarts resume)"
+    )
+
+
+def write_script(path: str, text: str, *, overwrite: bool) -> None:
+    """Write an executable script atomically; another run's script only with `overwrite`."""
+    from streaming.storage import atomic_write
+
+    if os.path.exists(path) and not overwrite:
+        with open(path) as file:
+            if file.read() != text:
+                raise LaunchError(
+                    f"{path} holds the launch of another run (its config differs): pick another"
+                    " save_folder or launch.out_dir, or save_overwrite=true to replace it"
+                )
+        return
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as file:
+            file.write(text)
+        os.chmod(tmp, 0o755)
+
+    atomic_write(path, write)
+
+
+def _warnings(cfg: TrainCommand) -> list[str]:
+    if cfg.save_folder is None or not cfg.autoresume:
+        return ["  note: without save_folder and autoresume, a restart trains from the start"]
+    if cfg.save_overwrite:
+        return ["  note: with save_overwrite=true, each restart starts afresh too"]
+    return []
+
+
+def write_launch(cfg: TrainCommand, config_text: str, *, plan: str | None) -> int:
+    """Write the launch for the cluster, say how to start it (and submit it when asked)."""
+    launch = cfg.launch
+    overrides = child_overrides(cfg, config_text)
+    out_dir, workdir = launch_dir(cfg), os.getcwd()
+    written = []
+    if launch.launcher in ("auto", "slurm"):
+        text = slurm_script(cfg, overrides, workdir=workdir, out_dir=out_dir, plan=plan)
+        written.append(("Slurm", os.path.join(out_dir, SLURM_SCRIPT), text))
+    if launch.launcher in ("auto", "torchrun"):
+        text = torchrun_script(cfg, overrides, workdir=workdir, plan=plan)
+        written.append(("torchrun", os.path.join(out_dir, TORCHRUN_SCRIPT), text))
+    for _, path, text in written:
+        write_script(path, text, overwrite=cfg.save_overwrite)
+    hw = cfg.hardware
+    if plan:
+        print(plan, flush=True)
+    lines = [
+        f"foundry train: hardware is {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu}, not this"
+        " machine: nothing was trained here; the launch for the cluster is written:"
+    ]
+    for kind, path, _ in written:
+        how = f"sbatch {path}" if kind == "Slurm" else f"HEAD=<first node> bash {path}  (each node)"
+        lines.append(f"  {kind + ':':<10}{how}")
+    print("\n".join(lines + _warnings(cfg)), file=sys.stderr, flush=True)
+    if not launch.submit:
+        return 1
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise LaunchError(
+            f"launch.submit=true, but sbatch is not on PATH here: submit {written[0][1]} from a"
+            " machine of the Slurm cluster"
+        )
+    return subprocess.run([sbatch, written[0][1]], check=False).returncode
+
+
+def run_local(cfg: TrainCommand, config_text: str) -> int:
+    """Start torchrun on this machine for the hardware's processes; its exit status."""
+    hw = cfg.hardware
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # one node: c10d rendezvous on a free port of localhost
+        f"--nproc-per-node={hw.gpus_per_node}",
+        f"--max-restarts={cfg.launch.max_restarts}",
+        "-m",
+        "foundry",
+        "train",
+        *child_overrides(cfg, config_text),
+    ]
+    print(f"foundry train: starting {shlex.join(command)}", file=sys.stderr, flush=True)
+    return subprocess.run(command, env={**os.environ, **_RESTART_ENV}, check=False).returncode
