@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundry import schema, tokenizer, train
-from foundry.data import mix, prep
+from foundry.data import finetune_prep, mix, prep
 
 __all__ = ["COMMANDS", "Command", "main"]
 
@@ -51,6 +51,13 @@ COMMANDS: dict[str, Command] = {
             config="data_prep",
             schema=schema.DataPrepCommand,
             run=prep.run_command,
+        ),
+        Command(
+            name="data finetune",
+            summary="prompt/response and chat jsonl -> finetuning MDS (labels, chat template, packing)",
+            config="data_finetune",
+            schema=finetune_prep.FinetuneDataCommand,
+            run=finetune_prep.run_command,
         ),
         Command(
             name="data mix",
