@@ -108,13 +108,14 @@ def _rel_errs(got, ref) -> float:
 
 
 def sweep_kernel(bench: ShapeBench, kernel: str, args, deadline: float) -> dict:
-    """Check every candidate against the defaults' results, then time the good ones, the defaults
+    """Check every candidate (`args.blocks` x warps x stages, default `BLOCKS[kernel]`) against the defaults' results, then time the good ones, the defaults
     and flex in `args.rounds` interleaved rounds; medians sorted fastest first."""
     kernels = bench.kernels
     _force(kernels, kernel, None)
     ref = bench.results()
     good, bad = [], []
-    for cfg in [(m, n, w, s) for m, n in BLOCKS[kernel] for w in WARPS for s in STAGES]:
+    blocks = args.blocks or BLOCKS[kernel]
+    for cfg in [(m, n, w, s) for m, n in blocks for w in args.warps for s in args.stages]:
         _force(kernels, kernel, cfg)
         try:
             err = _rel_errs(bench.results(), ref)
@@ -141,12 +142,38 @@ def sweep_kernel(bench: ShapeBench, kernel: str, args, deadline: float) -> dict:
     }
 
 
+def _pairs(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(x) for x in item.split("x")) for item in text.split(",")]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def warm_gpu(torch, seconds: float) -> list[int]:
+    """GEMMs for `seconds`; the SM clock (MHz, NVML) after each half second."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    clocks, start = [], time.monotonic()
+    while time.monotonic() - start < seconds:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.5:
+            for _ in range(10):
+                a @ a
+            torch.cuda.synchronize()
+        clocks.append(torch.cuda.clock_rate())
+    return clocks
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", type=parse_shapes, default=parse_shapes("8x2048x16x128"))
     p.add_argument("--kernels", default="fwd,dkdv,dq")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--time-budget", type=float, default=400.0)
+    p.add_argument("--blocks", type=_pairs, help="candidate block_m x block_n, e.g. 64x64,128x64")
+    p.add_argument("--warps", type=_ints, default=WARPS)
+    p.add_argument("--stages", type=_ints, default=STAGES)
+    p.add_argument("--warm", type=float, default=0.0, help="seconds of GEMMs before anything")
     args = p.parse_args()
     import torch
 
@@ -157,6 +184,9 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"device": torch.cuda.get_device_name(), "shapes": {}}
     kernels.set_autotune(False)
+    if args.warm:
+        results["warm_clocks_mhz"] = clocks = warm_gpu(torch, args.warm)
+        print(f"SM clock during {args.warm:.0f} s of GEMMs: {clocks} MHz", flush=True)
     for shape in args.shapes:
         name = shape_name(shape)
         bench = ShapeBench(shape, torch, kernels, alibi_slopes)
@@ -165,6 +195,7 @@ def main() -> int:
         torch.cuda.synchronize()
         # the first timed forwards of the process at this shape (the slow-first-forward effect)
         rec: dict = {"first_fwd_ms": [bench.ours("fwd") for _ in range(3)], "kernels": {}}
+        rec["clock_mhz_after_first"] = torch.cuda.clock_rate()
         for kernel in args.kernels.split(","):
             rec["kernels"][kernel] = found = sweep_kernel(bench, kernel, args, deadline)
             med = found["median_ms"]
