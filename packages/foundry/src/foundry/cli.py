@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from foundry import schema, tokenizer, train
+from foundry import evaluation, report, schema, tokenizer, train
 from foundry.data import finetune_prep, mix, prep
 
 __all__ = ["COMMANDS", "Command", "main"]
@@ -72,6 +72,20 @@ COMMANDS: dict[str, Command] = {
             config="train",
             schema=schema.TrainCommand,
             run=train.run_command,
+        ),
+        Command(
+            name="eval",
+            summary="evalkit's ICL tasks and the gauntlet on checkpoints (ours or HF MPT folders)",
+            config="eval",
+            schema=evaluation.EvalCommand,
+            run=evaluation.run_command,
+        ),
+        Command(
+            name="report",
+            summary="loss, learning-rate and throughput curves of runs (their JSONL) as a PNG",
+            config="report",
+            schema=report.ReportCommand,
+            run=report.run_command,
         ),
         Command(
             name="tokenizer train",
