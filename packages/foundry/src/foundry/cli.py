@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from foundry import evaluation, report, schema, tokenizer, train
+from foundry import evaluation, plan, report, schema, tokenizer, train
 from foundry.data import finetune_prep, mix, prep
 
 __all__ = ["COMMANDS", "Command", "main"]
@@ -86,6 +86,13 @@ COMMANDS: dict[str, Command] = {
             config="report",
             schema=report.ReportCommand,
             run=report.run_command,
+        ),
+        Command(
+            name="plan",
+            summary="a run's arithmetic: parameters, FLOPs, memory per GPU, tokens/s, days, cost",
+            config="plan",
+            schema=plan.PlanCommand,
+            run=plan.run_command,
         ),
         Command(
             name="tokenizer train",
