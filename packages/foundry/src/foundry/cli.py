@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from foundry import evaluation, plan, report, schema, tokenizer, train
+from foundry import evaluation, finetune, plan, report, schema, tokenizer, train
 from foundry.data import finetune_prep, mix, prep
 
 __all__ = ["COMMANDS", "Command", "main"]
@@ -93,6 +93,13 @@ COMMANDS: dict[str, Command] = {
             config="plan",
             schema=plan.PlanCommand,
             run=plan.run_command,
+        ),
+        Command(
+            name="finetune",
+            summary="finetune a pretrained MPT (ours or HF) on finetuning MDS, loss on responses",
+            config="finetune",
+            schema=finetune.FinetuneCommand,
+            run=finetune.run_command,
         ),
         Command(
             name="tokenizer train",

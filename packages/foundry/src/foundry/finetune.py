@@ -1,0 +1,325 @@
+"""`foundry finetune`: continue a pretrained MPT on finetuning MDS data (`foundry data finetune`).
+
+    foundry finetune load_path=runs/tiny data.sources.main.local=sft-mds max_duration=200ba
+    torchrun --nproc-per-node=8 -m foundry finetune hardware=8xh100 load_path=hf/mpt-7b ...
+
+The loss covers the response tokens only (the data's labels are -100 elsewhere; packed rows keep
+attention and loss inside each example through `sequence_id`). In order, every check before the
+weights are read:
+
+1. `plan_finetune`: the checkpoint's config (`foundry.finetune_model.read_start`: ours or a
+   Hugging Face MPT directory), the data (it exists; its rows fit the window), the tokenizer
+   (`tokenizer=`, else the one `foundry data finetune` saved beside the data, else the
+   checkpoint's), and the model to finetune: the checkpoint's, or `model=` when given (same
+   shape, or an error naming every differing field), at `max_seq_len` (ALiBi runs longer
+   windows than it was pretrained at) with the embedding grown when the tokenizer outgrew it.
+2. The same checks and Trainer as `foundry train` (`foundry.train.check_run`, `build_run`):
+   hardware and ranks, FSDP2 over several ranks, checkpoints every `save_interval`, autoresume
+   from `save_folder`, a save folder of another model shape refused.
+3. The weights loaded into the model (`load_start`), trained, summarized.
+
+`save_folder` gets the run as `foundry train` writes it (`foundry_config.yaml` in the train form,
+so `foundry.checkpoints.load_model` and `load_trained` read it), the tokenizer (`tokenizer/`),
+and this command's own resolved config (`foundry_finetune.yaml`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from foundry.finetune_model import (
+    FinetuneError,
+    StartPoint,
+    load_start,
+    read_start,
+    target_config,
+)
+from foundry.schema import (
+    DataConfig,
+    HardwareConfig,
+    LogConfig,
+    OptimizerConfig,
+    ParallelismConfig,
+    SchedulerConfig,
+    SourceConfig,
+    TrainCommand,
+)
+from foundry.train import Placement
+from foundry.validate import need, opt
+from mpt.config import MPTConfig
+
+__all__ = [
+    "FINETUNE_CONFIG_FILE",
+    "FinetuneCommand",
+    "FinetuneData",
+    "FinetunePlan",
+    "finetune",
+    "plan_finetune",
+    "run_command",
+]
+
+log = logging.getLogger(__name__)
+
+FINETUNE_CONFIG_FILE = "foundry_finetune.yaml"
+TOKENIZER_DIR = "tokenizer"  # in the save folder
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneData:
+    """Finetuning MDS sources (`foundry data finetune`'s output); their rows' length comes from
+    the data, the window from `max_seq_len`."""
+
+    sources: dict[str, SourceConfig] = need("the sources, {name: source}")
+    root: str | None = opt(None, "folder or s3:// prefix that relative source paths are under")
+    cache_dir: str | None = opt(None, "cache for remote sources (default ~/.cache/streaming)")
+    shuffle: bool = opt(True, "shuffle the rows")
+    shuffle_seed: int = opt(17, "the shuffle's seed")
+    epoch_size: str | None = opt(None, "rows per epoch, e.g. '100k' (default: the data's size)")
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("data.sources is empty: name at least one source")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneCommand:
+    """`foundry finetune`: continue a pretrained MPT on finetuning MDS data."""
+
+    load_path: str = need("the pretrained model: a save folder or checkpoint, or an HF MPT dir")
+    model: MPTConfig | None = opt(None, "null: the checkpoint's; given: its shape is checked")
+    max_seq_len: int | None = opt(None, "the finetuning window; null: the model's (ALiBi: longer)")
+    hardware: HardwareConfig = need("the machines (pick one: hardware=<option>)")
+    data: FinetuneData = need("the finetuning data (data.sources.main.local=...)")
+    optimizer: OptimizerConfig = need("the optimizer (pick one: optimizer=<option>)")
+    scheduler: SchedulerConfig = need("the LR schedule (pick one: scheduler=<option>)")
+    tokenizer: str | None = opt(None, "the data's tokenizer; null: the one beside the data")
+    run_name: str | None = opt(None, "the run's name (default: the save folder's name)")
+    max_duration: str = need("how long to train: '1000ba', '2ep', '10Mtok'")
+    global_train_batch_size: int = opt(32, "rows per optimizer step, over all ranks")
+    device_train_microbatch_size: int | Literal["auto"] | None = opt(
+        None, "rows per forward/backward; 'auto' halves on OOM; null: the whole device batch"
+    )
+    precision: Literal["auto", "fp32", "amp_bf16", "amp_fp16"] = opt(
+        "auto", "auto: amp_bf16 on GPUs, fp32 on CPUs"
+    )
+    attn_impl: str = opt("auto", "attention backend; auto: triton on GPUs, sdpa on CPUs")
+    seed: int = opt(17, "RNG seed")
+    eval_data: SourceConfig | None = opt(None, "held-out finetuning MDS for the eval loss")
+    icl_tasks: str | None = opt(None, "evalkit task YAML run at each evaluation")
+    icl_data_root: str | None = opt(None, "folder of the tasks' dataset_uri")
+    icl_limit: int | None = opt(None, "examples per ICL task (null: all)")
+    eval_interval: str = opt("500ba", "evaluate every ... ('500ba', '1ep')")
+    eval_subset_num_batches: int | None = opt(None, "eval batches per evaluation; null: all")
+    save_folder: str | None = opt(None, "checkpoints go here (a path or s3://); null: no saving")
+    save_interval: str = opt("1000ba", "save every ... ('1000ba', '1ep')")
+    save_num_checkpoints_to_keep: int = opt(-1, "keep the newest N checkpoints; -1: all")
+    save_overwrite: bool = opt(False, "start afresh in a save_folder that holds another run")
+    autoresume: bool = opt(True, "continue from the newest checkpoint in save_folder, if any")
+    grad_clip_norm: float | None = opt(1.0, "clip the gradient norm to this; null: no clipping")
+    parallelism: ParallelismConfig = opt(ParallelismConfig, "FSDP2 and friends")
+    log: LogConfig = opt(LogConfig, "console, JSONL and TensorBoard logging")
+    num_workers: int = opt(0, "dataloader worker processes per rank")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: cuda when there is a GPU")
+
+    def __post_init__(self) -> None:
+        if self.max_seq_len is not None and self.max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be >= 1 (or null), got {self.max_seq_len}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetunePlan:
+    """What a finetune will do, known before any weights are read."""
+
+    start: StartPoint
+    train: TrainCommand  # the run in `foundry train`'s form (model: the one finetuned)
+    tokenizer: str
+    notes: tuple[str, ...]  # what changed from the checkpoint (window, embedding rows)
+
+
+def _data_folders(cfg: FinetuneCommand) -> list[tuple[str, str]]:
+    """(key, local folder) of each source that is read from local disk."""
+    out = []
+    for name, source in cfg.data.sources.items():
+        if source.remote is None and source.local is not None:
+            folder = source.local
+            if cfg.data.root is not None and not os.path.isabs(folder):
+                folder = os.path.join(cfg.data.root, folder)
+            out.append((f"data.sources.{name}", os.path.join(folder, source.split or "")))
+    return out
+
+
+def _tokenizer(cfg: FinetuneCommand, start: StartPoint) -> str:
+    if cfg.tokenizer is not None:
+        return cfg.tokenizer
+    beside = [f for _, f in _data_folders(cfg) if os.path.isfile(os.path.join(f, "tokenizer.json"))]
+    texts = {open(os.path.join(f, "tokenizer.json")).read() for f in beside}
+    if len(texts) > 1:
+        raise FinetuneError(
+            f"the data sources were tokenized with different tokenizers ({', '.join(beside)}):"
+            " prepare them with one, or name it with tokenizer=..."
+        )
+    if beside:
+        return beside[0]
+    if start.tokenizer is not None:
+        return start.tokenizer
+    raise FinetuneError(
+        "no tokenizer known for the data: none beside it (foundry data finetune saves one) and "
+        f"none with load_path={cfg.load_path}; set tokenizer=..."
+    )
+
+
+def _check_rows(cfg: FinetuneCommand, window: int) -> None:
+    """Each local source's rows (its report's max_seq_len) fit the window."""
+    for key, folder in _data_folders(cfg):
+        report = os.path.join(folder, "foundry_report.json")
+        if not os.path.isfile(report):
+            continue
+        with open(report) as f:
+            longest = json.load(f).get("output", {}).get("longest_row")
+        if longest is not None and longest > window:
+            raise FinetuneError(
+                f"{key}: its rows hold up to {longest} tokens, longer than the finetuning window"
+                f" of {window}: set max_seq_len={longest} (an ALiBi model runs longer windows)"
+                f" or prepare the data with max_seq_len<={window}"
+            )
+
+
+def _train_form(cfg: FinetuneCommand, model: MPTConfig, tokenizer: str) -> TrainCommand:
+    """The run as a `TrainCommand` (what `build_run` takes and the save folder records)."""
+    shared = {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(TrainCommand)
+        if hasattr(cfg, f.name) and f.name not in ("model", "data", "tokenizer")
+    }
+    d = cfg.data
+    data = DataConfig(
+        sources=d.sources,
+        root=d.root,
+        max_seq_len=model.max_seq_len,
+        cache_dir=d.cache_dir,
+        shuffle=d.shuffle,
+        shuffle_seed=d.shuffle_seed,
+        epoch_size=d.epoch_size,
+    )
+    return TrainCommand(model=model, data=data, tokenizer=tokenizer, **shared)
+
+
+def plan_finetune(cfg: FinetuneCommand) -> FinetunePlan:
+    """Every check that needs no weights (see the module docstring); raises `FinetuneError`."""
+    from foundry.data.mix import streams_from_config
+    from foundry.tokenizer import load_tokenizer
+
+    start = read_start(cfg.load_path)
+    tokenizer = _tokenizer(cfg, start)
+    try:
+        vocab_needed = load_tokenizer(tokenizer).vocab_size
+    except (FileNotFoundError, ValueError) as err:
+        raise FinetuneError(f"tokenizer: {err}") from err
+    model, notes = target_config(
+        start.config, model=cfg.model, max_seq_len=cfg.max_seq_len, vocab_needed=vocab_needed
+    )
+    _check_rows(cfg, model.max_seq_len)
+    train = _train_form(cfg, model, tokenizer)
+    streams_from_config(train.data)  # every source exists, before any weights are read
+    return FinetunePlan(start=start, train=train, tokenizer=tokenizer, notes=tuple(notes))
+
+
+def _placement(device: str) -> Placement:
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    kind = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        where = torch.device("cpu")
+    return Placement(rank=rank, world=world, device=where)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _save_run_files(plan: FinetunePlan, config_text: str, place: Placement) -> None:
+    """Rank 0: the run in the train form, this command's config, and the tokenizer."""
+    import yaml
+
+    from foundry.train import save_config
+    from streaming.storage import is_remote, join_url, upload_bytes, write_bytes_atomic
+
+    folder = plan.train.save_folder
+    if folder is None or place.rank != 0:
+        return
+    train = plan.train
+    if not is_remote(folder):
+        train = dataclasses.replace(train, tokenizer=os.path.join(folder, TOKENIZER_DIR))
+    text = yaml.safe_dump(_plain(dataclasses.asdict(train)), sort_keys=False)
+    save_config(train, text, place)
+    tokenizer_dir = plan.tokenizer
+    if os.path.isfile(tokenizer_dir):
+        tokenizer_dir = os.path.dirname(tokenizer_dir)
+    files = {
+        name: open(os.path.join(tokenizer_dir, name), "rb").read()
+        for name in ("tokenizer.json", "tokenizer_config.json")
+        if os.path.isfile(os.path.join(tokenizer_dir, name))
+    }
+    files[FINETUNE_CONFIG_FILE] = config_text.encode()
+    for name, data in files.items():
+        where = name if name == FINETUNE_CONFIG_FILE else f"{TOKENIZER_DIR}/{name}"
+        if is_remote(folder):
+            upload_bytes(data, join_url(folder, where))
+        else:
+            os.makedirs(os.path.join(folder, TOKENIZER_DIR), exist_ok=True)
+            write_bytes_atomic(os.path.join(folder, where), data)
+
+
+def finetune(cfg: FinetuneCommand, config_text: str = "") -> Any:
+    """Check, load, train; returns the finished `foundry.train.Run`."""
+    from foundry.model import MPTTrainable, choose_attention
+    from foundry.train import build_run, check_run
+
+    place = _placement(cfg.device)
+    plan = plan_finetune(cfg)
+    for note in plan.notes:
+        log.info("finetune: %s", note)
+    check_run(plan.train, place)  # hardware, ranks, vocabulary, a save folder of another shape
+    target = choose_attention(plan.train.model, place.device, asked=cfg.attn_impl)
+    on = place.device if place.world == 1 else torch.device("cpu")  # FSDP2 shards from CPU
+    model = MPTTrainable(load_start(plan.start, target, device=on))
+    run = build_run(plan.train, place, model=model)  # the Trainer has resumed, if it could
+    _save_run_files(plan, config_text, place)
+    run.trainer.fit()
+    if place.rank == 0:
+        print(_summary(run, plan), file=sys.stdout, flush=True)
+    return run
+
+
+def _summary(run: Any, plan: FinetunePlan) -> str:
+    state = run.trainer.state
+    lines = [f"finetuned {plan.start.path} to batch {state.timestamp.batch} ({run.attn_impl})"]
+    lines += [f"  {note}" for note in plan.notes]
+    if state.step is not None:
+        lines.append(f"last step loss: {state.step.loss:.4f}")
+    for name, value in sorted(state.eval_metrics.items()):
+        lines.append(f"{name}: {value:.4f}")
+    latest = run.trainer.checkpoints.latest() if run.trainer.checkpoints is not None else None
+    if latest:
+        lines.append(f"checkpoint: {latest}")
+    return "\n".join(lines)
+
+
+def run_command(cfg: FinetuneCommand, config_text: str) -> int:
+    """The `foundry finetune` command."""
+    finetune(cfg, config_text)
+    return 0
