@@ -25,7 +25,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from foundry import evaluation, finetune, plan, report, schema, tokenizer, train
+from foundry import (
+    convert,
+    evaluation,
+    finetune,
+    generate_command,
+    plan,
+    report,
+    schema,
+    tokenizer,
+    train,
+)
 from foundry.data import finetune_prep, mix, prep
 
 __all__ = ["COMMANDS", "Command", "main"]
@@ -100,6 +110,20 @@ COMMANDS: dict[str, Command] = {
             config="finetune",
             schema=finetune.FinetuneCommand,
             run=finetune.run_command,
+        ),
+        Command(
+            name="generate",
+            summary="complete a prompt, a file of prompts (batched), or chat on stdin (streamed)",
+            config="generate",
+            schema=generate_command.GenerateCommand,
+            run=generate_command.run_command,
+        ),
+        Command(
+            name="convert",
+            summary="our checkpoint <-> Hugging Face MPT directory; sharded checkpoint -> one file",
+            config="convert",
+            schema=convert.ConvertCommand,
+            run=convert.run_command,
         ),
         Command(
             name="tokenizer train",
