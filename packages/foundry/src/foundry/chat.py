@@ -176,8 +176,9 @@ def ensure_chat_tokens(tokenizer: Any) -> int:
     missing = [t for t in CHAT_TOKENS if backend.token_to_id(t) is None]
     if missing:
         backend.add_special_tokens([tokenizers.AddedToken(t, special=True) for t in missing])
-    if backend is not tokenizer and hasattr(tokenizer, "vocab_size"):
-        tokenizer.vocab_size = max(backend.get_vocab(with_added_tokens=True).values()) + 1
+    if missing and backend is not tokenizer and hasattr(tokenizer, "vocab_size"):
+        top = max(backend.token_to_id(t) for t in missing)
+        tokenizer.vocab_size = max(tokenizer.vocab_size, top + 1)
     return len(missing)
 
 
