@@ -65,25 +65,24 @@ class GenerateCommand:
     dtype: Literal["fp32", "bf16", "fp16"] | None = opt(None, "cast the weights; null: as stored")
 
     def __post_init__(self) -> None:
-        modes = [
-            name
-            for name, given in (
-                ("prompt", self.prompt is not None),
-                ("prompts_file", self.prompts_file is not None),
-                ("chat", self.chat),
-            )
-            if given
-        ]
+        given = {"prompt": self.prompt is not None, "prompts_file": self.prompts_file is not None}
+        modes = [name for name, is_given in {**given, "chat": self.chat}.items() if is_given]
+        problems = []
         if len(modes) != 1:
-            raise ValueError(
+            problems.append(
                 "give exactly one of prompt=..., prompts_file=... or chat=true, got"
                 f" {' and '.join(modes) or 'none'}"
             )
         if self.out is not None and self.prompts_file is None:
-            raise ValueError(f"out={self.out} is for prompts_file; a prompt or a chat prints")
+            problems.append(f"out={self.out} is for prompts_file; a prompt or a chat prints")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        self.sampling()  # its value checks
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        try:
+            self.sampling()
+        except ValueError as err:
+            problems.append(str(err))
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def sampling(self) -> Sampling:
         return Sampling(
