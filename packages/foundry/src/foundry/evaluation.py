@@ -159,8 +159,10 @@ def _foundry_tokenizer(path: str) -> tuple[str | None, int]:
 def _hf_tokenizer(path: str) -> tuple[str | None, int]:
     with open(os.path.join(path, "config.json")) as f:
         vocab = json.load(f).get("vocab_size")
+    if not isinstance(vocab, int):
+        raise EvalError(f"{path}/config.json: vocab_size is missing (got {vocab!r})")
     has_own = os.path.isfile(os.path.join(path, "tokenizer.json"))
-    return (path if has_own else None), int(vocab)
+    return (path if has_own else None), vocab
 
 
 def _default_name(path: str, source: str) -> str:
