@@ -225,13 +225,16 @@ def _write_tensors(
 ) -> None:
     import torch.distributed.checkpoint as dcp
 
+    from composer_lite.checkpoint.collective import single_process_quiet
+
     with open(tmp, "wb") as file:
         file.write(struct.pack("<Q", len(header)))
         file.write(header)
         for dcp_key, entry in entries.values():
             tensor = torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
             reader = dcp.FileSystemReader(state_dir)
-            dcp.load({dcp_key: tensor}, storage_reader=reader, no_dist=True)
+            with single_process_quiet():
+                dcp.load({dcp_key: tensor}, storage_reader=reader, no_dist=True)
             tensor = tensor.to(dtype or tensor.dtype).contiguous()
             file.write(tensor.reshape(-1).view(torch.uint8).numpy())
             del tensor
