@@ -140,6 +140,13 @@ def test_eval_names_what_is_missing_before_loading_any_model(run, hf_dir, tmp_pa
     assert f"under eval_root={tmp_path}, which does not exist" in err
     err = _eval_error(capsys, f"models=[{run},{tmp_path / 'gone'}]", f"tasks={tasks}")
     assert f"models[1]: {tmp_path / 'gone'} does not exist" in err
+    err = _eval_error(capsys, f"models=[{run},{tmp_path / 'icl'}]", f"tasks={tasks}")
+    assert f"models[1]: {tmp_path / 'icl'} is neither a foundry save folder" in err
+    unsaved = tmp_path / "unsaved"  # a save folder whose run saved no checkpoint
+    unsaved.mkdir()
+    shutil.copy(run / "foundry_config.yaml", unsaved)
+    err = _eval_error(capsys, f"models=[{run},{unsaved}]", f"tasks={tasks}")
+    assert f"models[1]: {unsaved} holds no complete checkpoint yet" in err
     bare = tmp_path / "bare"  # an HF folder without tokenizer.json
     shutil.copytree(hf_dir, bare, ignore=shutil.ignore_patterns("tokenizer.json"))
     err = _eval_error(capsys, f"models=[{run},{bare}]", f"tasks={tasks}")

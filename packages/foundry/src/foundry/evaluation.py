@@ -134,7 +134,7 @@ def resolve_named(value: str, names: dict[str, str], eval_root: str, *, key: str
     return value
 
 
-def _foundry_tokenizer(path: str) -> tuple[str | None, int]:
+def _foundry_tokenizer(path: str, key: str) -> tuple[str | None, int]:
     """(the run's tokenizer or None, its model's vocabulary) of a save folder or checkpoint,
     after checking that a complete checkpoint is there; no weights are read."""
     import yaml
@@ -143,12 +143,15 @@ def _foundry_tokenizer(path: str) -> tuple[str | None, int]:
     from foundry.checkpoints import save_folder_of
     from foundry.train import CONFIG_FILE, saved_config
 
-    folder, checkpoint = save_folder_of(path)
+    try:
+        folder, checkpoint = save_folder_of(path)
+    except FileNotFoundError as err:
+        raise EvalError(f"{key}: {err}, or a Hugging Face MPT folder") from None
     manager = CheckpointManager(folder)
     if checkpoint is not None:
         manager.inspect(checkpoint)  # raises, naming the checkpoint, when it is not complete
     elif manager.latest() is None:
-        raise EvalError(f"models: {path} holds no complete checkpoint yet")
+        raise EvalError(f"{key}: {path} holds no complete checkpoint yet")
     config = yaml.safe_load(saved_config(folder)) or {}
     vocab = (config.get("model") or {}).get("vocab_size")
     if not isinstance(vocab, int):
@@ -156,11 +159,11 @@ def _foundry_tokenizer(path: str) -> tuple[str | None, int]:
     return config.get("tokenizer"), vocab
 
 
-def _hf_tokenizer(path: str) -> tuple[str | None, int]:
+def _hf_tokenizer(path: str, key: str) -> tuple[str | None, int]:
     with open(os.path.join(path, "config.json")) as f:
         vocab = json.load(f).get("vocab_size")
     if not isinstance(vocab, int):
-        raise EvalError(f"{path}/config.json: vocab_size is missing (got {vocab!r})")
+        raise EvalError(f"{key}: {path}/config.json: vocab_size is missing (got {vocab!r})")
     has_own = os.path.isfile(os.path.join(path, "tokenizer.json"))
     return (path if has_own else None), vocab
 
@@ -177,20 +180,21 @@ def _plan_model(cfg: EvalCommand, index: int) -> ModelPlan:
     from foundry.checkpoints import is_hf_dir
     from foundry.tokenizer import check_vocab_fits, load_tokenizer
 
-    path = cfg.models[index]
+    path, key = cfg.models[index], f"models[{index}]"
     if not os.path.exists(path) and "://" not in path:
-        raise EvalError(f"models[{index}]: {path} does not exist")
+        raise EvalError(f"{key}: {path} does not exist")
     source = "hf" if is_hf_dir(path) else "foundry"
-    own, vocab = _hf_tokenizer(path) if source == "hf" else _foundry_tokenizer(path)
+    reader = _hf_tokenizer if source == "hf" else _foundry_tokenizer
+    own, vocab = reader(path, key)
     tokenizer = cfg.tokenizer or own
     if tokenizer is None:
         why = "has no tokenizer.json" if source == "hf" else "was trained without tokenizer="
-        raise EvalError(f"models[{index}]: {path} {why}: give tokenizer=<tokenizer.json or folder>")
+        raise EvalError(f"{key}: {path} {why}: give tokenizer=<tokenizer.json or folder>")
     try:
         check_vocab_fits(load_tokenizer(tokenizer), vocab)
     except FileNotFoundError as err:
         where = "tokenizer" if cfg.tokenizer else f"the tokenizer of {path} (its run's tokenizer)"
-        raise EvalError(f"models[{index}]: {where}: {err}; give tokenizer=...") from None
+        raise EvalError(f"{key}: {where}: {err}; give tokenizer=...") from None
     name = cfg.names[index] if cfg.names else _default_name(path, source)
     return ModelPlan(name=name, path=path, source=source, tokenizer=tokenizer)
 
