@@ -15,6 +15,7 @@ from foundry.checkpoints import load_trained
 from foundry.cli import main
 from foundry.compose import compose_config
 from foundry.convert import convert
+from foundry.finetune_model import load_pretrained
 from foundry.generate import Sampling, generate_ids
 from foundry.schema import TrainCommand
 from foundry.sources import inspect_source, load_source
@@ -71,6 +72,8 @@ def test_hf_to_ours_and_back_to_what_transformers_loads(hf_dir, tmp_path):
     from_hf = load_source(inspect_source(str(hf_dir)))
     ids = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(logits(model, ids), logits(from_hf, ids), rtol=0, atol=0)
+    finetuned_from = load_pretrained(str(run))  # what `foundry finetune load_path=` starts from
+    torch.testing.assert_close(logits(finetuned_from, ids), logits(model, ids), rtol=0, atol=0)
     with pytest.raises(FileExistsError, match=f"out={tmp_path / 'run'} exists"):
         convert(str(hf_dir), str(run), to="foundry")
 
