@@ -74,7 +74,7 @@ class ConvertCommand:
         None, "tokenizer copied beside the weights (hf, foundry); null: the one load_path names"
     )
     dtype: Literal["fp32", "bf16", "fp16"] | None = opt(None, "cast the weights; null: as stored")
-    max_shard_size: str = opt("5GB", "to=hf: the largest safetensors shard ('5GB', '500MiB')")
+    max_shard_size: int | str = opt("5GB", "to=hf: the largest safetensors shard ('5GB', '500MiB')")
     overwrite: bool = opt(False, "replace an existing out")
 
     def __post_init__(self) -> None:

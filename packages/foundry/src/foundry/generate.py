@@ -85,10 +85,8 @@ class _Row:
         if not text or self.decode is None:
             return False
         self._text_ids.append(token)
-        before = len(self.text)
-        self.text = self.decode(self._text_ids)
-        start = max(0, before - max((len(s) for s in self.stop), default=0))
-        found = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        self.text = self.decode(self._text_ids)  # whole: bytes of a character may now be complete
+        found = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
         if found:
             self.text = self.text[: min(found)]
         return bool(found)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -33,8 +32,6 @@ from foundry.generate import Sampling, generate_texts
 from foundry.validate import need, opt
 
 __all__ = ["GenerateCommand", "chat", "read_prompts", "run_command"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
