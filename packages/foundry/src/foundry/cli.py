@@ -33,6 +33,7 @@ from foundry import (
     plan,
     report,
     schema,
+    sweep,
     tokenizer,
     train,
 )
@@ -124,6 +125,13 @@ COMMANDS: dict[str, Command] = {
             config="convert",
             schema=convert.ConvertCommand,
             run=convert.run_command,
+        ),
+        Command(
+            name="sweep",
+            summary="small MPTs over sizes x token budgets; fit loss vs compute, predict a larger run",
+            config="sweep",
+            schema=sweep.SweepCommand,
+            run=sweep.run_command,
         ),
         Command(
             name="tokenizer train",
