@@ -21,14 +21,8 @@ from typing import Literal
 
 from foundry.planning import announcement
 from foundry.planning.measured import find_measurement
-from foundry.planning.memory import (
-    ATTENTION_MEMORY,
-    GIB,
-    Memory,
-    Setup,
-    largest_micro_batch,
-    memory_per_gpu,
-)
+from foundry.planning.memory import GIB, Memory, Setup
+from foundry.planning.setups import Option, model_name, option, options, run_memory, setup_of
 from foundry.planning.throughput import Duration, Throughput, duration, throughput
 from foundry.schema import (
     HardwareConfig,
@@ -43,14 +37,12 @@ from mpt.config import MPTConfig
 __all__ = [
     "ASSUMED_MFU",
     "MEMORY_RESERVE",
-    "Option",
     "Plan",
     "PlanCommand",
     "make_plan",
     "plan_for_command",
     "plan_for_train",
     "run_command",
-    "setup_of",
 ]
 
 # MFU used when we have no measurement of the model on the GPU at the sequence length: the
@@ -71,7 +63,12 @@ class PlanCommand:
     tokens: str = opt("1T", "the token budget ('1T', '300B')")
     seq_len: int | None = opt(None, "tokens per sequence; null: the model's max_seq_len")
     mfu: float | None = opt(None, "MFU of the computation; null: our measurement, else assumed")
-    micro_batch: int | None = opt(None, "sequences per GPU per step; null: the largest that fits")
+    micro_batch: int | None = opt(
+        None, "sequences per GPU per forward; null: the largest that fits"
+    )
+    global_batch_size: int | None = opt(
+        None, "sequences per optimizer step, all GPUs; null: unknown (gradients accumulate)"
+    )
     precision: Literal["auto", "fp32", "amp_bf16", "amp_fp16"] = opt(
         "auto", "as foundry train: auto is amp_bf16 on GPUs, fp32 on CPUs"
     )
@@ -88,17 +85,14 @@ class PlanCommand:
             raise ValueError(f"mfu must be a fraction in (0, 1] (0.4 for 40%), got {self.mfu}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1 (or null), got {self.micro_batch}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Option:
-    """One way to hold the model: its setup, the largest micro-batch that fits, its figures."""
-
-    label: str
-    setup: Setup
-    micro_batch: int  # the largest that fits; 0: none does
-    memory: Memory  # at that micro-batch (at 1 when none fits)
-    throughput: Throughput | None  # None: no peak FLOP/s, or nothing fits
+        world = self.hardware.world_size
+        if self.global_batch_size is not None and (
+            self.global_batch_size < world or self.global_batch_size % world
+        ):
+            raise ValueError(
+                f"global_batch_size must be a positive multiple of the {world} GPUs of hardware,"
+                f" got {self.global_batch_size}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +104,7 @@ class Plan:
     hardware: HardwareConfig
     seq_len: int
     tokens: int | None
+    per_gpu_batch: int | None  # sequences per GPU per optimizer step; None: unknown
     setup: Setup
     micro_batch: int  # the run's (configured, else the largest that fits, else 1)
     fits: bool | None  # None: the hardware states no memory
@@ -128,110 +123,6 @@ class Plan:
         return render_plan(self)
 
 
-def _shard_group(hw: HardwareConfig, p: ParallelismConfig, sharding: str) -> int:
-    if sharding == "full":
-        return hw.world_size
-    group = p.shard_group_size or hw.gpus_per_node
-    if hw.world_size % group:
-        raise ValueError(
-            f"parallelism.shard_group_size: expected a divisor of the {hw.world_size} GPUs,"
-            f" got {group}"
-        )
-    return group
-
-
-def setup_of(
-    hw: HardwareConfig,
-    p: ParallelismConfig,
-    *,
-    precision: str,
-    optimizer: str,
-    attn_impl: str,
-    sharding: str | None = None,
-    activation_checkpointing: bool | None = None,
-) -> Setup:
-    """The `Setup` foundry train runs with these settings (as train.py and composer-lite
-    choose): precision auto -> amp_bf16 on GPUs, fp32 on CPUs; FSDP2 when there is more than one
-    rank (param_dtype bf16/fp16 -> bf16 all-gathers, else autocast over fp32 weights); attention
-    auto -> triton on GPUs, sdpa on CPUs. `sharding` and `activation_checkpointing` override."""
-    on_gpu = hw.gpu != "cpu"
-    if precision == "auto":
-        precision = "amp_bf16" if on_gpu else "fp32"
-    world = hw.world_size
-    sharded = p.fsdp and world > 1
-    shards = _shard_group(hw, p, sharding or p.sharding) if sharded else 1
-    if sharded and p.param_dtype is not None:
-        kind = "fsdp_bf16"
-    else:
-        kind = "fp32" if precision == "fp32" else "amp_bf16"
-    attention = attn_impl if attn_impl != "auto" else ("triton" if on_gpu else "sdpa")
-    if attention not in ATTENTION_MEMORY:
-        raise ValueError(
-            f"attn_impl: expected auto or one of {sorted(ATTENTION_MEMORY)}, got {attn_impl!r}"
-        )
-    checkpointing = p.activation_checkpointing
-    return Setup(
-        precision=kind,
-        optimizer=optimizer,
-        attention=attention,
-        shard_ranks=shards,
-        replicas=world // shards,
-        activation_checkpointing=(
-            checkpointing if activation_checkpointing is None else activation_checkpointing
-        ),
-    )
-
-
-def model_name(model: MPTConfig) -> str | None:
-    """The `mpt.presets` name of a model of the same shape, or None."""
-    from mpt.presets import PRESETS, preset
-
-    shape = ("d_model", "n_heads", "n_layers", "expansion_ratio", "vocab_size", "kv_n_heads")
-    for name in PRESETS:
-        known = preset(name)
-        if all(getattr(known, k) == getattr(model, k) for k in shape):
-            return name
-    return None
-
-
-def _option(model, hw, setup, label, seq_len, budget, mfu) -> Option:
-    if budget is None:
-        mb = 1
-    else:
-        mb = largest_micro_batch(model, setup, seq_len=seq_len, budget_bytes=budget)
-    memory = memory_per_gpu(model, setup, micro_batch=max(mb, 1), seq_len=seq_len)
-    speed = None
-    if mb and mfu is not None and hw.peak_bf16_flops is not None:
-        speed = throughput(model, setup, hw, micro_batch=mb, seq_len=seq_len, mfu=mfu)
-    return Option(label=label, setup=setup, micro_batch=mb, memory=memory, throughput=speed)
-
-
-def _options(model, hw, p, base: Setup, seq_len, budget, mfu, knobs) -> tuple[Option, ...]:
-    """The run's precision (and, for autocast over sharded fp32 weights, FSDP2's
-    param_dtype=bf16 too) under full and hybrid sharding, with and without checkpointing."""
-    shardings = ["full"]
-    if hw.world_size > 1 and p.fsdp and _shard_group(hw, p, "hybrid") != hw.world_size:
-        shardings.append("hybrid")
-    precisions = [base.precision]
-    if base.precision == "amp_bf16" and base.shard_ranks > 1:
-        precisions.append("fsdp_bf16")
-    out = []
-    for precision in precisions:
-        for sharding in shardings:
-            for ac in (False, True):
-                setup = setup_of(hw, p, **knobs, sharding=sharding, activation_checkpointing=ac)
-                setup = Setup(**{**vars(setup), "precision": precision})
-                groups = f"{setup.shard_ranks}" + (
-                    f" x {setup.replicas}" if setup.replicas > 1 else ""
-                )
-                name = sharding if setup.shard_ranks > 1 else "none"
-                label = f"{name} ({groups})" + (", checkpointing" if ac else "")
-                if precision != base.precision:
-                    label += ", param_dtype=bf16"
-                out.append(_option(model, hw, setup, label, seq_len, budget, mfu))
-    return tuple(out)
-
-
 def make_plan(
     *,
     model: MPTConfig,
@@ -244,10 +135,13 @@ def make_plan(
     tokens: int | None,
     mfu: float | None = None,
     micro_batch: int | None = None,
+    per_gpu_batch: int | None = None,
     notes: tuple[str, ...] = (),
 ) -> Plan:
     """The plan of a run: see the module docstring. `mfu` None: our measurement of this model on
-    this GPU at this sequence length, else `ASSUMED_MFU` (the plan says which)."""
+    this GPU at this sequence length, else `ASSUMED_MFU` (the plan says which). `micro_batch`
+    None: the largest that fits. `per_gpu_batch`: sequences per GPU per optimizer step (None:
+    unknown, so gradients are taken to accumulate over micro-batches)."""
     hw, knobs = hardware, dict(precision=precision, optimizer=optimizer, attn_impl=attn_impl)
     setup = setup_of(hw, parallelism, **knobs)
     name = model_name(model)
@@ -257,7 +151,10 @@ def make_plan(
         source = f"none: hardware.peak_bf16_flops is null for gpu {hw.gpu!r}"
     elif (found := find_measurement(name, hw.gpu, seq_len)) is not None:
         mfu = found.mfu
-        source = f"measured: {found.model}, micro-batch {found.micro_batch}, {found.where}"
+        source = (
+            f"measured: {found.model}, micro-batch {found.micro_batch},"
+            f" {found.setup.precision} recipe, {found.where}"
+        )
     else:
         mfu = ASSUMED_MFU
         source = (
@@ -267,16 +164,17 @@ def make_plan(
     budget = None
     if hw.gpu_memory_gb is not None:
         budget = hw.gpu_memory_gb * GIB * (1 - MEMORY_RESERVE)
-    options = _options(model, hw, parallelism, setup, seq_len, budget, mfu, knobs)
-    run = _option(model, hw, setup, "as configured", seq_len, budget, mfu)
+    per_gpu = per_gpu_batch
+    choices = options(model, hw, parallelism, setup, seq_len, budget, mfu, knobs, per_gpu)
+    run = option(model, hw, setup, "as configured", seq_len, budget, mfu, per_gpu)
     mb = micro_batch or run.micro_batch or 1
-    memory = memory_per_gpu(model, setup, micro_batch=mb, seq_len=seq_len)
+    memory = run_memory(model, setup, mb, seq_len, per_gpu)
     fits = None if budget is None else memory.total <= budget
     speed = None
     if fits is not False and mfu is not None and hw.peak_bf16_flops is not None:
         speed = throughput(model, setup, hw, micro_batch=mb, seq_len=seq_len, mfu=mfu)
     elif fits is False:
-        best = [o for o in options if o.throughput is not None]
+        best = [o for o in choices if o.throughput is not None]
         if best:
             pick = max(best, key=lambda o: o.throughput.tokens_per_second)
             speed = pick.throughput
@@ -298,12 +196,13 @@ def make_plan(
         hardware=hw,
         seq_len=seq_len,
         tokens=tokens,
+        per_gpu_batch=per_gpu,
         setup=setup,
         micro_batch=mb,
         fits=fits,
         memory=memory,
         budget_bytes=budget,
-        options=options,
+        options=choices,
         mfu=mfu,
         mfu_source=source,
         throughput=speed,
@@ -348,6 +247,7 @@ def plan_for_train(cfg: TrainCommand) -> Plan:
         seq_len=cfg.data.max_seq_len,
         tokens=tokens,
         micro_batch=None if micro == "auto" else max(int(micro), 1),
+        per_gpu_batch=per_rank,
         notes=notes,
     )
 
@@ -365,6 +265,11 @@ def plan_for_command(cfg: PlanCommand) -> Plan:
         tokens=parse_count(cfg.tokens, key="tokens"),
         mfu=cfg.mfu,
         micro_batch=cfg.micro_batch,
+        per_gpu_batch=(
+            None
+            if cfg.global_batch_size is None
+            else cfg.global_batch_size // cfg.hardware.world_size
+        ),
     )
 
 

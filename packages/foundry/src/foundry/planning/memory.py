@@ -124,7 +124,7 @@ OPTIMIZER_STATE_BYTES: dict[str, int] = {"adamw": 8, "decoupled_adamw": 8, "lion
 # What an attention backend keeps for backward beyond q, k, v and the output:
 # "rows": each query row's fp32 log-sum-exp (FlashAttention-style kernels);
 # "rows+bias": the same plus one shared (1, H, T, T) ALiBi bias for all blocks (SDPA);
-# "scores": the fp32 softmax and its compute-dtype copy for every block (the reference math).
+# "scores": the fp32 softmax and the probabilities for every block (the reference math).
 ATTENTION_MEMORY: dict[str, str] = {
     "triton": "rows",
     "flash": "rows",
@@ -205,18 +205,16 @@ class Memory:
     gathered: int  # FSDP2's unsharded embedding and blocks (and the blocks' unsharded grads)
     activations: int  # saved for backward
     transient: int  # the largest short-lived buffer (loss chunks, a block's backward)
+    accumulating: bool  # gradients held from an earlier micro-batch of the same step
 
     @property
     def total(self) -> int:
-        return (
-            self.weights
-            + self.gradients
-            + self.optimizer
-            + self.copies
-            + self.gathered
-            + self.activations
-            + self.transient
-        )
+        """The peak: with gradient accumulation everything at once; without, the gradients
+        replace the forward's buffers (which backward frees as it makes them)."""
+        forward = self.copies + self.gathered + self.activations + self.transient
+        if self.accumulating:
+            return self.weights + self.optimizer + self.gradients + forward
+        return self.weights + self.optimizer + max(self.gradients, forward)
 
 
 def _params(model: MPTConfig) -> tuple[int, int, int]:
@@ -236,18 +234,21 @@ def activation_bytes_per_block(
         n·a·(d [norm_1 input] + d [Wqkv input] + qkv [q, k, v] + d [attention output]
              + d [norm_2 input] + d [up_proj input] + f [GELU input] + f [down_proj input])
       + n·4·H [log-sum-exp per row] + n·16 [mean and rstd of two LayerNorms, fp32]
-      + B·H·T²·(4 + a) with the reference `torch` attention (fp32 softmax and its copy).
+      + B·H·T²·(4 + a) with the reference `torch` attention: its fp32 softmax (kept by
+        nan_to_num) and the probabilities the value product keeps (a new tensor, even in fp32).
     With bf16 and f = 4d, qkv = 3d: 32·n·d bytes, Korthikanti et al.'s 34·sbh without dropout.
     """
     n, a = micro_batch * seq_len, precision.act_bytes
     d, f, heads = model.d_model, model.ffn_hidden_size, model.n_heads
     saved = n * a * (5 * d + model.qkv_size + 2 * f) + n * 4 * heads + n * 16
     if ATTENTION_MEMORY[attention] == "scores":
-        saved += micro_batch * heads * seq_len * seq_len * (4 + (a if a != 4 else 0))
+        saved += micro_batch * heads * seq_len * seq_len * (4 + a)
     return saved
 
 
-def memory_per_gpu(model: MPTConfig, setup: Setup, *, micro_batch: int, seq_len: int) -> Memory:
+def memory_per_gpu(
+    model: MPTConfig, setup: Setup, *, micro_batch: int, seq_len: int, accumulating: bool = True
+) -> Memory:
     """Bytes per GPU of a training step at `micro_batch` sequences of `seq_len` tokens.
 
     Sharded over S = setup.shard_ranks (FSDP2 shards every parameter, its gradient and its
@@ -261,11 +262,14 @@ def memory_per_gpu(model: MPTConfig, setup: Setup, *, micro_batch: int, seq_len:
                      block's input, r the residual stream's bytes); plus the final norm's input,
                      the loss's saved tensors, the ALiBi bias of SDPA, and the input ids
         transient  = the larger of the loss's forward buffers and a block's backward: the
-                     gradients of its activations (about its activations again), its recomputed
-                     activations under checkpointing, and under FSDP2 its unsharded gradients
-                     (g bytes, then cast to fp32 for the reduce-scatter)
-    Gradients are counted whole: with gradient accumulation they live through the next
-    micro-batch's forward (without it, the peak is lower by at most the gradients).
+                     gradients of the MLP's input and output of GELU (2·n·ffn·a, alive together),
+                     its recomputed activations under checkpointing, its weights' new gradients:
+                     under FSDP2 all of the block's, unsharded (g bytes, then an fp32 copy for the
+                     reduce-scatter); unsharded, the largest weight's before it is accumulated
+    The peak (`Memory.total`) is weights + optimizer + gradients + the rest when `accumulating`
+    (several micro-batches per step: the gradients live through the next forward), else
+    weights + optimizer + max(gradients, the rest): backward frees the activations, the weight
+    copies and the gathered blocks as it makes the gradients.
     """
     if micro_batch < 1 or seq_len < 1:
         raise ValueError(f"micro_batch and seq_len: expected >= 1, got {micro_batch} and {seq_len}")
@@ -290,8 +294,11 @@ def memory_per_gpu(model: MPTConfig, setup: Setup, *, micro_batch: int, seq_len:
     if ATTENTION_MEMORY[setup.attention] == "rows+bias":
         heads = model.n_heads
         extra += heads * seq_len * seq_len * (4 + (p.act_bytes if p.act_bytes != 4 else 0))
-    block_grads = per_block * (p.gather_bytes + (4 if p.gather_bytes != 4 else 0))
-    backward = recompute + block + (block_grads if shards > 1 else 0)
+    if shards > 1:  # the block's unsharded gradients, and their fp32 copy to reduce-scatter
+        grads = per_block * (p.gather_bytes + (4 if p.gather_bytes != 4 else 0))
+    else:  # a weight's new gradient before it is added to the one accumulated so far
+        grads = d * max(model.ffn_hidden_size, model.qkv_size) * p.grad_bytes
+    backward = recompute + 2 * n * model.ffn_hidden_size * p.act_bytes + grads
     return Memory(
         weights=sharded(total, p.weight_bytes),
         gradients=sharded(total, p.grad_bytes),
@@ -300,19 +307,38 @@ def memory_per_gpu(model: MPTConfig, setup: Setup, *, micro_batch: int, seq_len:
         gathered=(outside + 2 * per_block) * p.gather_bytes if shards > 1 else 0,
         activations=blocks_saved + loss_saved + extra,
         transient=max(loss_transient, backward),
+        accumulating=accumulating,
     )
 
 
 def largest_micro_batch(
-    model: MPTConfig, setup: Setup, *, seq_len: int, budget_bytes: float, limit: int = 4096
+    model: MPTConfig,
+    setup: Setup,
+    *,
+    seq_len: int,
+    budget_bytes: float,
+    per_gpu_batch: int | None = None,
+    limit: int = 4096,
 ) -> int:
-    """The largest micro-batch (sequences) whose `memory_per_gpu` fits `budget_bytes`; 0 when
-    not even one sequence fits. Memory grows with the micro-batch, so a binary search."""
-    if memory_per_gpu(model, setup, micro_batch=1, seq_len=seq_len).total > budget_bytes:
+    """The largest micro-batch (sequences, at most `per_gpu_batch`, the sequences each GPU takes
+    per optimizer step, when known) whose `memory_per_gpu` fits `budget_bytes`; 0 when not even
+    one fits. A micro-batch below `per_gpu_batch` (or any, when it is unknown) accumulates
+    gradients. Memory grows with the micro-batch, so a binary search."""
+
+    def fits(mb: int) -> bool:
+        accumulating = per_gpu_batch is None or mb < per_gpu_batch
+        memory = memory_per_gpu(
+            model, setup, micro_batch=mb, seq_len=seq_len, accumulating=accumulating
+        )
+        return memory.total <= budget_bytes
+
+    high = min(limit, per_gpu_batch or limit)
+    if not fits(1):
         return 0
-    low, high = 1, limit
+    if per_gpu_batch is not None and fits(high):  # one micro-batch per step: no gradients held
+        return high
+    low = 1
     while low < high:
         mid = (low + high + 1) // 2
-        fits = memory_per_gpu(model, setup, micro_batch=mid, seq_len=seq_len).total
-        low, high = (mid, high) if fits <= budget_bytes else (low, mid - 1)
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
     return low

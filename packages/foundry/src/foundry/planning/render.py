@@ -14,7 +14,12 @@ __all__ = ["render_plan"]
 
 
 def _gib(nbytes: float) -> str:
-    return f"{nbytes / GIB:.1f}"
+    return f"{nbytes / GIB:.1f}" if nbytes >= GIB / 10 or nbytes == 0 else f"{nbytes / GIB:.2g}"
+
+
+def _flops(value: float) -> str:
+    unit, scale = ("G", 1e9) if value >= 1e9 else ("M", 1e6)
+    return f"{value / scale:,.2f} {unit}"
 
 
 def _count(tokens: int) -> str:
@@ -48,6 +53,11 @@ def _speed_lines(s: Throughput) -> list[str]:
         moved += f", all-reduce {c.all_reduce_bytes / gb:.1f} GB"
     exposed = s.step_seconds - s.compute_seconds
     hidden = "hidden behind compute" if exposed <= 0 else f"{exposed:.3f} s exposed"
+    if not c.seconds:
+        return [
+            f"  per micro-batch: compute {s.compute_seconds:.3f} s; communication: none",
+            f"  tokens/s per GPU {s.tokens_per_second:,.0f}",
+        ]
     return [
         f"  per micro-batch: compute {s.compute_seconds:.3f} s; communication"
         f" {c.seconds:.3f} s ({hidden})",
@@ -70,8 +80,8 @@ def render_plan(plan: Plan) -> str:
         f" {budget}, {plan.seq_len:,} tokens per sequence",
         f"parameters   {params:,} (d_model {m.d_model}, {m.n_layers} layers, {m.n_heads} heads,"
         f" vocab {m.vocab_size})",
-        f"FLOPs/token  {flops / 1e9:,.2f} G = 6N {6 * params / 1e9:,.2f} G + attention 12·L·d·T"
-        f" {attention / 1e9:,.2f} G (llm-foundry's MFU convention)",
+        f"FLOPs/token  {_flops(flops)} = 6N {_flops(6 * params)} + attention 12·L·d·T"
+        f" {_flops(attention)} (llm-foundry's MFU convention)",
         f"recipe       {setup.precision}: {PRECISIONS[setup.precision].summary}; optimizer"
         f" {setup.optimizer}; {setup.attention} attention; loss {setup.loss}",
     ]
@@ -83,16 +93,20 @@ def render_plan(plan: Plan) -> str:
     )
     checkpointing = "activation checkpointing" if setup.activation_checkpointing else "none"
     lines.append(f"parallelism  {shard}; checkpointing: {checkpointing}")
+    if plan.per_gpu_batch is None:
+        steps = "sequences per step unknown: gradients taken to accumulate"
+    elif plan.memory.accumulating:
+        steps = f"{plan.per_gpu_batch} sequences per GPU per step: gradients accumulate"
+    else:
+        steps = f"{plan.per_gpu_batch} sequences per GPU per step: no accumulation"
+    lines.append(f"memory per GPU (GiB) at micro-batch {plan.micro_batch} ({steps}):")
+    lines.append("  " + _memory_line(plan.memory))
     if plan.budget_bytes is not None:
         verdict = "fits" if plan.fits else "DOES NOT FIT"
         lines.append(
-            f"memory per GPU (GiB) at micro-batch {plan.micro_batch}: {verdict} in"
-            f" {_gib(plan.budget_bytes)} usable of {hw.gpu_memory_gb:g} (the rest kept for the"
-            " CUDA context, NCCL and fragmentation)"
+            f"  {verdict} in {_gib(plan.budget_bytes)} GiB usable of {hw.gpu_memory_gb:g} (the rest"
+            " kept for the CUDA context, NCCL's buffers and fragmentation)"
         )
-    else:
-        lines.append(f"memory per GPU (GiB) at micro-batch {plan.micro_batch}:")
-    lines.append("  " + _memory_line(plan.memory))
     if plan.options and plan.budget_bytes is not None:
         lines.append("options: the largest micro-batch that fits, its memory (GiB), tokens/s/GPU")
         width = max(len(o.label) for o in plan.options) + 2
@@ -115,7 +129,7 @@ def render_plan(plan: Plan) -> str:
         d = plan.duration
         cost = f", ${d.cost:,.0f} at ${hw.price_per_gpu_hour:.2f}/GPU-hour" if d.cost else ""
         lines.append(
-            f"run          {_count(d.tokens)} tokens: {d.days:,.2f} days on {d.gpus} GPUs,"
+            f"run          {_count(d.tokens)} tokens: {d.days:,.2f} days on {d.gpus} GPU(s),"
             f" {d.gpu_hours:,.0f} GPU-hours{cost}"
         )
     lines += [f"note         {n}" for n in plan.notes]
