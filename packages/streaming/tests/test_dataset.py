@@ -14,19 +14,20 @@ import pytest
 from torch.utils.data import DataLoader
 
 from streaming import MDSWriter, Stream, StreamingDataLoader, StreamingDataset
-from streaming.partition import num_global_batches
+from streaming.partition import num_global_batches, padded_end
 from streaming.rawfill import _track_fill, _untrack_fill, finish_fills
 
 COLUMNS = {"id": "int", "tokens": "ndarray:int32:4"}
 
 
 def least_cache_limit(out: Path) -> int:
-    """The smallest cache_limit StreamingDataset accepts for the dataset at `out`: one raw shard
-    in use plus one arriving (its download and its raw file)."""
+    """The smallest cache_limit StreamingDataset accepts for the dataset at `out` (mosaicml's
+    rule): four of the largest shard (raw plus compressed), and more than index.json's bytes."""
     shards = json.loads((out / "index.json").read_text())["shards"]
     raw = [s["raw_data"]["bytes"] for s in shards]
     zipped = [(s.get("zip_data") or {}).get("bytes", 0) for s in shards]
-    return max(raw) + max(r + z for r, z in zip(raw, zipped, strict=True))
+    largest = max(r + z for r, z in zip(raw, zipped, strict=True))
+    return max(4 * largest, (out / "index.json").stat().st_size + 1)
 
 
 def write_dataset(out: Path, ids: range, compression=None, size_limit=200) -> Path:
@@ -92,9 +93,9 @@ def global_batches(
 def test_reads_every_sample_in_order_without_shuffle(tmp_path):
     out = write_dataset(tmp_path / "d", range(30))
     ds = StreamingDataset(local=str(out), batch_size=4)
-    assert ds.num_samples == 30 and len(ds) == 32  # padded to whole global batches
+    assert ds.num_samples == 30 and len(ds) == 30  # one device: nothing padded (as mosaicml)
     got = [s["id"] for s in ds]
-    assert got == list(range(30)) + [0, 1]
+    assert got == list(range(30))
     assert ds[7]["id"] == 7 and ds[-1]["id"] == 29
     np.testing.assert_array_equal(ds[7]["tokens"], np.arange(7, 11, dtype=np.int32))
     with pytest.raises(IndexError, match="sample 30 out of range for a dataset of 30 samples"):
@@ -104,18 +105,21 @@ def test_reads_every_sample_in_order_without_shuffle(tmp_path):
 def test_weighted_streams_give_their_proportions(two_streams):
     ds = make(two_streams, batch_size=71)
     ids = [s["id"] for s in ds]
-    assert len(ids) == 71
+    assert len(ids) == 72  # 71 rounded up to a multiple of the 4 canonical nodes, as mosaicml does
+    assert ids[71] == ids[0] and len(ds) == 71  # the padding repeats the start; len omits it
+    ids = ids[:71]
     assert sum(i >= 1000 for i in ids) == round(71 * 0.4)
     assert len(set(i for i in ids if i >= 1000)) == 23  # 28 drawn from 23: all of them, some twice
 
 
 def test_global_batches_are_identical_for_every_split(two_streams, monkeypatch):
     reference = global_batches(two_streams, monkeypatch, num_ranks=1, workers=0)
-    assert len(reference) == num_global_batches(71, 12)
+    # 71 samples rounded up to a multiple of the 4 canonical nodes (and of 1, 2, 3, 4, 6 ranks)
+    assert len(reference) == num_global_batches(0, padded_end(71, 4, 1), 12) == 6
     flat = sum(reference, [])
     ds = make(two_streams, batch_size=12)
     assert flat[:71] == [ds[int(i)]["id"] for i in ds.epoch_sequence(0)]
-    assert flat[71:] == flat[: len(flat) - 71]  # padding repeats the epoch's start
+    assert flat[71:] == flat[:1]  # padding repeats the epoch's start
     for num_ranks, workers in [(2, 2), (3, 1), (4, 3), (6, 2)]:
         assert global_batches(two_streams, monkeypatch, num_ranks, workers) == reference, (
             num_ranks,
@@ -199,7 +203,8 @@ def test_state_dict_at_epoch_end_resumes_next_epoch(two_streams):
     )
     assert ds.state_dict(0, from_beginning=False)["epoch"] == 4
     expected = make(two_streams, batch_size=71).epoch_sequence(4)
-    assert [s["id"] for s in ds] == [make(two_streams)[int(i)]["id"] for i in expected]
+    padded = expected[np.arange(72) % 71]  # rounded up to a multiple of the 4 canonical nodes
+    assert [s["id"] for s in ds] == [make(two_streams)[int(i)]["id"] for i in padded]
 
 
 def test_resume_on_another_node_count_keeps_the_default_shuffle_block(tmp_path, monkeypatch):
@@ -378,7 +383,8 @@ def test_cache_limit_evicts_least_recently_used(tmp_path, s3_bucket):
         for n in os.listdir(tmp_path / "src")
         if n.startswith("shard")
     )
-    limit = 3 * shard_bytes
+    index_bytes = (tmp_path / "src" / "index.json").stat().st_size
+    limit = index_bytes + 4 * shard_bytes + shard_bytes // 2  # index.json counts, and stays
     ds = StreamingDataset(
         remote=remote,
         local=str(tmp_path / "cache"),
@@ -392,10 +398,12 @@ def test_cache_limit_evicts_least_recently_used(tmp_path, s3_bucket):
         for n in os.listdir(tmp_path / "cache")
         if n.startswith("shard.") and not n.endswith(".lock")
     ]
-    assert sum(os.path.getsize(tmp_path / "cache" / n) for n in cached) <= limit
+    held = sum(os.path.getsize(tmp_path / "cache" / n) for n in cached)
+    assert held + index_bytes <= limit and len(cached) <= 4  # was: 4 + index_bytes // shard_bytes
     assert len(cached) < len([n for n in os.listdir(tmp_path / "src") if n.startswith("shard.")])
-    with pytest.raises(ValueError, match="cache_limit 10 bytes is below one shard in use plus one"):
-        StreamingDataset(remote=remote, local=str(tmp_path / "cache2"), cache_limit=10)
+    assert os.path.exists(tmp_path / "cache" / "index.json")
+    with pytest.raises(ValueError, match=f"cache_limit {index_bytes} bytes is not above the"):
+        StreamingDataset(remote=remote, local=str(tmp_path / "cache2"), cache_limit=index_bytes)
 
 
 @pytest.mark.parametrize("compression", [None, "zstd"])
@@ -612,12 +620,15 @@ def test_other_workers_wait_for_worker_zeros_first_batch_but_never_stall(tmp_pat
 
 
 def test_cache_limit_is_checked_against_decompressed_shards(tmp_path):
+    """mosaicml's floor: four of the largest shard, its raw and compressed bytes together."""
     out = write_dataset(tmp_path / "src", range(60), compression="zstd", size_limit=600)
-    zipped = max(os.path.getsize(out / n) for n in os.listdir(out) if n.endswith(".zstd"))
+    shards = json.loads((out / "index.json").read_text())["shards"]
+    largest = max(s["raw_data"]["bytes"] + s["zip_data"]["bytes"] for s in shards)
+    zipped = max(s["zip_data"]["bytes"] for s in shards)
     least = least_cache_limit(out)
-    assert 2 * zipped < least  # the old rule (twice the stored file) let this through
-    with pytest.raises(ValueError, match="below one shard in use plus one arriving"):
-        StreamingDataset(remote=str(out), local=str(tmp_path / "c"), cache_limit=2 * zipped)
+    assert least == 4 * largest > 4 * zipped  # counting only the stored file lets less through
+    with pytest.raises(ValueError, match="below four times the largest shard"):
+        StreamingDataset(remote=str(out), local=str(tmp_path / "c"), cache_limit=least - 1)
     StreamingDataset(remote=str(out), local=str(tmp_path / "c"), cache_limit=least)
 
 

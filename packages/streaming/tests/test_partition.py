@@ -10,7 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.partition import interleave_canonical, num_global_batches, rank_worker_positions
+from streaming.partition import (
+    interleave_canonical,
+    num_global_batches,
+    padded_end,
+    rank_worker_positions,
+)
 from streaming.plan import PlanConfig, epoch_sequence
 from streaming.shuffle import SHUFFLES, canonical_bounds
 from streaming.stream import Stream, epoch_counts
@@ -22,32 +27,51 @@ def simulate(
     nodes: int,
     ranks_per_node: int,
     workers: int,
+    canonical: int = 1,
     start: int = 0,
 ):
     """The global batches a job of this shape reads, assembled the way torch's DataLoader and
-    the ranks would: rank batch t comes from worker t % W; global batch t concatenates ranks."""
+    the ranks would: each worker's positions in batches of the per-device size (its last one
+    may be short), rank batch t from worker t % W; global batch t concatenates the ranks'."""
     num_ranks = nodes * ranks_per_node
     epoch_len = len(seq)
-    total = num_global_batches(epoch_len, global_batch, start)
+    end = padded_end(epoch_len, canonical, num_ranks, start)
+    total = num_global_batches(start, end, global_batch)
+    per_device = global_batch // num_ranks
     ranks = []
     for rank in range(num_ranks):
-        per_worker = [
-            rank_worker_positions(
-                epoch_len=epoch_len,
+        per_worker = []
+        for w in range(workers):
+            positions = rank_worker_positions(
                 start=start,
+                end=end,
                 global_batch=global_batch,
                 rank=rank,
                 num_ranks=num_ranks,
                 worker=w,
                 num_workers=workers,
             )
-            for w in range(workers)
-        ]
+            per_worker.append(
+                [positions[i : i + per_device] for i in range(0, len(positions), per_device)]
+            )
         ranks.append([per_worker[t % workers][t // workers] for t in range(total)])
     return [
         seq[np.concatenate([ranks[k][t] for k in range(num_ranks)]) % epoch_len]
         for t in range(total)
     ]
+
+
+def assert_same_up_to_the_epoch_end(got, reference, epoch_len, global_batch, start=0):
+    """Both read the same global batches wherever they lie within the epoch; only the padding
+    after it may differ (its amount depends on the number of ranks)."""
+    whole = max(0, (epoch_len - start) // global_batch)  # batches that end within the epoch
+    assert len(got) >= whole and len(reference) >= whole
+    for a, b in zip(got[:whole], reference[:whole], strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the batch the epoch ends in agrees on its part within the epoch
+    if len(got) > whole and len(reference) > whole:
+        inside = epoch_len - start - whole * global_batch
+        np.testing.assert_array_equal(got[whole][:inside], reference[whole][:inside])
 
 
 def splits(global_batch: int, max_ranks: int = 16):
@@ -79,20 +103,30 @@ def test_every_split_reads_the_same_global_batches(algo, canonical, global_batch
         seed=17, epoch=2, algo=algo, canonical=canonical, global_batch=global_batch
     )
     assert len(seq) == 101 == counts.sum()
-    reference = simulate(seq, global_batch, 1, 1, 1)
+    reference = simulate(seq, global_batch, 1, 1, 1, canonical)
     tried = 0
     for nodes, ranks, workers in splits(global_batch):
-        got = simulate(seq, global_batch, nodes, ranks, workers)
-        assert len(got) == len(reference)
-        for a, b in zip(got, reference, strict=True):
-            np.testing.assert_array_equal(a, b)
+        got = simulate(seq, global_batch, nodes, ranks, workers, canonical)
+        assert_same_up_to_the_epoch_end(got, reference, 101, global_batch)
+        num_ranks = nodes * ranks
+        flat = np.concatenate(got)
+        # Each epoch entry appears once; the padding (mosaicml-streaming's amount: up to a
+        # multiple of the canonical nodes, then of the ranks) repeats the epoch's start.
+        assert len(flat) == num_ranks * -(-(canonical * -(-101 // canonical)) // num_ranks)
+        np.testing.assert_array_equal(flat[:101], seq)
+        np.testing.assert_array_equal(flat[101:], seq[: len(flat) - 101])
+        assert all(len(b) == global_batch for b in got[:-1])
+        assert len(got[-1]) % num_ranks == 0 and 0 < len(got[-1]) <= global_batch
         tried += 1
     assert tried >= 6
-    # Each epoch entry appears exactly once before the padding; the padding repeats the epoch's start.
-    flat = np.concatenate(reference)
-    np.testing.assert_array_equal(flat[:101], seq)
-    np.testing.assert_array_equal(flat[101:], seq[: len(flat) - 101])
-    assert len(flat) % global_batch == 0
+
+
+def test_one_device_reads_exactly_the_epoch():
+    """On one device with one canonical node nothing is padded, for any batch and workers."""
+    seq = np.arange(101)[::-1].copy()
+    for per_device, workers in itertools.product([1, 4, 7, 101, 200], [1, 2, 3]):
+        got = simulate(seq, per_device, 1, 1, workers)
+        np.testing.assert_array_equal(np.concatenate(got), seq)
 
 
 @settings(max_examples=60, deadline=None)
@@ -131,7 +165,7 @@ def test_property_elastic_determinism(
     offsets = np.cumsum([0] + [sum(s) for s in sizes])
     per_stream = np.searchsorted(offsets, seq, side="right") - 1
     np.testing.assert_array_equal(np.bincount(per_stream, minlength=len(sizes)), counts)
-    reference = simulate(seq, global_batch, 1, 1, 1)
+    reference = simulate(seq, global_batch, 1, 1, 1, canonical)
     for nodes, ranks, workers in [
         (1, 12, 4),
         (4, 3, 1),
@@ -140,10 +174,29 @@ def test_property_elastic_determinism(
         (12, 1, 1),
         (1, 1, 5),
     ]:
-        got = simulate(seq, global_batch, nodes, ranks, workers)
-        assert len(got) == len(reference)
-        for a, b in zip(got, reference, strict=True):
-            np.testing.assert_array_equal(a, b)
+        got = simulate(seq, global_batch, nodes, ranks, workers, canonical)
+        assert_same_up_to_the_epoch_end(got, reference, epoch_size, global_batch)
+        flat = np.concatenate(got)
+        assert len(flat) == padded_end(epoch_size, canonical, nodes * ranks)
+        np.testing.assert_array_equal(flat, seq[np.arange(len(flat)) % epoch_size])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    epoch_len=st.integers(0, 500),
+    canonical=st.integers(1, 70),
+    num_ranks=st.integers(1, 40),
+    start=st.integers(0, 600),
+)
+def test_property_padded_end(epoch_len, canonical, num_ranks, start):
+    end = padded_end(epoch_len, canonical, num_ranks, start)
+    rounded = canonical * -(-epoch_len // canonical)
+    assert (end - start) % num_ranks == 0 and end >= start
+    if start < rounded:
+        assert end >= rounded >= epoch_len  # nothing of the epoch is left out
+        assert end - rounded < num_ranks and rounded - epoch_len < canonical
+    else:
+        assert end == start
 
 
 @settings(max_examples=40, deadline=None)
@@ -213,11 +266,14 @@ def test_locality_of_physical_nodes():
 
 def test_resuming_at_any_position_continues_the_same_sequence():
     seq, _ = two_stream_sequence(seed=3, epoch=0, algo="py1e", canonical=4, global_batch=12)
-    full = np.concatenate(simulate(seq, 12, 1, 2, 2))
-    for start in (12, 36, 84):
+    full = np.concatenate(simulate(seq, 12, 1, 2, 2, canonical=4))
+    for start in (12, 36, 84, 97):
         for nodes, ranks, workers in [(1, 1, 1), (2, 3, 2), (1, 4, 3)]:
-            resumed = np.concatenate(simulate(seq, 12, nodes, ranks, workers, start=start))
-            np.testing.assert_array_equal(resumed, full[start:])
+            got = simulate(seq, 12, nodes, ranks, workers, canonical=4, start=start)
+            resumed = np.concatenate(got)
+            assert len(resumed) == padded_end(101, 4, nodes * ranks, start) - start
+            within = 101 - start  # the rest of the epoch is the same; the padding is the ranks'
+            np.testing.assert_array_equal(resumed[:within], full[start:101])
 
 
 def test_mixing_rules():

@@ -1,12 +1,14 @@
 """`StreamingDataLoader`: a torch DataLoader that records how far it got, for exact resumption.
 
-It counts the samples it has yielded; `state_dict()` turns that into the dataset's position
+It counts the samples it has yielded (the real size of each batch, as mosaicml-streaming does: a
+rank's last batch of an epoch may be short); `state_dict()` turns that into the dataset's position
 (summed over all ranks), and `load_state_dict()` hands it back to the dataset, which then starts
 its next pass there, whatever the number of ranks or workers of the resumed run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 try:
@@ -21,7 +23,20 @@ except ImportError as err:  # torch is an optional dependency: say how to get it
 from streaming.dataset import StreamingDataset
 from streaming.world import World
 
-__all__ = ["StreamingDataLoader"]
+__all__ = ["StreamingDataLoader", "batch_length"]
+
+
+def batch_length(batch: Any, default: int) -> int:
+    """Samples in a collated batch: the length of its first field (a dict's first value, a
+    tuple's first element), of a tensor or array, or of a list of samples; else `default`."""
+    if isinstance(batch, Mapping):
+        batch = next(iter(batch.values()), None)
+    elif isinstance(batch, (list, tuple)) and batch and not isinstance(batch[0], Mapping):
+        batch = batch[0]  # (inputs, targets, ...) as default_collate makes of tuple samples
+    try:
+        return len(batch)
+    except TypeError:
+        return default
 
 
 class StreamingDataLoader(DataLoader):
@@ -52,7 +67,9 @@ class StreamingDataLoader(DataLoader):
 
     def _counted(self, batches):
         for batch in batches:
-            self.num_samples_yielded += self.batch_size or 1
+            # batch_size=None: torch hands out single samples, unbatched
+            size = 1 if self.batch_size is None else batch_length(batch, self.batch_size)
+            self.num_samples_yielded += size
             yield batch
 
     def state_dict(self) -> dict[str, Any] | None:

@@ -8,9 +8,12 @@ One pass (epoch) in one worker:
 
     epoch, start = which pass this is (shared by all workers; a resumed run starts mid-epoch)
     sequence     = epoch_sequence(...)             # same in every process: mix, shuffle, interleave
+    end          = padded_end(len(sequence), canonical nodes, ranks, start)   # mosaicml's padding
     for each of this worker's batches (rank slice of global batches t with t % workers == worker):
         for position in the batch:
             yield sample sequence[position % len(sequence)]    # shards fetched once per node
+
+`len(dataset)` is mosaicml-streaming's: ceil(epoch_size / ranks), the padding not counted.
 """
 
 from __future__ import annotations
@@ -18,22 +21,27 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from streaming.cache import mark_cache_folder
+from streaming.errors import DatasetNotFoundError, EmptyDatasetError
 from streaming.format import INDEX_NAME, ShardInfo, parse_index
 from streaming.iteration import PassCounter
 from streaming.options import (
+    check_cache_limit,
     check_mosaic_options,
     check_recorded_hashes,
+    check_safe_encodings,
     check_shuffle_algo,
     parse_epoch_size,
     parse_validate_hash,
+    usage_warnings,
 )
-from streaming.partition import num_global_batches, rank_worker_positions
+from streaming.partition import padded_end, rank_worker_positions
 from streaming.plan import PlanConfig, epoch_sequence
 from streaming.shardcache import ShardCache
 from streaming.sizes import parse_bytes
@@ -178,15 +186,17 @@ class StreamingDataset(_Base):
         self.allow_pickle = allow_pickle = bool(allow_pickle or allow_unsafe_types)
         self.max_open_shards = max(1, max_open_shards)
         self.cache_limit: int | None = None
-        if cache_limit is not None:
-            self.cache_limit = parse_bytes(cache_limit, setting="cache_limit")
+        if cache_limit is not None:  # 0 is no limit, as in mosaicml-streaming
+            self.cache_limit = parse_bytes(cache_limit, setting="cache_limit") or None
         self.predownload = 8 * batch_size if predownload is None else predownload
 
         self._shards: list[tuple[int, ShardInfo]] = []
-        sizes_per_stream = []
+        sizes_per_stream, index_bytes = [], []
         for index, stream in enumerate(self.streams):
-            infos = self._load_index(stream)
+            infos, size = self._load_index(stream)
+            index_bytes.append(size)
             check_recorded_hashes(stream.validate_hash, infos, stream.remote or stream.local)
+            check_safe_encodings(infos, allow_pickle, stream.remote or stream.local)
             self._shards += [(index, info) for info in infos]
             sizes_per_stream.append(np.array([info.samples for info in infos], np.int64))
         self._shard_sizes = sizes_per_stream
@@ -194,24 +204,20 @@ class StreamingDataset(_Base):
         self.num_samples = int(self._shard_ends[-1]) if len(self._shard_ends) else 0
         if self.num_samples == 0:
             where = ", ".join(s.remote or s.local for s in self.streams)
-            raise ValueError(f"no samples to stream: the index of {where} lists no samples")
+            raise EmptyDatasetError(f"no samples to stream: the index of {where} lists no samples")
         self._counts = epoch_counts(
             self.streams, [int(s.sum()) for s in sizes_per_stream], parse_epoch_size(epoch_size)
         )
         self.epoch_size = int(self._counts.sum())
         if self.cache_limit is not None:
-            # The cache keeps raw files; a compressed shard being decompressed holds its download
-            # and its raw file at once. Room for one shard in use and one arriving is the least.
-            raw = max(info.raw_data.bytes for _, info in self._shards)
-            arriving = max(
-                info.raw_data.bytes + (info.zip_data.bytes if info.zip_data else 0)
-                for _, info in self._shards
+            check_cache_limit(
+                self.cache_limit,
+                index_bytes=sum(index_bytes),
+                largest_shard=max(
+                    info.raw_data.bytes + (info.zip_data.bytes if info.zip_data else 0)
+                    for _, info in self._shards
+                ),
             )
-            if self.cache_limit < raw + arriving:
-                raise ValueError(
-                    f"cache_limit {self.cache_limit} bytes is below one shard in use plus one"
-                    f" arriving ({raw} + {arriving} bytes: the cache keeps decompressed shards)"
-                )
 
         world = World.detect()
         canonical = num_canonical_nodes or world.num_nodes
@@ -223,6 +229,18 @@ class StreamingDataset(_Base):
         # None: derived from the canonical node count in use (see _set_plan).
         self._shuffle_block_size = shuffle_block_size
         self._set_plan(canonical, max(1, batch_size * world.num_ranks // canonical))
+        for message in usage_warnings(
+            batch_size=batch_size,
+            predownload=predownload,
+            epoch_size=self.epoch_size,
+            num_canonical_nodes=canonical,
+            num_nodes=world.num_nodes,
+            shuffle=shuffle,
+            shuffle_algo=shuffle_algo,
+            shuffle_block_size=self._plan.shuffle_block_size,
+            max_shard_samples=max(info.samples for _, info in self._shards),
+        ):
+            warnings.warn(message, UserWarning, stacklevel=2)
         self._resume: tuple[int, int] = (0, 0)  # (epoch, sample in epoch) of the first pass
         self._passes = PassCounter()
         self._cache = ShardCache(
@@ -237,7 +255,7 @@ class StreamingDataset(_Base):
         self._sequence_cache: tuple[int, np.ndarray] | None = None
 
     # -- index and shards -------------------------------------------------------------------
-    def _load_index(self, stream: Stream) -> list[ShardInfo]:
+    def _load_index(self, stream: Stream) -> tuple[list[ShardInfo], int]:
         path = os.path.join(stream.local, INDEX_NAME)
         if stream.remote is not None:
             from streaming.storage import open_dataset_index
@@ -250,11 +268,11 @@ class StreamingDataset(_Base):
                 with open(path, "rb") as f:
                     data = f.read()
             except FileNotFoundError:
-                raise FileNotFoundError(
+                raise DatasetNotFoundError(
                     f"no MDS dataset at {stream.local}: {path} does not exist"
                 ) from None
             where = path
-        return parse_index(data, where)
+        return parse_index(data, where), len(data)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
@@ -291,11 +309,11 @@ class StreamingDataset(_Base):
         return self._sequence_cache[1]
 
     def __len__(self) -> int:
-        """Samples this rank reads per epoch (padded to whole global batches)."""
-        world = World.detect()
-        return (
-            num_global_batches(self.epoch_size, self.batch_size * world.num_ranks) * self.batch_size
-        )
+        """Samples per rank and epoch as mosaicml-streaming counts them: ceil(epoch_size / ranks).
+
+        The padding that evens out canonical nodes and ranks (`streaming.partition.padded_end`)
+        is not counted, as in mosaicml-streaming."""
+        return -(-self.epoch_size // World.detect().num_ranks)
 
     # -- iteration ----------------------------------------------------------------------------
     def begin_pass(self) -> None:
@@ -313,14 +331,14 @@ class StreamingDataset(_Base):
         epoch, start = self._pass_to_epoch(n)
         sequence = self.epoch_sequence(epoch)
         positions = rank_worker_positions(
-            epoch_len=len(sequence),
             start=start,
+            end=padded_end(len(sequence), self.num_canonical_nodes, world.num_ranks, start),
             global_batch=self.batch_size * world.num_ranks,
             rank=world.rank,
             num_ranks=world.num_ranks,
             worker=world.worker,
             num_workers=world.num_workers,
-        ).reshape(-1)
+        )
         ids = sequence[positions % len(sequence)] if len(sequence) else positions
         shard_of = np.searchsorted(self._shard_ends, ids, side="right")
         # How far into its shard each sample lies (a fraction), to prefetch just what is needed.

@@ -33,7 +33,7 @@ import numpy as np
 
 from streaming.compression import compression_extension, parse_compression
 from streaming.encodings import get_encoding
-from streaming.errors import IndexFormatError, ShardCorruptError, UnsafePathError
+from streaming.errors import IndexFormatError, IndexJSONError, ShardCorruptError, UnsafePathError
 from streaming.hashing import HASHES
 from streaming.sizes import parse_bytes
 
@@ -307,8 +307,10 @@ def parse_index(data: bytes | str, where: str) -> list[ShardInfo]:
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
         obj = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise IndexFormatError(f"{where}: not valid JSON: {err}") from None
+    except json.JSONDecodeError as err:
+        raise IndexJSONError(f"{where}: not valid JSON ({err.msg})", err.doc, err.pos) from None
+    except UnicodeDecodeError as err:
+        raise IndexJSONError(f"{where}: not valid JSON ({err})", "", err.start) from None
     if not isinstance(obj, dict):
         raise IndexFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     version = obj.get("version")

@@ -7,7 +7,15 @@
 - Options of mosaicml-streaming that streaming does not implement are accepted only at the value
   that means what streaming does (their defaults, mostly), and refused at construction with a
   message saying what streaming does instead (`check_mosaic_options`), never at iteration.
+- `cache_limit` is refused when a pass cannot fit, by mosaicml-streaming's rule
+  (`check_cache_limit`): it must exceed the indexes' bytes and hold four of the largest shard
+  (raw plus compressed). 0 or None means no limit, as in mosaicml-streaming.
+- A `pkl` column is refused when the dataset is made, unless `allow_pickle`/`allow_unsafe_types`
+  (`check_safe_encodings`), as mosaicml-streaming refuses it, not at the first read.
 - `epoch_size` may be written as mosaicml-streaming allows: 1000, "1000", "1.5k", "2M", "1b".
+- The UserWarnings mosaicml-streaming gives for settings that work badly, at construction
+  (`usage_warnings`): `predownload` below the batch size, fewer samples than canonical nodes,
+  a `py1e` shuffle block smaller than a shard (that shard is then not mixed with others).
 """
 
 from __future__ import annotations
@@ -17,17 +25,22 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from streaming.encodings import get_encoding
+from streaming.errors import UnsafeEncodingError
 from streaming.format import ShardInfo
 from streaming.hashing import HASHES
 from streaming.shuffle import SHUFFLES
 
 __all__ = [
     "MOSAIC_OPTIONS",
+    "check_cache_limit",
     "check_mosaic_options",
     "check_recorded_hashes",
+    "check_safe_encodings",
     "check_shuffle_algo",
     "parse_epoch_size",
     "parse_validate_hash",
+    "usage_warnings",
 ]
 
 # name -> (the values streaming accepts: they mean what it does, what streaming does instead)
@@ -111,6 +124,42 @@ def check_recorded_hashes(validate: bool | str, infos: Sequence[ShardInfo], wher
         )
 
 
+def check_cache_limit(limit: int, *, index_bytes: int, largest_shard: int) -> None:
+    """mosaicml-streaming's floor for `cache_limit`: above the bytes of the streams' index.json
+    files (they count against it and stay), and at least four of the largest shard, raw plus
+    compressed bytes (a shard being decompressed holds both; two in use, two arriving)."""
+    if limit <= index_bytes:
+        raise ValueError(
+            f"cache_limit {limit} bytes is not above the {index_bytes} bytes of the streams' "
+            "index.json files, which the cache keeps; raise cache_limit"
+        )
+    if limit < 4 * largest_shard:
+        raise ValueError(
+            f"cache_limit {limit} bytes is below four times the largest shard ({largest_shard} "
+            "bytes, raw plus compressed), the least a pass needs; raise cache_limit (as high "
+            "as the disk allows, to avoid fetching shards again)"
+        )
+
+
+def check_safe_encodings(infos: Sequence[ShardInfo], allow_pickle: bool, where: str) -> None:
+    """Refuse a dataset with a column whose decoding runs code from the data (`pkl`), unless
+    the reader opted in; names the first such shard and its columns."""
+    if allow_pickle:
+        return
+    for number, info in enumerate(infos):
+        unsafe = [
+            f"{name!r} ({encoding})"
+            for name, encoding in zip(info.column_names, info.column_encodings, strict=True)
+            if not get_encoding(encoding).safe
+        ]
+        if unsafe:
+            raise UnsafeEncodingError(
+                f"shard {number} ({info.basename}) of {where} has columns {', '.join(unsafe)} "
+                "whose decoding runs code from the data (pickle); pass allow_pickle=True (or "
+                "mosaicml-streaming's allow_unsafe_types=True) only for data you trust"
+            )
+
+
 def check_shuffle_algo(algo: str) -> None:
     if algo in SHUFFLES:
         return
@@ -159,3 +208,39 @@ def parse_epoch_size(value: int | str | None) -> int | None:
     if size is not None and size < 0:
         raise ValueError(f"epoch_size must not be negative, got {value!r}")
     return size
+
+
+def usage_warnings(
+    *,
+    batch_size: int,
+    predownload: int | None,
+    epoch_size: int,
+    num_canonical_nodes: int,
+    num_nodes: int,
+    shuffle: bool,
+    shuffle_algo: str,
+    shuffle_block_size: int,
+    max_shard_samples: int,
+) -> list[str]:
+    """The warnings mosaicml-streaming gives (as UserWarnings) for these settings, in words."""
+    out = []
+    if predownload is not None and predownload < batch_size:
+        out.append(
+            f"predownload={predownload} is below batch_size={batch_size}: batches may wait for "
+            "their shards; give predownload at least the per-device batch size"
+        )
+    if epoch_size < num_canonical_nodes or (
+        epoch_size == num_canonical_nodes and num_canonical_nodes < num_nodes
+    ):
+        out.append(
+            f"an epoch of {epoch_size} samples over {num_canonical_nodes} canonical nodes: every "
+            f"canonical node gets one sample, and the epoch is padded to {num_canonical_nodes} "
+            "by repeating samples; check the dataset's size, or lower num_canonical_nodes"
+        )
+    if shuffle and shuffle_algo == "py1e" and max_shard_samples > shuffle_block_size:
+        out.append(
+            f"shuffle_block_size={shuffle_block_size} is smaller than the largest shard "
+            f"({max_shard_samples} samples): such a shard's samples are shuffled among "
+            "themselves only, not with other shards'; give a larger shuffle_block_size"
+        )
+    return out

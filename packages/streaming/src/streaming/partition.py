@@ -12,8 +12,15 @@ The sequence itself interleaves the canonical nodes' ranges (see `streaming.shuf
 canonical node, so a physical node whose ranks read a contiguous `G / P` slice reads only its own
 canonical nodes' shards whenever `C % P == 0` or `P % C == 0`.
 
-An epoch of `E` samples is padded to a whole number of global batches by repeating its first
-samples (`position % E`), the same way for every split.
+Padding follows mosaicml-streaming's rule for how much (`padded_end`): an epoch of `E` samples is
+first rounded up to a multiple of the canonical nodes (`T = C * ceil(E / C)`, mosaicml's even rows
+per canonical node), then to a multiple of the ranks (`N * ceil(T / N)`), so that every rank reads
+as many samples; nothing is padded to whole global batches. On one device with one canonical node
+an epoch is exactly its `E` samples. The last global batch may hold fewer than `G` samples (a
+multiple of `N`: each rank's last batch is then partial, and `drop_last` drops it). Positions past
+`E` repeat the epoch's first samples (`position % E`). So every split reads the same global
+batches up to the epoch's end; only how much padding follows depends on the number of ranks, as
+it does in mosaicml-streaming.
 """
 
 from __future__ import annotations
@@ -22,7 +29,12 @@ import numpy as np
 
 from streaming.shuffle import canonical_bounds
 
-__all__ = ["interleave_canonical", "num_global_batches", "rank_worker_positions"]
+__all__ = [
+    "interleave_canonical",
+    "num_global_batches",
+    "padded_end",
+    "rank_worker_positions",
+]
 
 
 def interleave_canonical(order: np.ndarray, num_canonical_nodes: int, chunk: int) -> np.ndarray:
@@ -50,30 +62,55 @@ def interleave_canonical(order: np.ndarray, num_canonical_nodes: int, chunk: int
     return order[flat_pos[flat_valid]]
 
 
-def num_global_batches(epoch_len: int, global_batch: int, start: int = 0) -> int:
-    """Global batches that remain in an epoch of `epoch_len` samples from position `start`."""
-    remaining = max(epoch_len - start, 0)
-    return -(-remaining // global_batch)
+def padded_end(epoch_len: int, num_canonical_nodes: int, num_ranks: int, start: int = 0) -> int:
+    """Where the reading of an epoch of `epoch_len` samples ends, padding included, when it
+    starts at position `start` (mosaicml-streaming's amount of padding; see the module docstring).
+
+    Invariants: `end - start` is a multiple of `num_ranks`; `end >= epoch_len` unless
+    `start >= end`; the padding `end - max(start, epoch_len)` is below `num_canonical_nodes +
+    num_ranks`. A `start` at or past the rounded epoch leaves nothing to read (`end == start`).
+    """
+    if epoch_len < 0 or num_canonical_nodes < 1 or num_ranks < 1 or start < 0:
+        raise ValueError(
+            f"padded_end needs epoch_len >= 0, num_canonical_nodes >= 1, num_ranks >= 1 and "
+            f"start >= 0; got {epoch_len}, {num_canonical_nodes}, {num_ranks}, {start}"
+        )
+    rounded = num_canonical_nodes * -(-epoch_len // num_canonical_nodes)
+    remaining = max(rounded - start, 0)
+    return start + num_ranks * -(-remaining // num_ranks)
+
+
+def num_global_batches(start: int, end: int, global_batch: int) -> int:
+    """Global batches between positions `start` and `end` (the last one may be partial)."""
+    return -(-max(end - start, 0) // global_batch)
 
 
 def rank_worker_positions(
     *,
-    epoch_len: int,
     start: int,
+    end: int,
     global_batch: int,
     rank: int,
     num_ranks: int,
     worker: int,
     num_workers: int,
 ) -> np.ndarray:
-    """Positions in the (padded) epoch sequence that one worker of one rank yields, in order.
-
-    Shape (batches of this worker, per-device batch). Positions past the epoch's end wrap around to
-    its beginning (`position % epoch_len` is the caller's job), which is the padding.
+    """Positions in the padded epoch sequence (`[start, end)`, see `padded_end`) that one worker
+    of one rank yields, in order: its batches of `global_batch / num_ranks` positions, the last
+    batch of the rank (global batch `num_global_batches - 1`) shorter when the last global batch
+    is partial. Shape (positions,); `position % epoch_len` is the caller's job.
     """
     if global_batch % num_ranks:
         raise ValueError(f"global batch {global_batch} is not divisible by {num_ranks} ranks")
+    if (end - start) % num_ranks:
+        raise ValueError(f"{end - start} positions do not divide over {num_ranks} ranks")
     per_device = global_batch // num_ranks
-    batches = np.arange(worker, num_global_batches(epoch_len, global_batch, start), num_workers)
+    full, tail = divmod(end - start, global_batch)
+    batches = np.arange(worker, full, num_workers)
     base = start + batches * global_batch + rank * per_device
-    return base[:, None] + np.arange(per_device, dtype=np.int64)[None, :]
+    positions = (base[:, None] + np.arange(per_device, dtype=np.int64)[None, :]).reshape(-1)
+    if tail and full % num_workers == worker:  # the partial last global batch is this worker's
+        share = tail // num_ranks
+        last = start + full * global_batch + rank * share + np.arange(share, dtype=np.int64)
+        positions = np.concatenate([positions, last])
+    return positions.astype(np.int64, copy=False)

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from streaming.cache import CacheFiles, raw_copy_folders
 from streaming.errors import RemoteNotFoundError, ShardCorruptError
-from streaming.format import ShardInfo
+from streaming.format import INDEX_NAME, ShardInfo
 from streaming.rawcopy import Trust, check_raw_copy
 from streaming.rawfill import DecompressGate, FillJob, PendingShard, RawFill, finish_fills
 from streaming.shard import Shard
@@ -426,14 +426,15 @@ class ShardCache:
         self._publish(shard_id, shard, pending)
 
     def _files_the_cache_may_evict(self) -> list[list[str]]:
-        """Per cache folder, the files `cache_limit` holds: a remote stream's downloads and raw
-        copies, and the raw copies of a local dataset kept outside it. Never a local dataset's
-        own files."""
+        """Per cache folder, the files `cache_limit` holds: a remote stream's index.json (counted,
+        never evicted: see `_evict`), downloads and raw copies, and the raw copies of a local
+        dataset kept outside it. Never a local dataset's own files."""
         by_folder: dict[str, set[str]] = {}
         for shard_id, (stream, _) in enumerate(self.shards):
             _, _, raw_path, stored_path = self._paths(shard_id)
             if stream.remote is not None:
-                by_folder.setdefault(stream.local, set()).add(stored_path)
+                index = os.path.join(stream.local, INDEX_NAME)
+                by_folder.setdefault(stream.local, set()).update((stored_path, index))
             if raw_path is not None and (
                 stream.remote is not None or self._raw_dirs[shard_id] != stream.local
             ):
@@ -452,6 +453,7 @@ class ShardCache:
             return
         with self._lock:
             pending = list(self._pending)
+        keep |= {os.path.join(s.local, INDEX_NAME) for s, _ in self.shards if s.remote is not None}
         for shard_id in pending:
             keep |= {path for path in self._paths(shard_id)[2:] if path is not None}
         self._cache_files.evict(self.cache_limit, keep)  # others' fresh files are spared too

@@ -31,7 +31,7 @@ from typing import Any
 
 from streaming.compression import check_compression, compress
 from streaming.encodings import encode_value, get_encoding
-from streaming.errors import SampleError
+from streaming.errors import SampleError, UnsupportedEncodingError
 from streaming.format import (
     INDEX_NAME,
     MAX_OFFSET,
@@ -103,7 +103,7 @@ class MDSWriter:
             except (TypeError, ValueError) as err:
                 bad[name] = str(err)
         if bad:
-            raise ValueError(f"unsupported column encodings: {bad}")
+            raise UnsupportedEncodingError(f"unsupported column encodings: {bad}")
         self._encodings = [get_encoding(enc) for enc in self.column_encodings]
         self.column_sizes = [enc.size for enc in self._encodings]
         self.compression = check_compression(compression)

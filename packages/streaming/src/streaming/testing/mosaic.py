@@ -12,11 +12,14 @@ Each call runs a fresh `python` with that folder first on `PYTHONPATH`. The boot
 modules mosaicml-streaming imports but that we never need (`streaming.vision`/`text`/`multimodal`,
 which pull in torchvision and transformers, and transformers' two batch classes), imports it,
 and checks it really is mosaicml-streaming 0.13.0 from that folder before running the snippet.
+`session()` keeps one such subprocess for many snippets (the interpreter takes seconds to start).
 
     mosaic = MosaicStreaming.ensure()
     mosaic.write("ds", columns={"x": "int"}, samples=[{"x": 1}], compression="zstd")
     assert mosaic.read("ds") == [{"x": 1}]
     mosaic.run("result = streaming.__version__")  # -> "0.13.0"
+    with mosaic.session() as session:  # one subprocess for many snippets (a test session's)
+        session.run("result = 1")
 
 Samples cross the process boundary pickled (test data we made ourselves), keeping their types.
 """
@@ -32,12 +35,19 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MOSAIC_VERSION", "MosaicError", "MosaicStreaming", "MosaicUnavailable", "default_dir"]
+__all__ = [
+    "MOSAIC_VERSION",
+    "PRELUDE",
+    "MosaicError",
+    "MosaicStreaming",
+    "MosaicUnavailable",
+    "default_dir",
+]
 
 MOSAIC_VERSION = "0.13.0"
 # module mosaicml-streaming imports -> what to install with it when the interpreter lacks it
@@ -54,9 +64,10 @@ _INSTALLABLE = {
 _REQUIRED = ("numpy", "torch", "PIL")  # too big to install here: must already be present
 _MARKER = ".installed"
 
-_BOOTSTRAP = r"""
+# What every mosaicml-streaming subprocess runs first (argv[1:3]: the folder and the version).
+PRELUDE = r"""
 import json, os, pickle, sys, types
-target, version, mode, code_path, args_path, result_path = sys.argv[1:7]
+target, version = sys.argv[1:3]
 
 def _stub(name, **attrs):
     module = types.ModuleType(name)
@@ -75,17 +86,26 @@ if not os.path.realpath(streaming.__file__).startswith(os.path.realpath(target) 
 ):
     sys.exit(f"imported {streaming.__file__} ({getattr(streaming, '__version__', '?')}), "
              f"expected mosaicml-streaming {version} from {target}")
-with open(args_path, "rb") as f:
-    args = json.load(f) if mode == "json" else pickle.load(f)
-namespace = {"args": args, "streaming": streaming, "result": None, "__name__": "__mosaic__"}
-with open(code_path) as f:
-    exec(compile(f.read(), "<mosaic snippet>", "exec"), namespace)
-with open(result_path, "wb") as f:
-    if mode == "json":
-        f.write(json.dumps(namespace["result"]).encode())
-    else:
-        pickle.dump(namespace["result"], f)
+
+def run_snippet(mode, code_path, args_path, result_path):
+    with open(args_path, "rb") as f:
+        args = json.load(f) if mode == "json" else pickle.load(f)
+    namespace = {"args": args, "streaming": streaming, "result": None, "__name__": "__mosaic__"}
+    with open(code_path) as f:
+        exec(compile(f.read(), "<mosaic snippet>", "exec"), namespace)
+    with open(result_path, "wb") as f:
+        if mode == "json":
+            f.write(json.dumps(namespace["result"]).encode())
+        else:
+            pickle.dump(namespace["result"], f)
 """
+
+_BOOTSTRAP = (
+    PRELUDE
+    + r"""
+run_snippet(*sys.argv[3:7])
+"""
+)
 
 _BATCH = r"""
 import json, os, shutil, tempfile
@@ -250,6 +270,18 @@ class MosaicStreaming:
                 )
             with open(paths["out"], "rb") as file:
                 return json.load(file) if mode == "json" else pickle.load(file)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[MosaicStreaming]:
+        """A handle with the same methods whose snippets all run in one long-lived subprocess
+        (`streaming.testing.mosaic_session`): the interpreter starts once, not per call."""
+        from streaming.testing.mosaic_session import MosaicSession
+
+        session = MosaicSession.start(self)
+        try:
+            yield session
+        finally:
+            session.close()
 
     def run(self, code: str, *, timeout: float = 600, **args: Any) -> Any:
         """Run `code` with mosaicml-streaming imported as `streaming` and the JSON `args` as the
