@@ -176,14 +176,30 @@ def _tokenizer(cfg: FinetuneCommand, start: StartPoint) -> str:
     )
 
 
-def _check_rows(cfg: FinetuneCommand, window: int) -> None:
-    """Each local source's rows (its report's max_seq_len) fit the window."""
-    for key, folder in _data_folders(cfg):
-        report = os.path.join(folder, "foundry_report.json")
-        if not os.path.isfile(report):
-            continue
+def _longest_row(folder: str, key: str) -> int | None:
+    """The longest row of a local source: from its report (`foundry data finetune`'s), else its
+    first row's length; None when the folder holds no dataset (reported elsewhere)."""
+    from streaming import StreamingDataset
+
+    report = os.path.join(folder, "foundry_report.json")
+    if os.path.isfile(report):
         with open(report) as f:
-            longest = json.load(f).get("output", {}).get("longest_row")
+            return json.load(f).get("output", {}).get("longest_row")
+    if not os.path.isfile(os.path.join(folder, "index.json")):
+        return None
+    row = StreamingDataset(local=folder, batch_size=1, shuffle=False)[0]
+    if "input_ids" not in row or "labels" not in row:
+        raise FinetuneError(
+            f"{key}: {folder} holds rows with columns {sorted(row)}, not finetuning rows "
+            "(input_ids and labels): prepare it with foundry data finetune"
+        )
+    return len(row["input_ids"])
+
+
+def _check_rows(cfg: FinetuneCommand, window: int) -> None:
+    """Each local source holds finetuning rows that fit the window."""
+    for key, folder in _data_folders(cfg):
+        longest = _longest_row(folder, key)
         if longest is not None and longest > window:
             raise FinetuneError(
                 f"{key}: its rows hold up to {longest} tokens, longer than the finetuning window"
