@@ -10,22 +10,16 @@ the cluster its `hardware` names, through a launch that foundry writes.
 - `auto`: inside a job (torchrun's RANK and WORLD_SIZE are set) train here; on a machine that
   *is* the hardware (one node; `cpu`, or this box's CUDA devices are `gpus_per_node` GPUs of the
   hardware's family) start torchrun here, or train in this process for one CPU process;
-  otherwise write the launch: both files below.
+  otherwise write the launch (both kinds).
 - `local`: torchrun here, even for one process; refused when the hardware is not this machine.
 - `slurm` / `torchrun`: write that one launch.  `none`: train in this process as it is.
 
-The written launch goes into `launch.out_dir` (default: the save folder if it is local):
-
-- `launch_slurm.sh`, a Slurm batch script: one task per node, each a torchrun agent
-  (`--nnodes=$SLURM_NNODES`, c10d rendezvous hosted on the job's first node, the job id as the
-  rendezvous id, `--max-restarts`);
-- `launch_torchrun.sh`, the same torchrun for clusters without Slurm: run it on every node with
-  `HEAD=<first node's address>`.
-
-Both run `foundry train` with this run's own overrides (those that do not set `launch.*`) plus
+The written launch (`foundry.launch_scripts`: a Slurm batch script, and the torchrun each node
+runs without Slurm) goes into `launch.out_dir`, default the save folder if it is local. It runs
+`foundry train` with this run's own overrides (those that do not set `launch.*`) plus
 `launch.launcher=none`, from the folder foundry was started in, so the job trains exactly the
 config printed here; a written script replaces another run's only with `save_overwrite=true`.
-Restarts (torchrun `--max-restarts`, after a worker or node fails) rerun the same command, and
+Restarts (torchrun `--max-restarts`, after a worker fails) rerun the same command, and
 autoresume continues from the newest checkpoint of `save_folder`.
 """
 
@@ -37,10 +31,17 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from foundry.launch_scripts import (
+    RESTART_ENV,
+    SLURM_SCRIPT,
+    TORCHRUN_SCRIPT,
+    slurm_script,
+    torchrun_script,
+)
 from foundry.validate import opt
 
 if TYPE_CHECKING:
@@ -59,24 +60,16 @@ __all__ = [
     "launch_dir",
     "machine_matches",
     "run_local",
-    "run_name",
-    "slurm_script",
     "this_machine",
-    "torchrun_script",
     "write_launch",
     "write_script",
 ]
 
-SLURM_SCRIPT = "launch_slurm.sh"
-TORCHRUN_SCRIPT = "launch_torchrun.sh"
 Launcher = Literal["auto", "local", "slurm", "torchrun", "none"]
 Where = Literal["here", "local", "write"]  # train in this process | torchrun here | write it
 
 _SLURM_TIME = re.compile(r"^\d+(-\d{1,2}(:\d{2}){0,2}|(:\d{2}){0,2})$")  # sbatch --time forms
 _SLURM_WORD = re.compile(r"^[\w.,+\-]+$")  # a job name, partition or account: one shell word
-# torchrun's workers must not share the failed attempt's rendezvous store after a restart: a
-# restarted node reads the previous round's keys (pytorch#135712)
-_RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 class LaunchError(ValueError):
@@ -180,9 +173,14 @@ def in_job(env: Mapping[str, str]) -> bool:
 
 
 def choose_launch(
-    launch: LaunchConfig, hw: HardwareConfig, *, env: Mapping[str, str], machine: Machine
+    launch: LaunchConfig,
+    hw: HardwareConfig,
+    *,
+    env: Mapping[str, str],
+    machine: Callable[[], Machine] = this_machine,
 ) -> Where:
-    """'here' (train in this process), 'local' (start torchrun here) or 'write' (the launch)."""
+    """'here' (train in this process), 'local' (start torchrun here) or 'write' (the launch).
+    `machine` is asked only outside a job (a rank must not touch CUDA before taking its GPU)."""
     if in_job(env):
         if launch.launcher not in ("auto", "none"):
             raise LaunchError(
@@ -195,12 +193,13 @@ def choose_launch(
         return "here"
     if launch.launcher in ("slurm", "torchrun"):
         return "write"
-    matches = machine_matches(hw, machine)
+    here = machine()
+    matches = machine_matches(hw, here)
     if launch.launcher == "local":
         if not matches:
             raise LaunchError(
                 f"launch.launcher=local: hardware is {hw.nodes} node(s) x {hw.gpus_per_node}"
-                f" {hw.gpu}, but this machine has {machine.describe()}: pick this machine's"
+                f" {hw.gpu}, but this machine has {here.describe()}: pick this machine's"
                 " hardware, or launch.launcher=auto to write the launch for the cluster"
             )
         return "local"
@@ -238,114 +237,6 @@ def child_overrides(cfg: TrainCommand, config_text: str) -> list[str]:
             " config for the job (is there a value with a space in it? write it without one)"
         )
     return overrides
-
-
-def _torchrun(hw: HardwareConfig, *, python: str, nnodes: str, endpoint: str) -> list[str]:
-    return [
-        python,
-        "-m",
-        "torch.distributed.run",
-        f"--nnodes={nnodes}",
-        f"--nproc-per-node={hw.gpus_per_node}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={endpoint}",
-    ]
-
-
-def _command_lines(words: list[str], overrides: list[str]) -> str:
-    """The job's command, one option or override a line (shell-quoted; $VARS left to bash)."""
-    quoted = [w if "$" in w else shlex.quote(w) for w in words]
-    quoted += ["-m foundry train", *map(shlex.quote, overrides)]
-    return " \\\n    ".join(quoted)
-
-
-def _header(cfg: TrainCommand, plan: str | None) -> list[str]:
-    hw = cfg.hardware
-    lines = [
-        f"# Written by `foundry train`: {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu}",
-        f"# (world size {hw.world_size}); runs from the folder foundry was started in.",
-    ]
-    if plan:
-        lines += ["#", *(f"# {line}".rstrip() for line in plan.splitlines())]
-    return lines
-
-
-def run_name(cfg: TrainCommand) -> str:
-    """The run's name: `run_name`, else the save folder's last part, else 'foundry-train'."""
-    base = os.path.basename((cfg.save_folder or "").rstrip("/"))
-    return cfg.run_name or base or "foundry-train"
-
-
-def slurm_script(
-    cfg: TrainCommand, overrides: list[str], *, workdir: str, out_dir: str, plan: str | None
-) -> str:
-    """The Slurm batch script: one torchrun agent per node, c10d rendezvous on the first node."""
-    launch, hw = cfg.launch, cfg.hardware
-    sbatch = {
-        "job-name": launch.job_name or run_name(cfg),
-        "nodes": hw.nodes,
-        "ntasks-per-node": 1,  # one torchrun agent per node; it starts the node's processes
-        "gpus-per-node": hw.gpus_per_node if hw.gpu != "cpu" else None,
-        "cpus-per-task": launch.cpus_per_task,
-        "time": launch.time,
-        "partition": launch.partition,
-        "account": launch.account,
-        "output": os.path.join(out_dir, "slurm-%j.out"),
-        "chdir": workdir,
-    }
-    torchrun = _torchrun(
-        hw,
-        python=launch.python or sys.executable,
-        nnodes='"$SLURM_NNODES"',
-        endpoint=f'"$head":{launch.rdzv_port}',
-    )
-    torchrun += ['--rdzv-id="$SLURM_JOB_ID"', f"--max-restarts={launch.max_restarts}"]
-    lines = [
-        "#!/bin/bash",
-        *(f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in sbatch.items() if v is not None),
-        *_header(cfg, plan),
-        "set -euo pipefail",
-        "# the first node of the job hosts torchrun's c10d rendezvous",
-        'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        *(
-            f"export {k}={v}  # restarts need their own store (pytorch#135712)"
-            for k, v in _RESTART_ENV.items()
-        ),
-        "srun --kill-on-bad-exit=1 " + _command_lines(torchrun, overrides),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def torchrun_script(
-    cfg: TrainCommand, overrides: list[str], *, workdir: str, plan: str | None
-) -> str:
-    """The torchrun each node runs (no scheduler): `HEAD=<first node> bash launch_torchrun.sh`."""
-    launch, hw = cfg.launch, cfg.hardware
-    torchrun = _torchrun(
-        hw,
-        python=launch.python or sys.executable,
-        nnodes=str(hw.nodes),
-        endpoint=f'"$HEAD":{launch.rdzv_port}',
-    )
-    torchrun += [
-        f'--rdzv-id="${{RDZV_ID:-{run_name(cfg)}}}"',
-        f"--max-restarts={launch.max_restarts}",
-    ]
-    lines = [
-        "#!/bin/bash",
-        f"# Run on each of the {hw.nodes} node(s), at about the same time, with HEAD set to one",
-        "# node's address (it hosts the rendezvous):  HEAD=node-0 bash launch_torchrun.sh",
-        *_header(cfg, plan),
-        "set -euo pipefail",
-        ': "${HEAD:?set HEAD to the address of the node that hosts the rendezvous}"',
-        f"cd {shlex.quote(workdir)}",
-        *(
-            f"export {k}={v}  # restarts need their own store (pytorch#135712)"
-            for k, v in _RESTART_ENV.items()
-        ),
-        "exec " + _command_lines(torchrun, overrides),
-    ]
-    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- doing it
@@ -387,39 +278,45 @@ def write_script(path: str, text: str, *, overwrite: bool) -> None:
     atomic_write(path, write)
 
 
-def _warnings(cfg: TrainCommand) -> list[str]:
+def _how_to_start(cfg: TrainCommand, written: list[tuple[str, str]]) -> str:
+    """What the user reads: why nothing trained here, the written files and how to start them."""
+    hw, launcher = cfg.hardware, cfg.launch.launcher
+    why = "not this machine" if launcher == "auto" else f"launch.launcher={launcher}"
+    lines = [
+        f"foundry train: hardware is {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu} ({why}):"
+        " nothing was trained here; the launch is written:"
+    ]
+    for kind, path in written:
+        how = f"sbatch {path}" if kind == "Slurm" else f"HEAD=<first node> bash {path}  (each node)"
+        lines.append(f"  {kind + ':':<10}{how}")
+    if any(kind == "Slurm" for kind, _ in written) and not cfg.launch.submit:
+        lines.append("  or, on a Slurm login node, the same command with launch.submit=true")
     if cfg.save_folder is None or not cfg.autoresume:
-        return ["  note: without save_folder and autoresume, a restart trains from the start"]
-    if cfg.save_overwrite:
-        return ["  note: with save_overwrite=true, each restart starts afresh too"]
-    return []
+        lines.append("  note: without save_folder and autoresume, a restart trains from the start")
+    elif cfg.save_overwrite:
+        lines.append("  note: with save_overwrite=true, each restart starts afresh too")
+    return "\n".join(lines)
 
 
 def write_launch(cfg: TrainCommand, config_text: str, *, plan: str | None) -> int:
-    """Write the launch for the cluster, say how to start it (and submit it when asked)."""
+    """Write the launch for the cluster and say how to start it: exit status 1, as nothing was
+    trained; with `launch.submit`, sbatch's exit status."""
     launch = cfg.launch
     overrides = child_overrides(cfg, config_text)
     out_dir, workdir = launch_dir(cfg), os.getcwd()
-    written = []
+    scripts = []
     if launch.launcher in ("auto", "slurm"):
         text = slurm_script(cfg, overrides, workdir=workdir, out_dir=out_dir, plan=plan)
-        written.append(("Slurm", os.path.join(out_dir, SLURM_SCRIPT), text))
+        scripts.append(("Slurm", os.path.join(out_dir, SLURM_SCRIPT), text))
     if launch.launcher in ("auto", "torchrun"):
         text = torchrun_script(cfg, overrides, workdir=workdir, plan=plan)
-        written.append(("torchrun", os.path.join(out_dir, TORCHRUN_SCRIPT), text))
-    for _, path, text in written:
+        scripts.append(("torchrun", os.path.join(out_dir, TORCHRUN_SCRIPT), text))
+    for _, path, text in scripts:
         write_script(path, text, overwrite=cfg.save_overwrite)
-    hw = cfg.hardware
     if plan:
         print(plan, flush=True)
-    lines = [
-        f"foundry train: hardware is {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu}, not this"
-        " machine: nothing was trained here; the launch for the cluster is written:"
-    ]
-    for kind, path, _ in written:
-        how = f"sbatch {path}" if kind == "Slurm" else f"HEAD=<first node> bash {path}  (each node)"
-        lines.append(f"  {kind + ':':<10}{how}")
-    print("\n".join(lines + _warnings(cfg)), file=sys.stderr, flush=True)
+    written = [(kind, path) for kind, path, _ in scripts]
+    print(_how_to_start(cfg, written), file=sys.stderr, flush=True)
     if not launch.submit:
         return 1
     sbatch = shutil.which("sbatch")
@@ -447,4 +344,4 @@ def run_local(cfg: TrainCommand, config_text: str) -> int:
         *child_overrides(cfg, config_text),
     ]
     print(f"foundry train: starting {shlex.join(command)}", file=sys.stderr, flush=True)
-    return subprocess.run(command, env={**os.environ, **_RESTART_ENV}, check=False).returncode
+    return subprocess.run(command, env={**os.environ, **RESTART_ENV}, check=False).returncode

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from foundry.data.loader import LoaderSettings, build_loader
+from foundry.launch import choose_launch, run_local, this_machine, write_launch
 from foundry.model import MPTTrainable, choose_attention
 from foundry.schema import DataConfig, TrainCommand, parse_count
 from foundry.tokenizer import check_vocab_fits, load_tokenizer
@@ -134,21 +135,40 @@ _SHAPE = (
 )
 
 
-def check_run(cfg: TrainCommand, place: Placement) -> None:
-    """Everything that can be known wrong before any long work, each a `TrainError`."""
-    hw = cfg.hardware
+def _check_world(cfg: TrainCommand, place: Placement, env: dict[str, str]) -> None:
+    """The processes are the hardware's: ranks, ranks per node, GPUs, the hybrid shard groups."""
+    hw, parallel = cfg.hardware, cfg.parallelism
     if place.world != hw.world_size:
         raise TrainError(
             f"hardware has {hw.world_size} rank(s) ({hw.nodes} node(s) x {hw.gpus_per_node}), but"
             f" this process is one of {place.world}: launch with torchrun --nnodes={hw.nodes}"
-            f" --nproc-per-node={hw.gpus_per_node} -m foundry train ..., or pick the hardware of"
-            " this machine (hardware=cpu, hardware=1xh100, ...)"
+            f" --nproc-per-node={hw.gpus_per_node} -m foundry train ..., or let foundry launch it"
+            " (launch.launcher=auto), or pick the hardware of this machine (hardware=cpu, ...)"
+        )
+    per_node = env.get("LOCAL_WORLD_SIZE")  # torchrun's --nproc-per-node
+    if per_node is not None and int(per_node) != hw.gpus_per_node:
+        raise TrainError(
+            f"hardware has {hw.gpus_per_node} process(es) per node, but torchrun started"
+            f" {per_node} on this one: launch with --nnodes={hw.nodes}"
+            f" --nproc-per-node={hw.gpus_per_node} (shard groups and data follow the nodes)"
         )
     if hw.gpu != "cpu" and place.device.type != "cuda":
         raise TrainError(
             f"hardware names {hw.gpu} GPUs but this machine has no CUDA device: pick hardware=cpu"
             " to train here, or run on the machines the hardware describes"
         )
+    group = parallel.shard_group_size or hw.gpus_per_node  # hybrid: a node, by default
+    if parallel.sharding == "hybrid" and place.world % group:
+        raise TrainError(
+            f"parallelism.sharding=hybrid shards within groups of {group} rank(s)"
+            f" (parallelism.shard_group_size), which does not divide the {place.world} ranks:"
+            f" pick a divisor of {place.world} (null: a node, {hw.gpus_per_node})"
+        )
+
+
+def check_run(cfg: TrainCommand, place: Placement) -> None:
+    """Everything that can be known wrong before any long work, each a `TrainError`."""
+    _check_world(cfg, place, dict(os.environ))
     if cfg.tokenizer is not None:
         check_vocab_fits(load_tokenizer(cfg.tokenizer), cfg.model.vocab_size)
     if cfg.save_folder is None:
@@ -410,11 +430,36 @@ def _summary(run: Run, cfg: TrainCommand) -> str:
     return "\n".join(lines)
 
 
+def _mesh_line(model: torch.nn.Module) -> str | None:
+    """The FSDP2 mesh the model's parameters were sharded over (None: not sharded)."""
+    from torch.distributed.tensor import DTensor
+
+    for param in model.parameters():
+        if isinstance(param, DTensor):
+            mesh = param.device_mesh
+            return f"FSDP2 mesh {mesh.mesh_dim_names} {tuple(mesh.shape)}"
+    return None
+
+
 def run_command(cfg: TrainCommand, config_text: str) -> int:
-    """`foundry train`: check, build, train, summarize (rank 0 prints the summary)."""
+    """`foundry train`: first where it runs (`foundry.launch`, before any model is built: torchrun
+    started here, or the launch written for the cluster, with the plan); in this process: check,
+    print the plan, build, train, summarize (rank 0 prints)."""
+    from foundry.plan import plan_for_train
+
+    where = choose_launch(cfg.launch, cfg.hardware, env=os.environ, machine=this_machine)
+    if where == "local":
+        return run_local(cfg, config_text)  # its rank 0 prints the plan
+    if where == "write":
+        return write_launch(cfg, config_text, plan=plan_for_train(cfg).render())
     place = _placement(cfg)
     check_run(cfg, place)
+    if place.rank == 0:
+        print(plan_for_train(cfg).render(), flush=True)
     run = build_run(cfg, place)  # the Trainer has resumed, or refused a folder of another run
+    mesh = _mesh_line(run.trainer.state.model)
+    if mesh is not None:  # hybrid: ('replicate', 'shard') = (nodes, ranks per node)
+        log.info(mesh)
     save_config(cfg, config_text, place)
     run.trainer.fit()
     if place.rank == 0:

@@ -1,0 +1,140 @@
+"""The text of the launch `foundry train` writes for a cluster (`foundry.launch` decides when):
+
+- `launch_slurm.sh`, a Slurm batch script: one task per node, each a torchrun agent
+  (`--nnodes=$SLURM_NNODES`, c10d rendezvous hosted on the job's first node, the job id as the
+  rendezvous id, `--max-restarts`), from the folder foundry was started in (`--chdir`);
+- `launch_torchrun.sh`, the same torchrun for clusters without Slurm, run on every node with
+  `HEAD=<the address of the node that hosts the rendezvous>`.
+
+Each runs `python -m foundry train` with the overrides it is given (`launch.child_overrides`),
+and starts with the run's plan as comments.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from foundry.schema import HardwareConfig, TrainCommand
+
+__all__ = [
+    "RESTART_ENV",
+    "SLURM_SCRIPT",
+    "TORCHRUN_SCRIPT",
+    "run_name",
+    "slurm_script",
+    "torchrun_script",
+]
+
+SLURM_SCRIPT = "launch_slurm.sh"
+TORCHRUN_SCRIPT = "launch_torchrun.sh"
+# torchrun's workers must not share the failed attempt's rendezvous store after a restart: a
+# restarted node reads the previous round's keys (pytorch#135712)
+RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+_EXPORTS = [
+    f"export {k}={v}  # restarts need their own store (pytorch#135712)"
+    for k, v in RESTART_ENV.items()
+]
+
+
+def _torchrun(hw: HardwareConfig, *, python: str, nnodes: str, endpoint: str) -> list[str]:
+    """torchrun's words for the written launch, shell-ready ($VARS are left to bash)."""
+    return [
+        f"{shlex.quote(python)} -m torch.distributed.run",
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={hw.gpus_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+    ]
+
+
+def _command_lines(torchrun: list[str], overrides: list[str]) -> str:
+    """The job's command, one option or override a line."""
+    words = [*torchrun, "-m foundry train", *map(shlex.quote, overrides)]
+    return " \\\n    ".join(words)
+
+
+def _header(cfg: TrainCommand, plan: str | None) -> list[str]:
+    hw = cfg.hardware
+    lines = [
+        f"# Written by `foundry train`: {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu}",
+        f"# (world size {hw.world_size}); runs from the folder foundry was started in.",
+    ]
+    if plan:
+        lines += ["#", *(f"# {line}".rstrip() for line in plan.splitlines())]
+    return lines
+
+
+def run_name(cfg: TrainCommand) -> str:
+    """The run's name: `run_name`, else the save folder's last part, else 'foundry-train'."""
+    base = os.path.basename((cfg.save_folder or "").rstrip("/"))
+    return cfg.run_name or base or "foundry-train"
+
+
+def slurm_script(
+    cfg: TrainCommand, overrides: list[str], *, workdir: str, out_dir: str, plan: str | None
+) -> str:
+    """The Slurm batch script: one torchrun agent per node, c10d rendezvous on the first node."""
+    launch, hw = cfg.launch, cfg.hardware
+    sbatch = {
+        "job-name": launch.job_name or run_name(cfg),
+        "nodes": hw.nodes,
+        "ntasks-per-node": 1,  # one torchrun agent per node; it starts the node's processes
+        "gpus-per-node": hw.gpus_per_node if hw.gpu != "cpu" else None,
+        "cpus-per-task": launch.cpus_per_task,
+        "time": launch.time,
+        "partition": launch.partition,
+        "account": launch.account,
+        "output": os.path.join(out_dir, "slurm-%j.out"),
+        "chdir": workdir,
+    }
+    torchrun = _torchrun(
+        hw,
+        python=launch.python or sys.executable,
+        nnodes='"$SLURM_NNODES"',
+        endpoint=f'"$head":{launch.rdzv_port}',
+    )
+    torchrun += ['--rdzv-id="$SLURM_JOB_ID"', f"--max-restarts={launch.max_restarts}"]
+    lines = [
+        "#!/bin/bash",
+        *(f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in sbatch.items() if v is not None),
+        *_header(cfg, plan),
+        "set -euo pipefail",
+        "# the first node of the job hosts torchrun's c10d rendezvous",
+        'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        *_EXPORTS,
+        "srun --kill-on-bad-exit=1 " + _command_lines(torchrun, overrides),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def torchrun_script(
+    cfg: TrainCommand, overrides: list[str], *, workdir: str, plan: str | None
+) -> str:
+    """The torchrun each node runs (no scheduler): `HEAD=<first node> bash launch_torchrun.sh`."""
+    launch, hw = cfg.launch, cfg.hardware
+    torchrun = _torchrun(
+        hw,
+        python=launch.python or sys.executable,
+        nnodes=str(hw.nodes),
+        endpoint=f'"$HEAD":{launch.rdzv_port}',
+    )
+    torchrun += [
+        f'--rdzv-id="${{RDZV_ID:-{run_name(cfg)}}}"',
+        f"--max-restarts={launch.max_restarts}",
+    ]
+    lines = [
+        "#!/bin/bash",
+        f"# Run on each of the {hw.nodes} node(s), at about the same time, with HEAD set to one",
+        "# node's address (it hosts the rendezvous):  HEAD=node-0 bash launch_torchrun.sh",
+        *_header(cfg, plan),
+        "set -euo pipefail",
+        ': "${HEAD:?set HEAD to the address of the node that hosts the rendezvous}"',
+        f"cd {shlex.quote(workdir)}",
+        *_EXPORTS,
+        "exec " + _command_lines(torchrun, overrides),
+    ]
+    return "\n".join(lines) + "\n"
