@@ -122,7 +122,8 @@ def test_cli_finetunes_chat_data_grows_the_embedding_saves_and_resumes(
     (tmp_path / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
     sft = tmp_path / "sft"
     prep = ["data", "finetune", f"inputs=[{tmp_path / 'chat.jsonl'}]", f"tokenizer={tokenizer}"]
-    assert main([*prep, f"out={sft}", "max_seq_len=48", "progress=false"]) == 0
+    # one example per row: rows of their own lengths, shorter than the window; the collator pads
+    assert main([*prep, f"out={sft}", "max_seq_len=48", "packing=false", "progress=false"]) == 0
     assert "added 2 ChatML token(s) to the tokenizer (now 578 tokens" in capsys.readouterr().out
 
     # the two new rows of the embedding, padded to 640 (a multiple of 64), start at the mean
@@ -136,13 +137,13 @@ def test_cli_finetunes_chat_data_grows_the_embedding_saves_and_resumes(
 
     ft = tmp_path / "ft"
     args = ["finetune", f"load_path={pretrained}", f"data.sources.main.local={sft}", *RUN]
-    args += [f"save_folder={ft}", "save_interval=2ba", "max_seq_len=48"]
+    args += [f"save_folder={ft}", "save_interval=2ba", "max_seq_len=64"]
     assert main([*args, "max_duration=4ba"]) == 0
     out = capsys.readouterr().out
     assert "embedding grown from 576 to 640 rows for the tokenizer's 578 tokens" in out
     assert f"finetuned {pretrained} to batch 4" in out
     loaded = load_model(str(ft))  # the save folder reads back like a `foundry train` run's
-    assert loaded.model.config.vocab_size == 640 and loaded.model.config.max_seq_len == 48
+    assert loaded.model.config.vocab_size == 640 and loaded.model.config.max_seq_len == 64
     assert loaded.tokenizer == str(ft / "tokenizer")
     assert (ft / "foundry_finetune.yaml").is_file()
     assert main([*args, "max_duration=6ba"]) == 0  # autoresume: two more batches
