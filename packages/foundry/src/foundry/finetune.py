@@ -31,6 +31,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -159,8 +160,8 @@ def _data_folders(cfg: FinetuneCommand) -> list[tuple[str, str]]:
 def _tokenizer(cfg: FinetuneCommand, start: StartPoint) -> str:
     if cfg.tokenizer is not None:
         return cfg.tokenizer
-    beside = [f for _, f in _data_folders(cfg) if os.path.isfile(os.path.join(f, "tokenizer.json"))]
-    texts = {open(os.path.join(f, "tokenizer.json")).read() for f in beside}
+    beside = [f for _, f in _data_folders(cfg) if (Path(f) / "tokenizer.json").is_file()]
+    texts = {(Path(f) / "tokenizer.json").read_text() for f in beside}
     if len(texts) > 1:
         raise FinetuneError(
             f"the data sources were tokenized with different tokenizers ({', '.join(beside)}):"
@@ -177,23 +178,27 @@ def _tokenizer(cfg: FinetuneCommand, start: StartPoint) -> str:
 
 
 def _longest_row(folder: str, key: str) -> int | None:
-    """The longest row of a local source: from its report (`foundry data finetune`'s), else its
-    first row's length; None when the folder holds no dataset (reported elsewhere)."""
+    """The longest row of a local source of finetuning rows (its columns read from index.json):
+    from its report (`foundry data finetune`'s), else its first row's length; None when the
+    folder holds no dataset (reported elsewhere)."""
     from streaming import StreamingDataset
 
-    report = os.path.join(folder, "foundry_report.json")
-    if os.path.isfile(report):
-        with open(report) as f:
-            return json.load(f).get("output", {}).get("longest_row")
-    if not os.path.isfile(os.path.join(folder, "index.json")):
+    index = Path(folder) / "index.json"
+    if not index.is_file():
         return None
-    row = StreamingDataset(local=folder, batch_size=1, shuffle=False)[0]
-    if "input_ids" not in row or "labels" not in row:
+    shards = json.loads(index.read_text()).get("shards") or []
+    columns = sorted(shards[0].get("column_names", [])) if shards else []
+    if not {"input_ids", "labels"} <= set(columns):
         raise FinetuneError(
-            f"{key}: {folder} holds rows with columns {sorted(row)}, not finetuning rows "
+            f"{key}: {folder} holds rows with columns {columns}, not finetuning rows "
             "(input_ids and labels): prepare it with foundry data finetune"
         )
-    return len(row["input_ids"])
+    report = Path(folder) / "foundry_report.json"
+    if report.is_file():
+        longest = json.loads(report.read_text()).get("output", {}).get("longest_row")
+        if longest is not None:
+            return longest
+    return len(StreamingDataset(local=folder, batch_size=1, shuffle=False)[0]["input_ids"])
 
 
 def _check_rows(cfg: FinetuneCommand, window: int) -> None:
@@ -282,13 +287,12 @@ def _save_run_files(plan: FinetunePlan, config_text: str, place: Placement) -> N
         train = dataclasses.replace(train, tokenizer=os.path.join(folder, TOKENIZER_DIR))
     text = yaml.safe_dump(_plain(dataclasses.asdict(train)), sort_keys=False)
     save_config(train, text, place)
-    tokenizer_dir = plan.tokenizer
-    if os.path.isfile(tokenizer_dir):
-        tokenizer_dir = os.path.dirname(tokenizer_dir)
+    given = Path(plan.tokenizer)
+    tokenizer_dir = given.parent if given.is_file() else given
     files = {
-        name: open(os.path.join(tokenizer_dir, name), "rb").read()
+        name: (tokenizer_dir / name).read_bytes()
         for name in ("tokenizer.json", "tokenizer_config.json")
-        if os.path.isfile(os.path.join(tokenizer_dir, name))
+        if (tokenizer_dir / name).is_file()
     }
     files[FINETUNE_CONFIG_FILE] = config_text.encode()
     for name, data in files.items():
