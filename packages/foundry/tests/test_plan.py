@@ -40,7 +40,7 @@ def mfu(n: int, layers: int, d: int, *, tokens: float, gpus: int, peak: float, d
     return tokens * (6 * n + 12 * layers * d * 2048) / (gpus * peak * days * DAY)
 
 
-# (name, GPUs, days, tokens, layers, d_model, vocab, cost): MosaicML's MPT-30B and MPT-7B
+# (name, GPUs, peak, days, tokens, layers, d_model, vocab, cost): MosaicML's MPT-30B and MPT-7B
 # announcements and the "GPT-3 quality for <$500k" cost table (256 x A100-40GB).
 PUBLISHED = [
     ("MPT-30B", 512, H100, 11.6, 1e12, 48, 7168, 50432, 714_000),

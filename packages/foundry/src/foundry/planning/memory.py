@@ -1,22 +1,24 @@
 """Memory per GPU of one training step of an MPT, counted from its shapes and the trainer's recipe.
 
-    total = weights + gradients + optimizer state     sharded over the FSDP2 shard group
-          + weight copies                             autocast's bf16 copy of each fp32 weight
-          + gathered                                  FSDP2's unsharded embedding and blocks
-          + activations                               saved for backward by every block
-          + transient                                 the largest short-lived buffer
+    weights, gradients, optimizer state     sharded over the FSDP2 shard group
+    weight copies                           autocast's bf16 copy of each fp32 weight
+    gathered                                FSDP2's unsharded embedding and blocks
+    activations                             saved for backward by every block
+    transient                               the largest short-lived buffer
+    peak = weights + optimizer + gradients + the last four, with gradient accumulation;
+           weights + optimizer + max(gradients, the last four), with one micro-batch a step
 
 Sources. Bytes per parameter follow ZeRO (Rajbhandari et al. 2020, section 3.1: 16 bytes per
 parameter for mixed-precision Adam, K = 12 of them optimizer state). Activations follow
 "Reducing Activation Recomputation in Large Transformer Models" (Korthikanti et al. 2022,
 section 4.1): a block saves 34·s·b·h bytes plus 5·a·s²·b for the attention scores, with 16-bit
 activations. Counted here tensor by tensor for `mpt.MPTBlock`: no dropout masks (MPT trains
-without dropout, -2·sbh) and attention kernels that keep no s×s scores (Triton, flash, flex, SDPA),
+without dropout, -2·sbh; masks are not counted) and attention kernels that keep no s×s scores,
 so a block saves s·b·(5·d + qkv + 2·ffn) activation elements, 32·s·b·h bytes in bf16 for MPT's
 4x MLP, plus each attention row's log-sum-exp and each LayerNorm's mean and rstd in fp32. The
 reference `torch` backend also keeps the fp32 scores and the probabilities (B·H·T² each).
 
-All figures are bytes; `GIB` converts. Nothing here allocates or imports torch.
+All figures are bytes (`GIB` converts); nothing here allocates.
 """
 
 from __future__ import annotations

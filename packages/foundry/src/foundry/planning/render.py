@@ -91,8 +91,8 @@ def render_plan(plan: Plan) -> str:
         if setup.shard_ranks > 1
         else (f"data parallel over {setup.replicas} ranks" if setup.replicas > 1 else "one GPU")
     )
-    checkpointing = "activation checkpointing" if setup.activation_checkpointing else "none"
-    lines.append(f"parallelism  {shard}; checkpointing: {checkpointing}")
+    checkpointing = "yes" if setup.activation_checkpointing else "no"
+    lines.append(f"parallelism  {shard}; activation checkpointing: {checkpointing}")
     if plan.per_gpu_batch is None:
         steps = "sequences per step unknown: gradients taken to accumulate"
     elif plan.memory.accumulating:
