@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from streaming.errors import CacheConflictError
 from streaming.stream import Stream, is_read_only
 
 __all__ = [
@@ -162,7 +163,7 @@ def raw_copy_folders(streams: Sequence[Stream]) -> list[str | None]:
             source = stream.remote or stream.local
             assert source is not None
             if folder is not None and sources.setdefault(folder, source) != source:
-                raise ValueError(
+                raise CacheConflictError(
                     f"the streams of {sources[folder]} and {source} would keep their shards in "
                     f"one folder, {folder}; give each its own local= (or cache_dir=)"
                 )

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from streaming.cache import mark_cache_folder
+from streaming.array import Array
+from streaming.cacheuse import CacheClaim, claim_cache_folder
 from streaming.errors import DatasetNotFoundError, EmptyDatasetError
 from streaming.format import INDEX_NAME, ShardInfo, parse_index
 from streaming.iteration import PassCounter
@@ -68,7 +69,7 @@ def _with_defaults(stream: Stream, *, validate_hash: bool | str, keep_zip: bool)
     )
 
 
-class StreamingDataset(_Base):
+class StreamingDataset(_Base, Array):
     """Stream samples from one or more MDS datasets. See the module docstring for the pass.
 
     Give either `streams=[Stream(...), ...]` or a single `remote=`/`local=` (+ `split=`,
@@ -150,6 +151,8 @@ class StreamingDataset(_Base):
         check_shuffle_algo(shuffle_algo)
         validate_hash = parse_validate_hash(validate_hash)
         batch_size = 1 if batch_size is None else batch_size
+        if shuffle_seed < 0:
+            raise ValueError(f"shuffle_seed={shuffle_seed} must be a non-negative integer")
         if streams and (remote or local):
             raise ValueError("give either streams=[...] or remote=/local=, not both")
         if streams and cache_dir is not None:
@@ -191,6 +194,7 @@ class StreamingDataset(_Base):
         self.predownload = 8 * batch_size if predownload is None else predownload
 
         self._shards: list[tuple[int, ShardInfo]] = []
+        self._claims: list[CacheClaim] = []  # remote streams' cache folders (streaming.cacheuse)
         sizes_per_stream, index_bytes = [], []
         for index, stream in enumerate(self.streams):
             infos, size = self._load_index(stream)
@@ -260,8 +264,9 @@ class StreamingDataset(_Base):
         if stream.remote is not None:
             from streaming.storage import open_dataset_index
 
+            # Before index.json lands there: the folder may be another remote's cache.
+            self._claims.append(claim_cache_folder(stream.local, stream.remote))
             data = open_dataset_index(stream.remote, stream.local, **stream.storage_options)
-            mark_cache_folder(stream.local, stream.remote, "remote")
             where = f"{stream.remote.rstrip('/')}/{INDEX_NAME}"
         else:
             try:
@@ -274,16 +279,28 @@ class StreamingDataset(_Base):
             where = path
         return parse_index(data, where), len(data)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = int(index)
-        if not -self.num_samples <= index < self.num_samples:
+    @property
+    def size(self) -> int:
+        """Samples in the streams (mosaicml-streaming's name for `num_samples`)."""
+        return self.num_samples
+
+    def get_item(self, sample_id: int, retry: int = 7) -> dict[str, Any]:
+        """Sample `sample_id` of the streams concatenated in order (its shard fetched, checked
+        and opened if need be; a shard file gone from a cache is fetched again). `retry` is
+        mosaicml-streaming's; here downloads retry by each stream's `download_retry`."""
+        index = int(sample_id)
+        if not 0 <= index < self.num_samples:
             raise IndexError(
-                f"sample {index} out of range for a dataset of {self.num_samples} samples"
+                f"sample {sample_id} out of range for a dataset of {self.num_samples} samples"
             )
-        index %= self.num_samples
         shard_id = int(np.searchsorted(self._shard_ends, index, side="right"))
         start = int(self._shard_ends[shard_id - 1]) if shard_id else 0
         return self._cache.get(shard_id)[index - start]
+
+    def __getitem__(self, at: Any) -> Any:
+        """`dataset[i]`, `dataset[2:10]`, `dataset[[1, 5]]`, `dataset[np.array(...)]`: a sample
+        or a (nested) list of samples, as mosaicml-streaming indexes (`streaming.array`)."""
+        return Array.__getitem__(self, at)
 
     # -- the epoch's order ------------------------------------------------------------------
     def _set_plan(self, canonical: int, chunk: int) -> None:
@@ -371,7 +388,7 @@ class StreamingDataset(_Base):
                     asked[shard_id] = need
                     self._cache.prefetch(shard_id, need)
                 ahead += 1
-            yield self[sample_id]
+            yield self.get_item(sample_id)
 
     # -- resumption ---------------------------------------------------------------------------
     def state_dict(self, num_samples: int, from_beginning: bool) -> dict[str, Any]:

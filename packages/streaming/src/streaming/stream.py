@@ -92,6 +92,13 @@ class Stream:
         for key in given:
             if getattr(self, key) < 0:
                 raise ValueError(f"Stream {key} must be non-negative, got {getattr(self, key)}")
+        if self.download_retry < 0:
+            raise ValueError(f"Stream download_retry={self.download_retry} must be >= 0")
+        if self.download_timeout is not None and self.download_timeout <= 0:
+            raise ValueError(
+                f"Stream download_timeout={self.download_timeout} must be positive seconds "
+                "(or None: no limit)"
+            )
         if self.remote is None and self.local is None:
             raise ValueError("a Stream needs remote=, local=, or both")
         if self.validate_hash is not None:
