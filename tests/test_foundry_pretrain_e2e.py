@@ -1,7 +1,16 @@
-"""From raw text to a resumed pretraining run, as a user runs it: `foundry tokenizer train` and
-`foundry data prep`, then `foundry train` on 2 processes with FSDP2 (gloo) under torchrun; one
-rank is SIGKILLed mid-run, torchrun restarts the job, and autoresume takes it on from the last
-checkpoint to the same final loss, bit for bit, as a run that was never interrupted."""
+"""From raw text to a resumed two-node pretraining run, as a user runs it: `foundry tokenizer
+train` and `foundry data prep`, then `foundry train` for hardware of 2 "nodes" x 1 process with
+hybrid sharding (FSDP2's HSDP mesh: shard within a node, replicate across the nodes; gloo),
+started the two ways foundry writes the launch for hardware that is not this machine:
+
+- uninterrupted: its per-node torchrun script, run twice with HEAD=127.0.0.1: two separate
+  `torchrun --nnodes=2` agents that meet at a c10d rendezvous;
+- killed: `launch.launcher=slurm launch.submit=true` with fake `sbatch`, `srun` and `scontrol` on
+  PATH (real executables: sbatch runs the batch script as a job, srun starts its command once per
+  "node", SLURM_NODEID 0 and 1). After the first checkpoint one node's worker is SIGKILLed; both
+  agents restart their workers (torchrun --max-restarts=1) in a new rendezvous round, and
+  autoresume takes the run on from the newest checkpoint to the same final loss, bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from foundry.cli import main as foundry
+from foundry.launch_scripts import TORCHRUN_SCRIPT
 from streaming.testing.distributed import free_port
 
 pytestmark = pytest.mark.distributed
@@ -33,9 +43,40 @@ MODEL = [
     f"max_duration={STEPS}ba",
     f"save_interval={SAVE_EVERY}ba",
     "hardware=cpu",
-    "hardware.gpus_per_node=2",
+    "hardware.nodes=2",
+    "hardware.gpus_per_node=1",
+    "parallelism.sharding=hybrid",
     "log.console_every=1",
+    "launch.max_restarts=1",
 ]
+# Slurm, as far as the batch script sees it, on this one machine
+FAKE_SLURM = {
+    "sbatch": """#!/bin/bash
+# fake sbatch: runs the batch script here and now, as a job of the nodes it asks for
+script=${@: -1}
+option() { sed -n "s/^#SBATCH --$1=//p" "$script"; }
+export SLURM_JOB_ID=$$ SLURM_NNODES=$(option nodes) SLURM_JOB_NODELIST=127.0.0.1
+echo "Submitted batch job $SLURM_JOB_ID"
+output=$(option output)
+cd "$(option chdir)" && exec bash "$script" > "${output//%j/$SLURM_JOB_ID}" 2>&1
+""",
+    "srun": """#!/bin/bash
+# fake srun: its command once per node of the job, all here (SLURM_NODEID 0, 1, ...)
+while [[ $1 == -* ]]; do shift; done
+pids=()
+for ((node = 0; node < SLURM_NNODES; node++)); do
+    SLURM_NODEID=$node SLURM_PROCID=$node SLURM_LOCALID=0 "$@" &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status
+""",
+    "scontrol": """#!/bin/bash
+# fake scontrol: `scontrol show hostnames LIST` names the fake job's one host
+[[ $1 == show && $2 == hostnames ]] && echo "$3"
+""",
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +97,13 @@ def prepared(tmp_path_factory) -> Path:
     return root
 
 
-def _torchrun(root: Path, save: Path, restarts: int) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
-    launcher += [f"--max-restarts={restarts}", "--rdzv-backend=c10d"]
-    launcher += [f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
+def _train(root: Path, save: Path) -> list[str]:
     data = [f"data.sources.main.local={root / 'mds'}", f"tokenizer={root / 'tok'}"]
-    return [*launcher, "-m", "foundry", "train", *MODEL, *data, f"save_folder={save}"]
+    return ["train", *MODEL, *data, f"save_folder={save}", f"launch.rdzv_port={free_port()}"]
 
 
-def _env() -> dict[str, str]:
-    # restarted workers must not share the dead attempt's rendezvous store (pytorch#135712)
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
 
 def _final_loss(save: Path) -> float:
@@ -78,8 +115,10 @@ def _final_loss(save: Path) -> float:
     return last[-1]["metrics"]["loss/train/total"]
 
 
-def _worker_of_rank(agent: int, rank: int) -> int | None:
-    """The pid of torchrun's worker process of `rank` (a child of the agent), if it runs."""
+def _descendant_of_rank(root: int, rank: int) -> int | None:
+    """The pid of the first process under `root` (breadth first) that is torch rank `rank`."""
+    children: dict[int, list[int]] = {}
+    ranked = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -88,41 +127,66 @@ def _worker_of_rank(agent: int, rank: int) -> int | None:
             environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == agent and f"RANK={rank}".encode() in environ:
-            return int(entry)
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        if f"RANK={rank}".encode() in environ:
+            ranked.add(int(entry))
+    level = [root]
+    while level:
+        found = [pid for pid in level if pid in ranked]
+        if found:
+            return found[0]
+        level = [child for pid in level for child in children.get(pid, [])]
     return None
 
 
-def test_sigkill_of_one_rank_resumes_to_the_uninterrupted_final_loss(prepared, tmp_path):
-    clean = subprocess.run(
-        _torchrun(prepared, tmp_path / "clean", restarts=0),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_env(),
-    )
-    assert clean.returncode == 0, clean.stderr[-3000:]
+def _fake_slurm(folder: Path) -> str:
+    folder.mkdir()
+    for name, text in FAKE_SLURM.items():
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_two_nodes_one_killed_resume_to_the_uninterrupted_final_loss(prepared, tmp_path, capsys):
+    clean = tmp_path / "clean"
+    assert foundry(_train(prepared, clean)) == 1  # 2 nodes are not this machine: written
+    assert "nothing was trained here" in capsys.readouterr().err
+    logs = [tmp_path / f"node{n}.log" for n in range(2)]
+    nodes = [
+        subprocess.Popen(
+            ["bash", str(clean / TORCHRUN_SCRIPT)],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=_env(HEAD="127.0.0.1"),
+        )
+        for log in logs
+    ]
+    for node, log in zip(nodes, logs, strict=True):
+        assert node.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert "FSDP2 mesh ('replicate', 'shard') (2, 1)" in logs[0].read_text() + logs[1].read_text()
 
     killed = tmp_path / "killed"
-    agent = subprocess.Popen(
-        _torchrun(prepared, killed, restarts=1),
+    job = subprocess.Popen(
+        [sys.executable, "-m", "foundry", *_train(prepared, killed)]
+        + ["launch.launcher=slurm", "launch.submit=true"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=_env(PATH=_fake_slurm(tmp_path / "bin")),
     )
     victim = None
     deadline = time.monotonic() + 300
-    while victim is None and time.monotonic() < deadline and agent.poll() is None:
+    while victim is None and time.monotonic() < deadline and job.poll() is None:
         if (killed / f"ep0-ba{SAVE_EVERY}" / "manifest.json").exists():  # mid-run, one saved
-            victim = _worker_of_rank(agent.pid, 1)
+            victim = _descendant_of_rank(job.pid, 1)
             if victim is not None:
-                os.kill(victim, signal.SIGKILL)
+                os.kill(victim, signal.SIGKILL)  # one node's worker: its agent survives
         time.sleep(0.02)
-    out, err = agent.communicate(timeout=600)
-    assert victim is not None, "the run ended before a rank could be killed mid-run"
-    assert agent.returncode == 0, err[-3000:]
-    assert "resumed from" in err, err[-3000:]  # torchrun restarted it and autoresume took over
-    assert out.count(f"trained to batch {STEPS}") == 1
-    assert _final_loss(killed) == _final_loss(tmp_path / "clean")  # bit for bit
+    out, err = job.communicate(timeout=600)
+    assert victim is not None, "the run ended before a worker could be killed mid-run"
+    log = "".join(p.read_text() for p in killed.glob("slurm-*.out"))
+    assert job.returncode == 0, (err + log)[-3000:]
+    assert "Submitted batch job" in out
+    assert "resumed from" in log, log[-3000:]  # torchrun restarted both nodes' workers
+    assert log.count(f"trained to batch {STEPS}") == 1
+    assert _final_loss(killed) == _final_loss(clean)  # bit for bit
