@@ -1,10 +1,13 @@
 """`foundry train`: pretrain an MPT on prepared MDS data with composer-lite's Trainer.
 
     foundry train model=mpt_tiny data.sources.main.local=mds max_duration=200ba save_folder=run
-    torchrun --nproc-per-node=8 -m foundry train model=mpt_1b hardware=8xh100 ...
+    foundry train model=mpt_1b hardware=8xh100 ...      # on an 8-GPU H100 box: starts torchrun
+    foundry train model=mpt_30b hardware=512xh100 ...   # elsewhere: writes the Slurm launch
 
 What it does, in order (every check before any long work):
 
+0. `foundry.launch.choose_launch`: outside a job, start torchrun here when the hardware is this
+   machine, or write the launch for the cluster (with the plan) and stop; otherwise go on.
 1. `check_run`: the processes match the hardware (ranks, GPUs), the data exists and fits the
    model (sequence length, vocabulary), and a save folder that holds checkpoints holds this
    model's (its `foundry_config.yaml`), unless `save_overwrite`.
