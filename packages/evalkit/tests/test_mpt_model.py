@@ -27,3 +27,22 @@ def test_mpt_scores_the_same_through_its_cache(tasks_yaml, tokenizer):
         for a, b in zip(task.examples, plain.tasks[name].examples, strict=True):
             assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
             assert a.text == b.text  # generation: the cache against recomputing every step
+
+
+def test_a_cached_batch_never_outgrows_the_window():
+    """A long trunk with short branches and a short trunk with long branches, each within the
+    window: batched together their padded cache would not fit (mpt refuses a sequence longer than
+    max_seq_len), so they run in separate forwards, and score as without the cache."""
+    from evalkit.logprobs import Request
+    from evalkit.scoring import ScoringOptions, score_requests
+
+    torch.manual_seed(0)
+    config = mpt.MPTConfig(d_model=32, n_heads=2, n_layers=2, vocab_size=64, max_seq_len=24)
+    model = mpt.MPTForCausalLM(config).eval()
+    long_trunk = [Request(tuple(range(1, 21)), (30 + c, 40)) for c in range(2)]
+    long_branches = [Request((1, 2, 3, 4), tuple(range(30 + c, 44 + c))) for c in range(2)]
+    groups = [long_trunk, long_branches]
+    cached = score_requests(model, groups, ScoringOptions(sharing="kv_cache", batch_size=8))
+    plain = score_requests(model, groups, ScoringOptions(sharing="none", batch_size=8))
+    for a, b in zip(sum(cached, []), sum(plain, []), strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-5)

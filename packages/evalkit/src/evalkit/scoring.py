@@ -136,20 +136,38 @@ def _one(row: Row) -> int:
     return 1
 
 
-def _batches(items: list, length: Callable, width: Callable, opts: ScoringOptions) -> list[list]:
-    """Longest first; at most batch_size rows and max_batch_tokens rows x length per batch."""
+def _batches(
+    items: list,
+    length: Callable,
+    width: Callable,
+    opts: ScoringOptions,
+    padded: Callable[[list], int] | None = None,
+) -> list[list]:
+    """Longest first; at most batch_size rows and max_batch_tokens rows x length per batch.
+
+    `padded(batch)`: the length the batch's forward pads to, when that can exceed its longest
+    item's (the KV-cache path pads trunks and branches separately); an item joins a batch only
+    if the batch stays as long as its longest item, so no input outgrows the model's window."""
     batches: list[list] = []
     rows = 0
     for item in sorted(items, key=length, reverse=True):
         n = width(item)
         if batches and rows + n <= opts.batch_size:
-            if (rows + n) * length(batches[-1][0]) <= opts.max_batch_tokens:
+            longest = length(batches[-1][0])
+            fits = padded is None or padded([*batches[-1], item]) <= longest
+            if fits and (rows + n) * longest <= opts.max_batch_tokens:
                 batches[-1].append(item)
                 rows += n
                 continue
         batches.append([item])
         rows = n
     return batches
+
+
+def _cached_length(trees: list[_Tree]) -> int:
+    """The KV cache's length for a batch of trees: the longest trunk plus the longest branch."""
+    trunk = max(len(t.trunk.ids) for t in trees)
+    return trunk + max((len(b.ids) for t in trees for b in t.branches), default=0)
 
 
 def _packs(trees: list[_Tree], opts: ScoringOptions) -> list[list[list[_Tree]]]:
@@ -286,7 +304,11 @@ def _stages(path: str, groups: Sequence[Sequence[Request]], n: int, opts: Scorin
     dummy_tree = _Tree(Row((pad,), 0, [(n, 1, (0,))]), [Row((pad,), 1)])
     return [
         (_run_plain, _batches(rows, _length, _one, opts), [dummy_row]),
-        (_run_cached, _batches(shared, _Tree.length, _Tree.width, opts), [dummy_tree]),
+        (
+            _run_cached,
+            _batches(shared, _Tree.length, _Tree.width, opts, _cached_length),
+            [dummy_tree],
+        ),
     ]
 
 
