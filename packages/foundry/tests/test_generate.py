@@ -16,7 +16,7 @@ import torch
 
 from foundry.chat import IM_END, IM_START, format_chat
 from foundry.cli import main
-from foundry.generate import Sampling, generate_ids, generate_texts
+from foundry.generate import CompletionText, Sampling, generate_ids, generate_texts
 from foundry.generate_command import chat
 from foundry.tokenizer import load_tokenizer
 from mpt import MPTConfig, MPTForCausalLM
@@ -109,6 +109,25 @@ def test_a_batch_decodes_what_each_prompt_decodes_alone_and_streams_it(tok, over
     texts, pieces = batched(sampling)
     assert texts == expected and ["".join(p) for p in pieces] == expected
     assert not any(stop in text for text in texts)
+
+
+def test_streamed_text_never_shows_half_a_character_or_half_a_stop(tok):
+    ids = tok.encode("w1 café ☕ w2 w3")  # é and ☕ are several byte tokens each
+    assert any("\ufffd" in tok.decode(ids[:i]) for i in range(len(ids)))
+    for stop, expected in [
+        ((), "w1 café ☕ w2 w3"),
+        (("☕ w2",), "w1 café "),
+        (("w3",), "w1 café ☕ w2 "),
+    ]:
+        text, pieces = CompletionText(tok.decode, stop), []
+        for i, token in enumerate(ids):
+            stopped = text.add(token)
+            pieces.append(text.settled(final=stopped or i == len(ids) - 1))
+            if stopped:
+                break
+        assert text.text == "".join(pieces) == expected
+        assert not any("\ufffd" in p for p in pieces)
+        assert len([p for p in pieces if p]) > 3
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(model, tok):

@@ -35,7 +35,7 @@ import torch
 
 from mpt.generate import left_pad, sample_next
 
-__all__ = ["Sampling", "generate_ids", "generate_texts"]
+__all__ = ["CompletionText", "Sampling", "generate_ids", "generate_texts"]
 
 OnText = Callable[[int, str], None]
 _PARTIAL = "\ufffd"  # what a decoder gives for the bytes of an unfinished UTF-8 character
@@ -68,8 +68,10 @@ class Sampling:
             raise ValueError("; ".join(problems))
 
 
-class _Row:
-    """One prompt's completion as it decodes: ids, text, and how much of it was streamed."""
+class CompletionText:
+    """One prompt's completion as it decodes: its ids, its text (cut before a stop sequence)
+    and how much of that text was streamed. `add(token)` each new token, then `settled()` is
+    the new text that is safe to show."""
 
     def __init__(self, decode: Callable[[list[int]], str] | None, stop: Sequence[str]) -> None:
         self.decode, self.stop = decode, tuple(stop)
@@ -78,7 +80,7 @@ class _Row:
         self.text = ""
         self.shown = 0  # characters of `text` handed to on_text
 
-    def add(self, token: int, *, text: bool) -> bool:
+    def add(self, token: int, *, text: bool = True) -> bool:
         """Append a token (to the text too, unless `text` is False); True when the text now
         holds a stop sequence (the text is then cut before it)."""
         self.ids.append(token)
@@ -91,7 +93,7 @@ class _Row:
             self.text = self.text[: min(found)]
         return bool(found)
 
-    def settled(self, final: bool) -> str:
+    def settled(self, final: bool = False) -> str:
         """The new text that can no longer change (all of it when the row is done)."""
         end = len(self.text)
         if not final:
@@ -117,7 +119,7 @@ def _cache_dtype(model: Any) -> torch.dtype:
 def _decode(
     model: Any,
     prompts: Sequence[Sequence[int]],
-    rows: list[_Row],
+    rows: list[CompletionText],
     sampling: Sampling,
     *,
     stop_ids: frozenset[int],
@@ -190,7 +192,7 @@ def generate_ids(
         raise ValueError("stop sequences need decode= (the tokenizer's ids -> text)")
     eos = frozenset(eos_token_ids)
     pad = pad_token_id if pad_token_id is not None else min(eos, default=0)
-    rows = [_Row(decode, sampling.stop) for _ in prompts]
+    rows = [CompletionText(decode, sampling.stop) for _ in prompts]
     _decode(
         model,
         prompts,
@@ -231,7 +233,7 @@ def generate_texts(
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
         batch = encoded[start : start + batch_size]
-        rows = [_Row(tokenizer.decode, sampling.stop) for _ in batch]
+        rows = [CompletionText(tokenizer.decode, sampling.stop) for _ in batch]
         shifted = None if on_text is None else functools.partial(_shifted, on_text, start)
         _decode(
             model,
