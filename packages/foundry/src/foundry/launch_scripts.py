@@ -13,6 +13,7 @@ and starts with the run's plan as comments.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ __all__ = [
     "RESTART_ENV",
     "SLURM_SCRIPT",
     "TORCHRUN_SCRIPT",
-    "run_name",
+    "job_name",
     "slurm_script",
     "torchrun_script",
 ]
@@ -68,10 +69,12 @@ def _header(cfg: TrainCommand, plan: str | None) -> list[str]:
     return lines
 
 
-def run_name(cfg: TrainCommand) -> str:
-    """The run's name: `run_name`, else the save folder's last part, else 'foundry-train'."""
+def job_name(cfg: TrainCommand) -> str:
+    """launch.job_name, else the run's name or its save folder's last part, else
+    'foundry-train'; as one shell word (other characters become '_')."""
     base = os.path.basename((cfg.save_folder or "").rstrip("/"))
-    return cfg.run_name or base or "foundry-train"
+    name = cfg.launch.job_name or cfg.run_name or base or "foundry-train"
+    return re.sub(r"[^\w.+,-]", "_", name)
 
 
 def slurm_script(
@@ -80,7 +83,7 @@ def slurm_script(
     """The Slurm batch script: one torchrun agent per node, c10d rendezvous on the first node."""
     launch, hw = cfg.launch, cfg.hardware
     sbatch = {
-        "job-name": launch.job_name or run_name(cfg),
+        "job-name": job_name(cfg),
         "nodes": hw.nodes,
         "ntasks-per-node": 1,  # one torchrun agent per node; it starts the node's processes
         "gpus-per-node": hw.gpus_per_node if hw.gpu != "cpu" else None,
@@ -123,7 +126,7 @@ def torchrun_script(
         endpoint=f'"$HEAD":{launch.rdzv_port}',
     )
     torchrun += [
-        f'--rdzv-id="${{RDZV_ID:-{run_name(cfg)}}}"',
+        f'--rdzv-id="${{RDZV_ID:-{job_name(cfg)}}}"',
         f"--max-restarts={launch.max_restarts}",
     ]
     lines = [
