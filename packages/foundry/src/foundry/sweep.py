@@ -92,9 +92,9 @@ class SweepCommand:
     out: str = need("the sweep's local folder: points/, sweep.jsonl, fit.json, sweep.png")
     tokenizer: str | None = opt(None, "the data's tokenizer: checked against model.vocab_size")
     sizes: list[SizeConfig] = need("the sizes (3-5): [{d_model: 32}, {d_model: 64}, ...]")
-    tokens: list[str] = need("the token budgets every size trains for: ['1M', '2M']")
+    tokens: list[int | str] = need("the token budgets every size trains for: ['1M', '2M']")
     target: SizeConfig = need("the larger size whose loss is predicted")
-    target_tokens: str | None = opt(None, "the target's token budget; null: the largest budget")
+    target_tokens: int | str | None = opt(None, "the target's budget; null: the largest budget")
     train_target: bool = opt(False, "also train the target and compare with the prediction")
     fit_on: Literal["all", "frontier"] = opt(
         "all", "all points, or only those no cheaper point beats (the compute-optimal frontier)"
@@ -151,7 +151,7 @@ def _size_model(base: MPTConfig, size: SizeConfig, seq: int, *, key: str) -> MPT
         raise SweepError(f"{key}: {err} (size {dataclasses.asdict(size)})") from None
 
 
-def _budget_steps(text: str, tokens_per_step: int, *, key: str) -> int:
+def _budget_steps(text: int | str, tokens_per_step: int, *, key: str) -> int:
     try:
         tokens = parse_count(text, key=key)
     except ValueError as err:
@@ -159,7 +159,7 @@ def _budget_steps(text: str, tokens_per_step: int, *, key: str) -> int:
     steps = tokens // tokens_per_step
     if steps < 1:
         raise SweepError(
-            f"{key}={text!r} is {tokens} tokens, less than one step of {tokens_per_step}"
+            f"{key}={text} is {tokens} tokens, less than one step of {tokens_per_step}"
             " (global_train_batch_size x max_seq_len): give a larger budget"
         )
     return steps
@@ -264,10 +264,10 @@ def _plain(value: Any) -> Any:
 
 
 def _settings_digest(train: TrainCommand) -> str:
-    """What decides a point's loss: its whole training config but the save folder, run name and
-    logging (so a sweep folder that is moved or renamed is still read back)."""
+    """What decides a point's loss: its whole training config but the save folder, run name,
+    logging and the tokenizer check (so a sweep folder that is moved is still read back)."""
     plain = _plain(train)
-    for key in ("save_folder", "run_name", "log", "save_interval"):
+    for key in ("save_folder", "run_name", "log", "save_interval", "tokenizer"):
         plain.pop(key, None)
     text = json.dumps(plain, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -285,14 +285,20 @@ def _placement(cfg: SweepCommand) -> Any:
 def _check_data(cfg: SweepCommand, largest_budget: int) -> None:
     """Both datasets exist and hold rows of max_seq_len tokens; a warning when the largest
     budget is more than the training data (points that repeat data bend the law)."""
+    from foundry.data.format import tokens_of
     from foundry.data.loader import LoaderSettings, build_loader
-    from foundry.train import check_row_length
 
     held = {}
     for what, source in (("data", cfg.data), ("eval_data", cfg.eval_data)):
         data = DataConfig(sources={what: source}, max_seq_len=cfg.max_seq_len, shuffle=False)
         dataset = build_loader(data, LoaderSettings(batch_size=1, shuffle=False, seed=0)).dataset
-        check_row_length(dataset, cfg.max_seq_len, what=what)
+        length = len(tokens_of(dataset[0])) if dataset.num_samples else 0
+        if length != cfg.max_seq_len:
+            raise SweepError(
+                f"{what}: its rows hold {length} tokens, but max_seq_len is {cfg.max_seq_len}:"
+                f" set max_seq_len={length} (and model.max_seq_len >= {length}), or prepare the"
+                f" data with max_seq_len={cfg.max_seq_len}"
+            )
         held[what] = dataset.num_samples * cfg.max_seq_len
     if largest_budget > held["data"]:
         log.warning(

@@ -185,6 +185,7 @@ def report_text(results: list[PointResult], summary: SweepSummary) -> str:
     fit, p = summary.fit, summary.prediction
     width = max(len(r.name) for r in results) + 2
     lines = [
+        f"sweep results: {len(results)} points, held-out loss (eval/loss on eval_data)",
         f"{'point':<{width}}{'N (non-emb)':>12}{'tokens':>12}{'compute C':>12}"
         f"{'eval loss':>11}  fitted",
     ]
