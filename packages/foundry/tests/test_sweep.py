@@ -113,6 +113,10 @@ def test_frontier_keeps_the_points_no_cheaper_point_beats(tmp_path):
     assert summary.fitted == ("p0", "p1", "p2", "p3") and summary.fit.alpha == pytest.approx(0.5)
     everything = fit_points(results, target, fit_on="all", level=0.95)
     assert "beaten" in everything.fitted and everything.fit.alpha != pytest.approx(0.5)
+    with pytest.raises(SweepError, match="fit_on=frontier: 3 of the 5 points to fit"):
+        fit_points(
+            results[:-1] + [_result("worse", 1e6, 9.0)], target, fit_on="frontier", level=0.9
+        )
     # sweep.jsonl: a last line cut short is skipped; a record of another format is refused
     path = tmp_path / "sweep.jsonl"
     path.write_text(_result("a", 1.0, 3.0).to_json() + "\n" + '{"format": 1, "na')
@@ -242,9 +246,13 @@ def test_a_rerun_trains_nothing_and_an_unfinished_point_resumes(swept, sweep_dat
         assert trained == ["d64-l2-h2-18432tok"]  # from its last checkpoint: evaluated again
         again = json.loads((out / "sweep.jsonl").read_text().splitlines()[-1])
         assert again["eval_loss"] == json.loads(lines[-1])["eval_loss"]  # the same weights
-    # other settings in the same folder are refused, before any training
+    # other settings in the same folder are refused, before any training: a recorded point,
+    # and an unrecorded one whose save folder would be resumed
     status, _, stderr = sweep(sweep_data, out, "optimizer.lr=1e-3")
     assert status == 1 and "holds d16-l2-h2-6144tok trained with other settings" in stderr
+    (out / "sweep.jsonl").unlink()
+    status, _, stderr = sweep(sweep_data, out, "optimizer.lr=1e-3")
+    assert status == 1 and "d16-l2-h2-6144tok holds a run trained with other settings" in stderr
 
 
 @pytest.mark.parametrize(
@@ -262,6 +270,7 @@ def test_a_rerun_trains_nothing_and_an_unfinished_point_resumes(swept, sweep_dat
         ),
         (["target.d_model=48"], 1, "target: 55536 non-embedding parameters, not more than"),
         (["tokens=[100,2048]"], 1, "tokens[0]=100 is 100 tokens, less than one step of 256"),
+        (["tokens=[2048]"], 1, "sizes x tokens: 3 x 1 = 3 points; a fit of E, A and alpha"),
         (["eval_data.local=/nowhere"], 1, "/nowhere holds no prepared dataset"),
         (["max_seq_len=16"], 1, "data: its rows hold 32 tokens, but max_seq_len is 16"),
         (["model.vocab_size=64"], 1, "has 600 tokens but model.vocab_size=64"),

@@ -23,7 +23,6 @@ Outputs: the table and the fit on stdout, `out/fit.json`, `out/sweep.png`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -47,9 +46,11 @@ from foundry.sweep_results import (
     SweepError,
     append_result,
     fit_points,
+    plain_data,
     plot_sweep,
     read_results,
     report_text,
+    settings_digest,
 )
 from foundry.validate import need, opt
 from mpt.config import MPTConfig
@@ -190,6 +191,11 @@ def plan_points(cfg: SweepCommand) -> tuple[list[Point], Point]:
             f"tokens: {list(cfg.tokens)} are {steps} steps of {per_step} tokens; give at least one"
             " budget, each a different number of steps"
         )
+    if len(models) * len(steps) < 4:
+        raise SweepError(
+            f"sizes x tokens: {len(models)} x {len(steps)} = {len(models) * len(steps)} points; a"
+            " fit of E, A and alpha with an uncertainty needs at least 4: add a budget or a size"
+        )
     points = [
         Point(
             name=_name(m, n * per_step),
@@ -250,27 +256,6 @@ def point_command(cfg: SweepCommand, point: Point) -> TrainCommand:
         log=LogConfig(console_every=cfg.console_every),
         device=cfg.device,
     )
-
-
-def _plain(value: Any) -> Any:
-    """Dataclasses, tuples and dicts as plain JSON/YAML data."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _settings_digest(train: TrainCommand) -> str:
-    """What decides a point's loss: its whole training config but the save folder, run name,
-    logging and the tokenizer check (so a sweep folder that is moved is still read back)."""
-    plain = _plain(train)
-    for key in ("save_folder", "run_name", "log", "save_interval", "tokenizer"):
-        plain.pop(key, None)
-    text = json.dumps(plain, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _placement(cfg: SweepCommand) -> Any:
@@ -334,13 +319,29 @@ def check_sweep(cfg: SweepCommand, runs: list[Point]) -> dict[str, PointResult]:
     for point in runs:
         train = point_command(cfg, point)
         check_run(train, place)
-        if point.name in done and done[point.name].settings != _settings_digest(train):
-            raise SweepError(
-                f"{os.path.join(cfg.out, RESULTS_FILE)} holds {point.name} trained with other"
-                " settings (optimizer, schedule, data, seed, ...): give another out folder for"
-                " these settings, or remove that folder"
-            )
+        digest = settings_digest(train)
+        if point.name in done and done[point.name].settings != digest:
+            where = f"{os.path.join(cfg.out, RESULTS_FILE)} holds {point.name}"
+        elif point.name not in done and _saved_digest(train) not in (None, digest):
+            where = f"{train.save_folder} holds a run"  # unfinished: it would resume from there
+        else:
+            continue
+        raise SweepError(
+            f"{where} trained with other settings (optimizer, schedule, data, seed, ...): give"
+            " another out folder for these settings, or remove that folder"
+        )
     return done
+
+
+def _saved_digest(train: TrainCommand) -> str | None:
+    """The settings digest in the config a point's save folder holds (None: no config)."""
+    from foundry.train import saved_config
+
+    text = saved_config(train.save_folder)
+    if text is None:
+        return None
+    first = text.splitlines()[0] if text else ""
+    return first.rpartition("settings ")[2] if "settings " in first else ""
 
 
 def train_point(cfg: SweepCommand, point: Point) -> PointResult:
@@ -353,7 +354,8 @@ def train_point(cfg: SweepCommand, point: Point) -> PointResult:
     place = _placement(cfg)
     start = time.perf_counter()
     run = build_run(train, place)
-    text = f"# foundry sweep point {point.name}\n" + yaml.safe_dump(_plain(train), sort_keys=False)
+    head = f"# foundry sweep point {point.name} settings {settings_digest(train)}\n"
+    text = head + yaml.safe_dump(plain_data(train), sort_keys=False)
     save_config(train, text, place)
     run.trainer.fit()
     state = run.trainer.state
@@ -371,7 +373,7 @@ def train_point(cfg: SweepCommand, point: Point) -> PointResult:
         eval_loss=float(state.eval_metrics["eval/loss"]),
         train_loss=None if state.step is None else float(state.step.loss),
         seconds=round(time.perf_counter() - start, 3),
-        settings=_settings_digest(train),
+        settings=settings_digest(train),
     )
 
 

@@ -9,6 +9,7 @@ arithmetic and the drawing can be read, and tested, without training.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -30,9 +31,11 @@ __all__ = [
     "SweepSummary",
     "append_result",
     "fit_points",
+    "plain_data",
     "plot_sweep",
     "read_results",
     "report_text",
+    "settings_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,6 +157,28 @@ class SweepSummary:
         }
 
 
+def plain_data(value: Any) -> Any:
+    """Dataclasses, tuples and dicts as plain JSON/YAML data."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: plain_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain_data(v) for k, v in value.items()}
+    return value
+
+
+def settings_digest(train: Any) -> str:
+    """A digest of what decides a point's loss: its whole `TrainCommand` but the save folder,
+    run name, logging and the tokenizer check (so a sweep folder that is moved still reads
+    back)."""
+    plain = plain_data(train)
+    for key in ("save_folder", "run_name", "log", "save_interval", "tokenizer"):
+        plain.pop(key, None)
+    text = json.dumps(plain, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def fit_points(
     results: list[PointResult],
     target: Point,
@@ -166,6 +191,12 @@ def fit_points(
     compute = np.array([r.compute for r in results])
     loss = np.array([r.eval_loss for r in results])
     chosen = np.arange(len(results)) if fit_on == "all" else compute_frontier(compute, loss)
+    if len(chosen) < 4:
+        raise SweepError(
+            f"fit_on={fit_on}: {len(chosen)} of the {len(results)} points to fit, and a fit of E, A"
+            " and alpha with an uncertainty needs at least 4: add sizes or budgets, or"
+            " fit_on=all (the points stay recorded: a rerun trains none of them again)"
+        )
     fit = fit_power_law(compute[chosen], loss[chosen])
     return SweepSummary(
         fit=fit,
