@@ -191,3 +191,15 @@ def test_data_mix_prints_mpt_7b_table():
     assert rows["redpajama_wikipedia"].epochs == pytest.approx(40 / 4.87)
     assert rows["mc4_en"].tokens == pytest.approx(330e9)
     assert sum(r.share for r in rows.values()) == pytest.approx(1.0)
+
+
+def test_bare_words_after_report_are_its_runs_even_with_spaces_and_quotes():
+    from foundry.cli import COMMANDS, _as_list_override
+    from foundry.compose import compose_config
+    from foundry.report import ReportCommand
+
+    assert COMMANDS["report"].positional == "runs"
+    runs = ["runs/a", "my runs/b c", "it's\\here", "C:\\x\\", "a\\'b"]
+    override = _as_list_override("runs", runs)
+    cfg = compose_config("report", [override, "out=x.png"]).build(ReportCommand)
+    assert list(cfg.runs) == runs

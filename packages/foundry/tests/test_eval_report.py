@@ -200,7 +200,7 @@ def test_report_draws_loss_lr_and_throughput_of_each_run(run, tmp_path, capsys):
     other.mkdir()
     (other / "foundry_config.yaml").write_text(yaml.safe_dump({"log": {"log_dir": str(logs)}}))
     png = tmp_path / "curves.png"
-    assert main(["report", f"runs=[{run},{other}]", f"out={png}"]) == 0
+    assert main(["report", str(run), str(other), f"out={png}"]) == 0  # foundry report RUN...
     assert f"wrote {png}" in capsys.readouterr().out
     import matplotlib.image
 

@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import re
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -51,6 +52,7 @@ class Command:
     config: str
     schema: type
     run: Callable[[Any, str], int]
+    positional: str | None = None  # the list key that bare words after the name fill, if any
 
 
 COMMANDS: dict[str, Command] = {
@@ -97,6 +99,7 @@ COMMANDS: dict[str, Command] = {
             config="report",
             schema=report.ReportCommand,
             run=report.run_command,
+            positional="runs",
         ),
         Command(
             name="plan",
@@ -208,7 +211,9 @@ def _command_help(command: Command) -> str:
     lines = [
         f"foundry {command.name}: {command.summary}",
         "",
-        f"usage: foundry {command.name} [group=option ...] [key=value ...]",
+        f"usage: foundry {command.name} "
+        + (f"[{command.positional.upper()} ...] " if command.positional else "")
+        + "[group=option ...] [key=value ...]",
     ]
     if groups:
         lines += ["", "groups:"]
@@ -239,6 +244,17 @@ def _find(words: list[str]) -> tuple[Command | None, list[str]]:
         if len(words) >= n and name in COMMANDS:
             return COMMANDS[name], words[n:]
     return None, words
+
+
+def _as_list_override(key: str, values: list[str]) -> str:
+    """`key=['a','b']`: each value quoted for Hydra's override grammar (paths may hold spaces)."""
+    # Hydra's quoted strings: a quote is escaped, and backslashes only where they precede one
+    quoted = ("'" + re.sub(r"(\\*)('|$)", _escape_quote, v) + "'" for v in values)
+    return f"{key}=[{','.join(quoted)}]"
+
+
+def _escape_quote(match: re.Match) -> str:
+    return match[1] * 2 + ("\\" + match[2] if match[2] else "")
 
 
 def _unknown(words: list[str], wants_help: bool) -> int:
@@ -295,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage(), file=sys.stdout if wants_help else sys.stderr)
         return 0 if wants_help else 2
     command, extra = _find(words)
+    if command is not None and extra and command.positional:  # foundry report RUN... key=value
+        rest = [_as_list_override(command.positional, extra), *rest]
+        extra = []
     if command is None or extra:
         return _unknown(words, wants_help)
     if wants_help:
