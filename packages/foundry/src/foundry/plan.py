@@ -22,6 +22,7 @@ from typing import Literal
 from foundry.planning import announcement
 from foundry.planning.measured import find_measurement
 from foundry.planning.memory import GIB, Memory, Setup
+from foundry.planning.render import render_plan
 from foundry.planning.setups import Option, model_name, option, options, run_memory, setup_of
 from foundry.planning.throughput import Duration, Throughput, duration, throughput
 from foundry.schema import (
@@ -118,8 +119,6 @@ class Plan:
     notes: tuple[str, ...] = ()
 
     def render(self) -> str:
-        from foundry.planning.render import render_plan
-
         return render_plan(self)
 
 
