@@ -75,6 +75,16 @@ def test_fit_without_noise_is_exact_and_bad_points_are_named():
         fit_power_law(compute, 2.0 + 1e-3 * np.log(compute))  # rises: no positive A
 
 
+def test_points_without_a_floor_hold_e_at_its_bound():
+    # log-linear points (the alpha -> 0 limit) pin down no floor: unbounded, E would run off to
+    # minus infinity with A to plus infinity; a loss is never negative, so E stays at 0
+    compute = np.geomspace(1e9, 1e11, 6)
+    fit = fit_power_law(compute, 9 - 0.15 * np.log(compute))
+    assert fit.e_at_bound and fit.e == 0 and fit.e_err == 0 and fit.dof == 4
+    assert 0 < fit.alpha < 0.1 and "L = 0 (at its bound) + " in fit.formula()
+    assert fit.predict(1e12).loss == pytest.approx(9 - 0.15 * np.log(1e12), rel=0.02)
+
+
 def test_t_quantiles_match_the_tables():
     # two-sided 95% points of Student's t (any statistics table)
     for dof, value in ((1, 12.706), (3, 3.182), (10, 2.228), (30, 2.042)):

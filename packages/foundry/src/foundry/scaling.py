@@ -57,7 +57,9 @@ class PowerLawFit:
 
     `covariance` is that of (e, log a_ref, alpha), where a_ref = a * c_ref^-alpha is the
     coefficient at `c_ref` (the points' geometric-mean compute), in which the fit is made:
-    parameters about C = 1 would be correlated almost to 1."""
+    parameters about C = 1 would be correlated almost to 1. `e_at_bound`: the points show no
+    floor, so E sits at its lower bound (a loss is never below 0), fixed there (e_err 0) while
+    A and alpha are fitted."""
 
     e: float
     a: float
@@ -69,10 +71,11 @@ class PowerLawFit:
     covariance: tuple[tuple[float, float, float], ...]
     rss: float
     n_points: int
+    e_at_bound: bool = False
 
     @property
     def dof(self) -> int:
-        return self.n_points - 3
+        return self.n_points - (2 if self.e_at_bound else 3)
 
     @property
     def residual_std(self) -> float:
@@ -109,8 +112,13 @@ class PowerLawFit:
     def formula(self) -> str:
         """`L = E ± e + A (±x%) * C^-(alpha ± a)`, each ± one standard error."""
         relative = 100 * self.a_err / self.a
+        e = (
+            f"{self.e:.4g} (at its bound)"
+            if self.e_at_bound
+            else f"{self.e:.4g} ± {self.e_err:.2g}"
+        )
         return (
-            f"L = {self.e:.4g} ± {self.e_err:.2g} + {self.a:.4g} (±{relative:.0f}%)"
+            f"L = {e} + {self.a:.4g} (±{relative:.0f}%)"
             f" * C^-({self.alpha:.4g} ± {self.alpha_err:.2g})"
         )
 
@@ -168,20 +176,26 @@ def _check_points(compute: np.ndarray, loss: np.ndarray) -> None:
         )
 
 
-def _linear_e_a(x: np.ndarray, loss: np.ndarray, alpha: float) -> tuple[float, float, float]:
-    """For a fixed alpha the law is linear in (E, A_ref): their least squares, and its rss."""
-    basis = np.stack([np.ones_like(x), x**-alpha], axis=1)
+def _linear_e_a(
+    x: np.ndarray, loss: np.ndarray, alpha: float, e_min: float
+) -> tuple[float, float, float]:
+    """For a fixed alpha the law is linear in (E, A_ref): their least squares with E >= e_min
+    (at the bound, A_ref alone), and the rss."""
+    g = x**-alpha
+    basis = np.stack([np.ones_like(x), g], axis=1)
     (e, a_ref), *_ = np.linalg.lstsq(basis, loss, rcond=None)
-    rss = float(np.sum((loss - basis @ np.array([e, a_ref])) ** 2))
+    if e < e_min:
+        e, a_ref = e_min, float(g @ (loss - e_min) / (g @ g))
+    rss = float(np.sum((loss - e - a_ref * g) ** 2))
     return float(e), float(a_ref), rss
 
 
-def _start(x: np.ndarray, loss: np.ndarray) -> np.ndarray:
+def _start(x: np.ndarray, loss: np.ndarray, e_min: float) -> np.ndarray:
     """The best (E, log A_ref, alpha) over the alpha grid with A_ref > 0 (variable projection:
     the linear parameters solved exactly for each alpha, so no start is needed for them)."""
     best = None
     for alpha in _ALPHA_GRID:
-        e, a_ref, rss = _linear_e_a(x, loss, alpha)
+        e, a_ref, rss = _linear_e_a(x, loss, alpha, e_min)
         if a_ref > 0 and (best is None or rss < best[0]):
             best = (rss, e, a_ref, alpha)
     if best is None:
@@ -202,16 +216,21 @@ def _residuals_and_jacobian(
     return loss - (e + term), jacobian
 
 
-def _levenberg_marquardt(theta: np.ndarray, x: np.ndarray, loss: np.ndarray) -> np.ndarray:
-    """Least squares of the residuals in loss, from `theta`: Gauss-Newton steps, damped (by a
-    multiple of diag(J^T J)) when a step would not lower the rss."""
+def _levenberg_marquardt(
+    theta: np.ndarray, x: np.ndarray, loss: np.ndarray, free: np.ndarray
+) -> np.ndarray:
+    """Least squares of the residuals in loss over the `free` parameters, from `theta`:
+    Gauss-Newton steps, damped (by a multiple of diag(J^T J)) when a step would not lower the
+    rss."""
     damping = 1e-3
     r, jac = _residuals_and_jacobian(theta, x, loss)
     rss = float(r @ r)
     for _ in range(_MAX_ITERATIONS):
-        normal = jac.T @ jac
-        step = np.linalg.solve(normal + damping * np.diag(np.diag(normal)), jac.T @ r)
-        trial = theta + step
+        normal = jac[:, free].T @ jac[:, free]
+        trial = theta.copy()
+        trial[free] += np.linalg.solve(
+            normal + damping * np.diag(np.diag(normal)), jac[:, free].T @ r
+        )
         r_new, jac_new = _residuals_and_jacobian(trial, x, loss)
         rss_new = float(r_new @ r_new)
         if np.isfinite(rss_new) and rss_new <= rss:
@@ -227,31 +246,39 @@ def _levenberg_marquardt(theta: np.ndarray, x: np.ndarray, loss: np.ndarray) -> 
     return theta
 
 
-def fit_power_law(compute: np.ndarray, loss: np.ndarray) -> PowerLawFit:
-    """Fit L(C) = E + A * C^-alpha to the points by least squares on the loss.
+def fit_power_law(compute: np.ndarray, loss: np.ndarray, *, e_min: float = 0.0) -> PowerLawFit:
+    """Fit L(C) = E + A * C^-alpha to the points by least squares on the loss, with E >= e_min.
 
     Method: compute is scaled by its geometric mean c_ref (x = C / c_ref) and the law written
     E + A_ref * x^-alpha. A grid of alpha (1e-3 to 4, log-spaced) gives a start: for each alpha
     E and A_ref are linear, solved exactly (variable projection). Levenberg-Marquardt then refines
-    (E, log A_ref, alpha) together. Uncertainty: the covariance s^2 (J^T J)^-1 of the Jacobian J
-    at the optimum, s^2 = rss / (n - 3); A's error by the delta method. Every point counts the
-    same (homoscedastic residuals in loss). Needs >= 4 points and >= 3 distinct computes.
+    (E, log A_ref, alpha) together; when the points show no floor (E would go below e_min, 0 by
+    default: a cross-entropy is never negative) E is held at e_min and A, alpha are refined.
+    Uncertainty: the covariance s^2 (J^T J)^-1 of the Jacobian J of the fitted parameters at the
+    optimum, s^2 = rss / (n - fitted parameters); A's error by the delta method. Every point
+    counts the same (homoscedastic residuals in loss). Needs >= 4 points, >= 3 distinct computes.
     """
     compute = np.asarray(compute, dtype=float)
     loss = np.asarray(loss, dtype=float)
     _check_points(compute, loss)
     c_ref = float(np.exp(np.mean(np.log(compute))))
     x = compute / c_ref
-    theta = _levenberg_marquardt(_start(x, loss), x, loss)
+    theta = _start(x, loss, e_min)
+    free = np.array([theta[0] > e_min, True, True])
+    theta = _levenberg_marquardt(theta, x, loss, free)
+    if theta[0] < e_min:  # refined past the bound: hold E there
+        theta[0], free[0] = e_min, False
+        theta = _levenberg_marquardt(theta, x, loss, free)
     r, jac = _residuals_and_jacobian(theta, x, loss)
     rss = float(r @ r)
-    normal = jac.T @ jac
+    normal = jac[:, free].T @ jac[:, free]
     if np.linalg.cond(normal) > 1e14:
         raise FitError(
             "the fit is degenerate (its Jacobian has no full rank): the points do not pin down"
             " E, A and alpha; add points over a wider range of compute"
         )
-    covariance = rss / (len(x) - 3) * np.linalg.inv(normal)
+    covariance = np.zeros((3, 3))
+    covariance[np.ix_(free, free)] = rss / (len(x) - free.sum()) * np.linalg.inv(normal)
     e, log_a_ref, alpha = (float(v) for v in theta)
     log_c = math.log(c_ref)
     # log A = log A_ref + alpha * log c_ref
@@ -268,4 +295,5 @@ def fit_power_law(compute: np.ndarray, loss: np.ndarray) -> PowerLawFit:
         covariance=tuple(tuple(float(v) for v in row) for row in covariance),
         rss=rss,
         n_points=len(x),
+        e_at_bound=not free[0],
     )

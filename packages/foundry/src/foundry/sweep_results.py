@@ -135,6 +135,7 @@ class SweepSummary:
             "points": list(self.fitted),
             "E": fit.e,
             "E_err": fit.e_err,
+            "E_at_bound": fit.e_at_bound,
             "A": fit.a,
             "A_err": fit.a_err,
             "alpha": fit.alpha,
