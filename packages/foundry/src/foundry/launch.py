@@ -48,8 +48,6 @@ if TYPE_CHECKING:
     from foundry.schema import HardwareConfig, TrainCommand
 
 __all__ = [
-    "SLURM_SCRIPT",
-    "TORCHRUN_SCRIPT",
     "LaunchConfig",
     "LaunchError",
     "Machine",
@@ -229,9 +227,10 @@ def child_overrides(cfg: TrainCommand, config_text: str) -> list[str]:
     overrides.append("launch.launcher=none")
     try:
         rebuilt = compose_config("train", overrides).build(TrainCommand)
-    except ValueError as err:
-        rebuilt = err
-    if not isinstance(rebuilt, TrainCommand) or replace(rebuilt, launch=cfg.launch) != cfg:
+        same = replace(rebuilt, launch=cfg.launch) == cfg
+    except ValueError:  # a ConfigError too: the words split apart are not the overrides given
+        same = False
+    if not same:
         raise LaunchError(
             "cannot launch: the overrides " + " ".join(given) + " do not rebuild this run's"
             " config for the job (is there a value with a space in it? write it without one)"
