@@ -9,3 +9,5 @@
 
 `foundry.plan` puts them together for a config (`plan_for_train`, the `foundry plan` command).
 """
+
+__all__: list[str] = []  # the modules are the API: foundry.planning.memory, ...
