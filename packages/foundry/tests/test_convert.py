@@ -188,3 +188,31 @@ def test_conversions_that_cannot_work_are_refused_before_any_weight_is_read(
     assert "max_shard_size must be like '5GB'" in capsys.readouterr().err
     assert main(["convert", f"load_path={tmp_path}", "to=hf", "out=y"]) == 1
     assert f"load_path={tmp_path}: not a foundry save folder" in capsys.readouterr().err
+
+
+def test_an_out_written_while_converting_is_kept_without_overwrite(tmp_path):
+    from foundry.convert import _move_into_place, _staging
+
+    out = tmp_path / "out"
+    tmp = _staging(out)
+    (tmp / "new.txt").write_text("new")
+    out.mkdir()  # another writer finished first, after `_check_out` let this one start
+    (out / "theirs.txt").write_text("theirs")
+    with pytest.raises(FileExistsError, match=f"out={out} exists"):
+        _move_into_place(tmp, out, overwrite=False)
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert not tmp.exists()
+    tmp = _staging(out)
+    (tmp / "new.txt").write_text("new")
+    _move_into_place(tmp, out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_convert_under_torchrun_is_refused(hf_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "ours"
+    assert main(["convert", f"load_path={hf_dir}", "to=foundry", f"out={out}"]) == 1
+    assert "foundry convert runs in one process" in capsys.readouterr().err
+    assert not out.exists()

@@ -33,6 +33,7 @@ and renamed into place when complete; an existing `out` is replaced only with `o
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -133,8 +134,15 @@ def _staging(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished `tmp` to `out`, replacing what was there (checked by `_check_out`)."""
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished `tmp` to `out`, replacing what was there only when `overwrite`: `out`
+    may have been written since `_check_out` ran (another writer); then `tmp` is removed."""
+    if not overwrite:
+        try:
+            _check_out(str(out), overwrite)
+        except FileExistsError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     old = None
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
@@ -159,7 +167,7 @@ def _generation_config(folder: Path) -> None:
     config.save_pretrained(str(folder))
 
 
-def _to_hf(source: ModelSource, out: Path, *, files, dtype, max_shard_size) -> None:
+def _to_hf(source: ModelSource, out: Path, *, files, dtype, max_shard_size, overwrite) -> None:
     from mpt.hf import export_hf
 
     model = load_source(source)
@@ -171,7 +179,7 @@ def _to_hf(source: ModelSource, out: Path, *, files, dtype, max_shard_size) -> N
         if files:
             _copy_tokenizer(files, folder)
             _generation_config(folder)
-        _move_into_place(folder, out)
+        _move_into_place(folder, out, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -197,7 +205,7 @@ def _train_config_text(config, *, source: str, out: Path, tokenizer: str | None)
     return head + yaml.safe_dump(values, sort_keys=False)
 
 
-def _to_foundry(source: ModelSource, out: Path, *, files, dtype) -> None:
+def _to_foundry(source: ModelSource, out: Path, *, files, dtype, overwrite) -> None:
     from composer_lite.checkpoint import CheckpointManager
     from foundry.model import MPTTrainable
     from foundry.train import CONFIG_FILE
@@ -222,7 +230,7 @@ def _to_foundry(source: ModelSource, out: Path, *, files, dtype) -> None:
             config, source=source.path, out=out.resolve(), tokenizer=tokenizer
         )
         (tmp / CONFIG_FILE).write_text(text)
-        _move_into_place(tmp, out)
+        _move_into_place(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -258,14 +266,26 @@ def convert(
         return target
     files = _tokenizer_files(tokenizer or source.tokenizer, given=tokenizer is not None)
     if to == "hf":
-        _to_hf(source, target, files=files, dtype=dtype, max_shard_size=max_shard_size)
+        _to_hf(
+            source,
+            target,
+            files=files,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+        )
     else:
-        _to_foundry(source, target, files=files, dtype=dtype)
+        _to_foundry(source, target, files=files, dtype=dtype, overwrite=overwrite)
     return target
 
 
 def run_command(cfg: ConvertCommand, config_text: str) -> int:
     """`foundry convert`: convert and say where it went."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "foundry convert runs in one process; run it without torchrun (every rank would"
+            " convert the whole model into the same out)"
+        )
     out = convert(
         cfg.load_path,
         cfg.out,
