@@ -108,7 +108,10 @@ def test_weighted_streams_give_their_proportions(two_streams):
     assert len(ids) == 72  # 71 rounded up to a multiple of the 4 canonical nodes, as mosaicml does
     assert ids[71] == ids[0] and len(ds) == 71  # the padding repeats the start; len omits it
     ids = ids[:71]
-    assert sum(i >= 1000 for i in ids) == round(71 * 0.4)
+    # floor(71 * 0.4) = 28 from b, floor(71 * 0.6) = 42 from a, the one left to either (as
+    # mosaicml-streaming draws it); each dataset.streams[i] has its count filled in.
+    assert [s.choose for s in ds.streams] in ([43, 28], [42, 29])
+    assert sum(i >= 1000 for i in ids) == ds.streams[1].choose
     assert len(set(i for i in ids if i >= 1000)) == 23  # 28 drawn from 23: all of them, some twice
 
 
@@ -247,7 +250,7 @@ def test_works_without_torch(tmp_path):
         "import sys; sys.modules['torch'] = None\n"
         "from streaming import StreamingDataset\n"
         f"ds = StreamingDataset(local={str(out)!r}, batch_size=5, shuffle=True)\n"
-        "assert type(ds).__mro__[1] is object\n"
+        "assert not [c for c in type(ds).__mro__ if c.__module__.startswith('torch')]\n"
         "print(sorted(s['id'] for s in ds), ds[3]['id'])\n"
     )
     result = subprocess.run(

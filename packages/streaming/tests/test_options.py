@@ -106,8 +106,6 @@ def test_mosaic_options_at_values_that_mean_what_we_do_are_accepted(tmp_path, na
     ("name", "value", "says"),
     [
         ("partition_algo", "orig", "its own elastic scheme"),
-        ("sampling_method", "fixed", "'fixed' is not supported"),
-        ("sampling_granularity", 4, "draws single samples"),
         ("batching_method", "stratified", UNSUPPORTED_BATCHING),
         ("batching_method", "per_stream", "mixes the streams within each global batch"),
         ("replication", 2, "every rank samples of its own"),

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streaming.mixing import epoch_counts, epoch_entries
 from streaming.partition import (
     interleave_canonical,
     num_global_batches,
@@ -18,7 +19,7 @@ from streaming.partition import (
 )
 from streaming.plan import PlanConfig, epoch_sequence
 from streaming.shuffle import SHUFFLES, canonical_bounds
-from streaming.stream import Stream, epoch_counts
+from streaming.stream import Stream
 
 
 def simulate(
@@ -84,7 +85,7 @@ def splits(global_batch: int, max_ranks: int = 16):
 def two_stream_sequence(seed, epoch, algo, canonical, global_batch, block=16):
     streams = [Stream(local="/a", proportion=0.7), Stream(local="/b", proportion=0.3)]
     shard_sizes = [np.array([13, 13, 13, 5]), np.array([9, 9, 4])]
-    counts = epoch_counts(streams, [44, 22], epoch_size=101)
+    counts = epoch_counts(streams, [44, 22], epoch_size=101, seed=seed)
     config = PlanConfig(
         num_canonical_nodes=canonical,
         chunk=max(1, global_batch // canonical),
@@ -149,7 +150,7 @@ def test_property_elastic_determinism(
         for i, w in zip(range(len(sizes)), weights, strict=False)
     ]
     shard_sizes = [np.array(s) for s in sizes]
-    counts = epoch_counts(streams, [sum(s) for s in sizes], epoch_size)
+    counts = epoch_counts(streams, [sum(s) for s in sizes], epoch_size, seed)
     assert counts.sum() == epoch_size
     global_batch = per_device * 12  # divisible by 1, 2, 3, 4, 6, 12 ranks
     config = PlanConfig(
@@ -277,17 +278,68 @@ def test_resuming_at_any_position_continues_the_same_sequence():
 
 
 def test_mixing_rules():
+    """Counts as mosaicml-streaming derives them (test_mosaic_api compares with it itself)."""
     a, b = Stream(local="/a", repeat=2), Stream(local="/b", choose=3)
-    np.testing.assert_array_equal(epoch_counts([a, b], [10, 20], None), [20, 3])
-    np.testing.assert_array_equal(epoch_counts([a, b], [10, 20], 46), [40, 6])
+    np.testing.assert_array_equal(epoch_counts([a, b], [10, 20], None, 0), [20, 3])
+    with pytest.raises(ValueError, match="epoch_size=46 needs relative weights, but streams"):
+        epoch_counts([a, b], [10, 20], 46, 0)  # was: rescaled to 46
+    floor = Stream(local="/c", repeat=0.55)
+    np.testing.assert_array_equal(epoch_counts([floor], [10], None, 0), [5])  # was: round, 6
     plain = [Stream(local="/a"), Stream(local="/b")]
-    np.testing.assert_array_equal(epoch_counts(plain, [10, 20], None), [10, 20])
+    np.testing.assert_array_equal(epoch_counts(plain, [10, 20], None, 0), [10, 20])
+    np.testing.assert_array_equal(epoch_counts(plain, [10, 20], 0, 0), [10, 20])  # 0: unset
+    assert epoch_counts(plain, [10, 20], 31, 0).sum() == 31
     with pytest.raises(ValueError, match="mix relative and absolute"):
-        epoch_counts([Stream(local="/a", proportion=1), b], [10, 20], None)
+        epoch_counts([Stream(local="/a", proportion=1), b], [10, 20], None, 0)
     with pytest.raises(ValueError, match="at most one of proportion, repeat, choose"):
         Stream(local="/a", proportion=1, repeat=2)
     with pytest.raises(ValueError, match="non-negative"):
         Stream(local="/a", choose=-1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 30), min_size=1, max_size=6),
+    count=st.integers(0, 200),
+    granularity=st.integers(1, 12),
+    seed=st.integers(0, 1000),
+    fixed=st.booleans(),
+)
+def test_property_sampling(sizes, count, granularity, seed, fixed):
+    """A stream's draw: whole passes plus distinct extra samples; `fixed` draws the same each
+    epoch; with granularity g, at most one shard gets a number of extras that is not a whole
+    number of its runs of g (runs taken whole, the last one cut)."""
+    sizes = np.array(sizes)
+    if sizes.sum() == 0:
+        return
+    method = "fixed" if fixed else "balanced"
+    draws = [
+        epoch_entries(
+            np.array([count]),
+            [sizes],
+            seed,
+            epoch,
+            sampling_method=method,
+            sampling_granularity=granularity,
+        )[0]
+        for epoch in (0, 1)
+    ]
+    total = int(sizes.sum())
+    passes, extra = divmod(count, total)
+    for drawn in draws:
+        assert len(drawn) == count
+        np.testing.assert_array_equal(drawn[: passes * total], np.tile(np.arange(total), passes))
+        tail = drawn[passes * total :]
+        assert len(set(tail.tolist())) == extra and np.all(np.diff(tail) > 0)
+        ends = np.cumsum(sizes)
+        per_shard = np.bincount(np.searchsorted(ends, tail, side="right"), minlength=len(sizes))
+        short = sizes % granularity  # a shard's last run, if shorter
+        whole = (per_shard % granularity == 0) | (
+            (short > 0) & (per_shard >= short) & ((per_shard - short) % granularity == 0)
+        )
+        assert (~whole).sum() <= 1, (per_shard, sizes)
+    if fixed:
+        np.testing.assert_array_equal(draws[0], draws[1])
 
 
 @pytest.mark.parametrize("algo", sorted(SHUFFLES))

@@ -3,7 +3,7 @@ remotes in one `local` folder: their shards have the same names (`shard.00000.md
 read the other's samples.
 
 A dataset claims each remote stream's folder when it is made (`claim_cache_folder`), before it
-fetches `index.json` there, and holds a shared `flock` on `.streaming-cache.use` for as long as
+fetches `index.json` there, and holds a shared `flock` on `.streaming-cache.use.lock` for as long as
 it lives (its dataloader workers are its children and read under its claim). Any number of live
 datasets of one remote share a folder, in any process of the node. A folder recorded as the cache
 of another remote (`streaming.cache.mark_cache_folder`) is:
@@ -14,7 +14,7 @@ of another remote (`streaming.cache.mark_cache_folder`) is:
   copies and digests) are deleted first, so none of the old dataset's shards is served as the
   new one's, then the folder is recorded as the new remote's.
 
-The check runs under an exclusive `flock` on `.streaming-cache.setup`, so ranks of one job that
+The check runs under an exclusive `flock` on `.streaming-cache.setup.lock`, so ranks of one job that
 start together on a folder left by another remote agree: the first takes it over, the others
 find it theirs. Locks are released by the kernel when a process ends, so a crash leaves nothing.
 """
@@ -33,8 +33,8 @@ from streaming.format import INDEX_NAME
 
 __all__ = ["CacheClaim", "claim_cache_folder"]
 
-SETUP_LOCK = ".streaming-cache.setup"
-USE_LOCK = ".streaming-cache.use"
+SETUP_LOCK = ".streaming-cache.setup.lock"
+USE_LOCK = ".streaming-cache.use.lock"
 
 
 def _source(remote: str) -> str:

@@ -27,16 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from streaming import members
 from streaming.array import Array
-from streaming.cacheuse import CacheClaim, claim_cache_folder
-from streaming.errors import DatasetNotFoundError, EmptyDatasetError
-from streaming.format import INDEX_NAME, ShardInfo, parse_index
+from streaming.format import ShardInfo
 from streaming.iteration import PassCounter
+from streaming.layout import load_layout
+from streaming.mixing import epoch_counts, resolved_weights
 from streaming.options import (
     check_cache_limit,
     check_mosaic_options,
-    check_recorded_hashes,
-    check_safe_encodings,
     check_shuffle_algo,
     parse_epoch_size,
     parse_validate_hash,
@@ -46,13 +45,15 @@ from streaming.partition import padded_end, rank_worker_positions
 from streaming.plan import PlanConfig, epoch_sequence
 from streaming.shardcache import ShardCache
 from streaming.sizes import parse_bytes
-from streaming.stream import Stream, epoch_counts
+from streaming.stream import Stream
 from streaming.world import World
 
 try:
-    from torch.utils.data import IterableDataset as _Base
+    from torch.utils.data import IterableDataset
+
+    _BASES: tuple[type, ...] = (IterableDataset, Array)
 except ImportError:  # torch is optional
-    _Base = object
+    _BASES = (Array,)
 
 __all__ = ["StreamingDataset"]
 
@@ -69,7 +70,7 @@ def _with_defaults(stream: Stream, *, validate_hash: bool | str, keep_zip: bool)
     )
 
 
-class StreamingDataset(_Base, Array):
+class StreamingDataset(*_BASES):
     """Stream samples from one or more MDS datasets. See the module docstring for the pass.
 
     Give either `streams=[Stream(...), ...]` or a single `remote=`/`local=` (+ `split=`,
@@ -140,8 +141,6 @@ class StreamingDataset(_Base, Array):
         stream_config: dict[str, Any] | None = None,
     ) -> None:
         check_mosaic_options(
-            sampling_method=sampling_method,
-            sampling_granularity=sampling_granularity,
             partition_algo=partition_algo,
             batching_method=batching_method,
             replication=replication,
@@ -193,30 +192,36 @@ class StreamingDataset(_Base, Array):
             self.cache_limit = parse_bytes(cache_limit, setting="cache_limit") or None
         self.predownload = 8 * batch_size if predownload is None else predownload
 
-        self._shards: list[tuple[int, ShardInfo]] = []
-        self._claims: list[CacheClaim] = []  # remote streams' cache folders (streaming.cacheuse)
-        sizes_per_stream, index_bytes = [], []
-        for index, stream in enumerate(self.streams):
-            infos, size = self._load_index(stream)
-            index_bytes.append(size)
-            check_recorded_hashes(stream.validate_hash, infos, stream.remote or stream.local)
-            check_safe_encodings(infos, allow_pickle, stream.remote or stream.local)
-            self._shards += [(index, info) for info in infos]
-            sizes_per_stream.append(np.array([info.samples for info in infos], np.int64))
+        layout = load_layout(self.streams, allow_pickle=allow_pickle)
+        self._claims = layout.claims  # remote streams' cache folders (streaming.cacheuse)
+        self._shards = list(layout.shards)
+        sizes_per_stream = layout.shard_sizes_per_stream()
         self._shard_sizes = sizes_per_stream
-        self._shard_ends = np.cumsum([info.samples for _, info in self._shards]).astype(np.int64)
-        self.num_samples = int(self._shard_ends[-1]) if len(self._shard_ends) else 0
-        if self.num_samples == 0:
-            where = ", ".join(s.remote or s.local for s in self.streams)
-            raise EmptyDatasetError(f"no samples to stream: the index of {where} lists no samples")
+        self._shard_ends = np.cumsum(layout.samples_per_shard).astype(np.int64)
+        self.num_samples = int(self._shard_ends[-1])
+        # mosaicml-streaming's bookkeeping, by its names
+        self.num_streams, self.num_shards = layout.num_streams, len(self._shards)
+        self.samples_per_shard = layout.samples_per_shard
+        self.sample_offset_per_shard = layout.sample_offset_per_shard
+        self.stream_per_shard = layout.stream_per_shard
+        self.shards_per_stream = layout.shards_per_stream
+        self.shard_offset_per_stream = layout.shard_offset_per_stream
+        self.samples_per_stream = layout.samples_per_stream
+        self.sample_offset_per_stream = layout.sample_offset_per_stream
+        stream_sizes = [int(s.sum()) for s in sizes_per_stream]
         self._counts = epoch_counts(
-            self.streams, [int(s.sum()) for s in sizes_per_stream], parse_epoch_size(epoch_size)
+            self.streams, stream_sizes, parse_epoch_size(epoch_size), shuffle_seed
         )
         self.epoch_size = int(self._counts.sum())
+        # Each stream's weights as derived, filled in as mosaicml-streaming does (on our copies).
+        for stream, weights in zip(
+            self.streams, resolved_weights(self.streams, stream_sizes, self._counts), strict=True
+        ):
+            stream.proportion, stream.repeat, stream.choose = weights
         if self.cache_limit is not None:
             check_cache_limit(
                 self.cache_limit,
-                index_bytes=sum(index_bytes),
+                index_bytes=layout.cached_index_bytes,
                 largest_shard=max(
                     info.raw_data.bytes + (info.zip_data.bytes if info.zip_data else 0)
                     for _, info in self._shards
@@ -229,6 +234,8 @@ class StreamingDataset(_Base, Array):
             shuffle=shuffle,
             shuffle_algo=shuffle_algo,
             shuffle_seed=shuffle_seed,
+            sampling_method=sampling_method,
+            sampling_granularity=sampling_granularity,
         )
         # None: derived from the canonical node count in use (see _set_plan).
         self._shuffle_block_size = shuffle_block_size
@@ -258,26 +265,37 @@ class StreamingDataset(_Base, Array):
         )
         self._sequence_cache: tuple[int, np.ndarray] | None = None
 
-    # -- index and shards -------------------------------------------------------------------
-    def _load_index(self, stream: Stream) -> tuple[list[ShardInfo], int]:
-        path = os.path.join(stream.local, INDEX_NAME)
-        if stream.remote is not None:
-            from streaming.storage import open_dataset_index
+    # -- shards, as mosaicml-streaming exposes them ---------------------------------------------
+    @property
+    def shards(self) -> list[ShardInfo]:
+        """Each shard's index entry (samples, files, columns), in stream order. mosaicml-streaming
+        gives its shard readers here; read samples through the dataset (`get_item`)."""
+        return [info for _, info in self._shards]
 
-            # Before index.json lands there: the folder may be another remote's cache.
-            self._claims.append(claim_cache_folder(stream.local, stream.remote))
-            data = open_dataset_index(stream.remote, stream.local, **stream.storage_options)
-            where = f"{stream.remote.rstrip('/')}/{INDEX_NAME}"
-        else:
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                raise DatasetNotFoundError(
-                    f"no MDS dataset at {stream.local}: {path} does not exist"
-                ) from None
-            where = path
-        return parse_index(data, where), len(data)
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        """Fetch, check and decompress a shard now (`blocking=False`: in the background)."""
+        members.prepare_shard(self._cache, shard_id, blocking)
+
+    def evict_shard(self, shard_id: int) -> None:
+        """Delete a shard's cached files (never a local dataset's own: `streaming.members`)."""
+        members.evict_shard(self._cache, shard_id)
+
+    def evict_coldest_shard(self) -> None:
+        """Evict the shard used least recently; ValueError if no shard has cached files."""
+        members.evict_shard(self._cache, members.coldest_shard(self._cache))
+
+    @property
+    def cache_usage(self) -> int:
+        """Bytes of cached shard files and remote index.json files now on disk."""
+        return members.cache_usage(self._cache)
+
+    def resample_streams(
+        self, epoch: int, stream_id: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(runs from one shard, sample ids) drawn for `epoch` before shuffling."""
+        return members.resample_streams(
+            self._shard_sizes, self._counts, self._plan, epoch, stream_id
+        )
 
     @property
     def size(self) -> int:

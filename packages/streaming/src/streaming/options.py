@@ -8,7 +8,7 @@
   that means what streaming does (their defaults, mostly), and refused at construction with a
   message saying what streaming does instead (`check_mosaic_options`), never at iteration.
 - `cache_limit` is refused when a pass cannot fit, by mosaicml-streaming's rule
-  (`check_cache_limit`): it must exceed the indexes' bytes and hold four of the largest shard
+  (`check_cache_limit`): it must exceed the cached indexes' bytes and hold four of the largest shard
   (raw plus compressed). 0 or None means no limit, as in mosaicml-streaming.
 - A `pkl` column is refused when the dataset is made, unless `allow_pickle`/`allow_unsafe_types`
   (`check_safe_encodings`), as mosaicml-streaming refuses it, not at the first read.
@@ -45,15 +45,6 @@ __all__ = [
 
 # name -> (the values streaming accepts: they mean what it does, what streaming does instead)
 MOSAIC_OPTIONS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "sampling_method": (
-        ("balanced",),
-        "streaming samples like mosaicml-streaming's default 'balanced': a stream drawn other "
-        "than whole passes takes a fresh choice of samples each epoch ('fixed' is not supported)",
-    ),
-    "sampling_granularity": (
-        (1,),
-        "streaming draws single samples (mosaicml-streaming's default granularity 1)",
-    ),
     "partition_algo": (
         ("relaxed",),
         "streaming partitions every epoch with its own elastic scheme: the global batches are the "
@@ -125,9 +116,10 @@ def check_recorded_hashes(validate: bool | str, infos: Sequence[ShardInfo], wher
 
 
 def check_cache_limit(limit: int, *, index_bytes: int, largest_shard: int) -> None:
-    """mosaicml-streaming's floor for `cache_limit`: above the bytes of the streams' index.json
-    files (they count against it and stay), and at least four of the largest shard, raw plus
-    compressed bytes (a shard being decompressed holds both; two in use, two arriving)."""
+    """mosaicml-streaming's floor for `cache_limit`: above the bytes of the remote streams'
+    index.json files (they count against it and stay in the cache; mosaicml-streaming counts a
+    local dataset's too, which is in no cache here), and at least four of the largest shard, raw
+    plus compressed bytes (a shard being decompressed holds both; two in use, two arriving)."""
     if limit <= index_bytes:
         raise ValueError(
             f"cache_limit {limit} bytes is not above the {index_bytes} bytes of the streams' "

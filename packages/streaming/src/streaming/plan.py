@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streaming.mixing import SAMPLING_METHODS, epoch_entries
 from streaming.partition import interleave_canonical
 from streaming.shuffle import SHUFFLES, no_shuffle
-from streaming.stream import epoch_entries
 
 __all__ = ["PlanConfig", "entry_spans", "epoch_sequence"]
 
@@ -28,8 +28,18 @@ class PlanConfig:
     shuffle_algo: str = "py1e"
     shuffle_seed: int = 9176
     shuffle_block_size: int = 1 << 18
+    sampling_method: str = "balanced"  # "fixed": the same extra samples every epoch
+    sampling_granularity: int = 1  # extra samples drawn this many at a time from one shard
 
     def __post_init__(self) -> None:
+        if self.sampling_method not in SAMPLING_METHODS:
+            raise ValueError(
+                f"sampling_method={self.sampling_method!r} is not one of {SAMPLING_METHODS}"
+            )
+        if not (isinstance(self.sampling_granularity, int) and self.sampling_granularity > 0):
+            raise ValueError(
+                f"sampling_granularity={self.sampling_granularity!r} must be a positive integer"
+            )
         if self.shuffle and self.shuffle_algo not in SHUFFLES:
             raise ValueError(
                 f"unknown shuffle_algo {self.shuffle_algo!r}; choose from {sorted(SHUFFLES)}"
@@ -60,7 +70,14 @@ def epoch_sequence(
 ) -> np.ndarray:
     """Global sample ids (streams concatenated in order) of one epoch, in reading order."""
     sizes = [int(s.sum()) for s in shard_sizes]
-    per_stream = epoch_entries(counts, sizes, config.shuffle_seed, epoch)
+    per_stream = epoch_entries(
+        counts,
+        shard_sizes,
+        config.shuffle_seed,
+        epoch,
+        sampling_method=config.sampling_method,
+        sampling_granularity=config.sampling_granularity,
+    )
     stream_offsets = np.concatenate([[0], np.cumsum(sizes)])
     entries, spans, position = [], [], 0
     for ids, sizes_of_shards, offset in zip(per_stream, shard_sizes, stream_offsets, strict=False):

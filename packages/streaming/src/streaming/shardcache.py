@@ -158,6 +158,23 @@ class ShardCache:
             pending, _ = self._claim(shard_id)
         self._executor().submit(self._prepare, shard_id, pending)
 
+    def cached_files(self, shard_id: int) -> list[str]:
+        """The files of a shard that this cache made and may delete (a remote stream's download
+        and raw copy, a local dataset's raw copy kept outside it); never a dataset's own."""
+        stream, _, raw_path, stored_path = self._paths(shard_id)
+        files = [stored_path] if stream.remote is not None else []
+        if raw_path is not None and (
+            stream.remote is not None or self._raw_dirs[shard_id] != stream.local
+        ):
+            files.append(raw_path)
+        return files
+
+    def drop(self, shard_id: int) -> None:
+        """Close the shard in this process (it is opened again, fetched if need be, when read)."""
+        with self._lock:
+            self._open.pop(shard_id, None)
+            self._verified.discard(shard_id)
+
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None

@@ -1,10 +1,7 @@
-"""`Stream`: one source of samples, and how many of its samples each epoch draws.
-
-Several streams mix into one dataset as the MPT data table does: either every stream gives a
-relative `proportion` of the epoch, or each gives an absolute amount (`repeat`, a multiple of its
-size, or `choose`, a number of samples), or none gives anything (each contributes its size).
-A stream drawn `k` times its size `n` takes `k // n` full passes plus `k % n` samples chosen
-without replacement, anew each epoch from the seed.
+"""`Stream`: one source of samples (a local folder, or a remote and its local cache) and its
+weight in a mix: a relative `proportion` of the epoch, or an absolute `repeat` (a multiple of
+its size) or `choose` (a number of samples); how weights become each epoch's samples is
+`streaming.mixing`.
 """
 
 from __future__ import annotations
@@ -15,13 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 __all__ = [
     "Stream",
     "default_cache_dir",
-    "epoch_counts",
-    "epoch_entries",
     "is_read_only",
     "raw_cache_dir",
 ]
@@ -150,59 +143,3 @@ def _same_folder(remote: str, local: str) -> bool:
 
 def _join(base: str, part: str) -> str:
     return base.rstrip("/") + "/" + part.strip("/") if "://" in base else os.path.join(base, part)
-
-
-def _round_to_total(weights: np.ndarray, total: int) -> np.ndarray:
-    """Integer counts proportional to `weights` that add up to `total` (largest remainder)."""
-    if weights.sum() <= 0:
-        raise ValueError("stream weights add up to zero: nothing to draw")
-    exact = weights / weights.sum() * total
-    counts = np.floor(exact).astype(np.int64)
-    short = total - int(counts.sum())
-    if short:
-        counts[np.argsort(-(exact - counts), kind="stable")[:short]] += 1
-    return counts
-
-
-def epoch_counts(streams: list[Stream], sizes: list[int], epoch_size: int | None) -> np.ndarray:
-    """How many samples each stream contributes to one epoch."""
-    kinds = {s.weighting for s in streams}
-    if "proportion" in kinds and kinds != {"proportion"}:
-        raise ValueError(
-            "streams mix relative and absolute weights: either every stream sets proportion, "
-            "or none does (use repeat/choose, or nothing)"
-        )
-    sizes_arr = np.asarray(sizes, np.int64)
-    if kinds == {"proportion"}:
-        total = int(sizes_arr.sum()) if epoch_size is None else epoch_size
-        return _round_to_total(np.array([s.proportion for s in streams], np.float64), total)
-    counts = np.empty(len(streams), np.int64)
-    for i, (stream, size) in enumerate(zip(streams, sizes, strict=True)):
-        if stream.choose is not None:
-            counts[i] = stream.choose
-        elif stream.repeat is not None:
-            counts[i] = round(stream.repeat * size)
-        else:
-            counts[i] = size
-    if epoch_size is not None:
-        counts = _round_to_total(counts.astype(np.float64), epoch_size)
-    for i, (count, size) in enumerate(zip(counts, sizes, strict=True)):
-        if count and not size:
-            raise ValueError(
-                f"stream {i} ({streams[i].remote or streams[i].local}) is empty but must give {count} samples"
-            )
-    return counts
-
-
-def epoch_entries(counts: np.ndarray, sizes: list[int], seed: int, epoch: int) -> list[np.ndarray]:
-    """For each stream, the sample indices (within the stream) that one epoch draws, in order."""
-    out = []
-    for i, (count, size) in enumerate(zip(counts, sizes, strict=True)):
-        count = int(count)
-        passes, extra = divmod(count, size) if size else (0, 0)
-        parts = [np.tile(np.arange(size, dtype=np.int64), passes)] if passes else []
-        if extra:
-            rng = np.random.default_rng([seed, epoch, 7, i])
-            parts.append(np.sort(rng.choice(size, extra, replace=False)).astype(np.int64))
-        out.append(np.concatenate(parts) if parts else np.zeros(0, np.int64))
-    return out
