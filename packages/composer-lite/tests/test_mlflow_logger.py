@@ -4,6 +4,8 @@ back through MLflow's own client: parameters, metrics by step, tags, artifacts, 
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import pytest
@@ -104,6 +106,21 @@ def test_a_failed_fit_ends_the_run_failed_with_its_metrics_sent(store):
     assert [r.info.status for r in runs] == ["FAILED"]
     steps = [m.step for m in client.get_metric_history(logger.run_id, "loss/train/total")]
     assert steps == [1]
+
+
+class _Interrupt(Callback):
+    def batch_end(self, state, logger):
+        if state.timestamp.batch == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the Trainer stops gracefully
+
+
+def test_a_fit_stopped_by_a_signal_ends_the_run_killed(store):
+    logger = MLFlowLogger(tracking_uri=store, experiment_name="killed")
+    _fit([logger], callbacks=[_Interrupt()], batches=10)  # returns normally
+    client, runs = _runs(store, "killed")
+    assert [r.info.status for r in runs] == ["KILLED"]
+    steps = [m.step for m in client.get_metric_history(logger.run_id, "loss/train/total")]
+    assert steps[-1] < 10  # it did stop early
 
 
 def test_only_rank_zero_writes(store):

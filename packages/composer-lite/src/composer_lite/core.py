@@ -88,6 +88,8 @@ class State:
     stop_reason: str | None = None
     skip_step: bool = False
     rollback_reason: str | None = None
+    # Set by the Trainer when it stops because a process (this rank or another) got SIGINT/SIGTERM.
+    stopped_by_signal: bool = False
     # The model to evaluate instead of `model`, when a callback sets one.
     eval_model: nn.Module | None = None
     # For users' own callbacks to share values; the Trainer and the built-in callbacks never use it.

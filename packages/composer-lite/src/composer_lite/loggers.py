@@ -227,7 +227,9 @@ class LoggerHub:
     """The logger that callbacks receive: fans each call out to `loggers`.
 
     Only rank 0 writes unless `all_ranks` (then every rank does; give each rank its own file).
-    Tensor values become plain numbers before any logger sees them.
+    Tensor values become plain numbers before any logger sees them. A logger may also have
+    `fit_end(state)`: the Trainer's `close(state)` calls it first, with the State the loop ended
+    with (e.g. `state.stopped_by_signal`).
     """
 
     def __init__(
@@ -259,8 +261,12 @@ class LoggerHub:
             for logger in self.loggers:
                 logger.log_hyperparameters(config)
 
-    def close(self) -> None:
-        """Flush and close every logger (a later log call reopens a file logger, appending)."""
+    def close(self, state: Any = None) -> None:
+        """Flush and close every logger (a later log call reopens a file logger, appending);
+        with the Trainer's `state`, call the loggers' optional `fit_end(state)` first."""
         if self.active:
             for logger in self.loggers:
+                fit_end = getattr(logger, "fit_end", None)
+                if state is not None and callable(fit_end):
+                    fit_end(state)
                 logger.close()

@@ -11,8 +11,9 @@ The same `Logger` protocol as the other loggers (`log_hyperparameters`, `log_met
 - metrics are buffered and sent in batches (every `flush_interval_s`, at 1000 values, on `flush()`
   and on `close()`) with their step; booleans and non-numbers are left out, as TensorBoard's;
 - `close()` sends what is buffered, uploads `artifacts` (files or folders that exist then) and ends
-  the run: FINISHED, or FAILED when an exception is on its way out of the Trainer (KILLED for
-  Ctrl-C). A log call after `close()` reopens the same run.
+  the run: FINISHED, FAILED when an exception is on its way out of the Trainer, or KILLED when
+  the Trainer stopped on SIGINT/SIGTERM (`State.stopped_by_signal`, seen in `fit_end(state)`) or
+  a KeyboardInterrupt propagates. A log call after `close()` reopens the same run.
 
 Only rank 0 writes (the rank of the process group, or `RANK` before one is joined): on other
 ranks the logger does nothing and touches no store. The run is created at the first call, so a
@@ -125,6 +126,7 @@ class MLFlowLogger:
         self._buffer: list[Any] = []
         self._last_flush = time.monotonic()
         self._open = False
+        self._signalled = False  # the last fit stopped on a signal (fit_end)
         if self.rank != 0:
             return
         try:
@@ -209,12 +211,19 @@ class MLFlowLogger:
         else:
             self._client.log_artifact(self.run_id, path, artifact_path)
 
+    def fit_end(self, state: Any) -> None:
+        """Called by the Trainer before `close()`: remember whether a signal stopped the loop."""
+        self._signalled = bool(getattr(state, "stopped_by_signal", False))
+
     def close(self, status: str | None = None) -> None:
-        """Send what is buffered, upload `artifacts`, end the run (`status` None: FINISHED, or
-        FAILED/KILLED while an exception propagates)."""
+        """Send what is buffered, upload `artifacts`, end the run (`status` None: FAILED/KILLED
+        while an exception propagates, else KILLED if a signal stopped the fit, else FINISHED)."""
+        signalled, self._signalled = self._signalled, False
         if not self.active or not self._open:
             return
         status = status or _end_status()
+        if status == "FINISHED" and signalled:
+            status = "KILLED"
         try:
             self.flush()
             for path in self.artifacts:

@@ -191,7 +191,7 @@ class Trainer:
             self._run(Event.FIT_END)
         finally:
             restore_signal_handlers(handlers)
-            self.logger.close()
+            self.logger.close(state)  # loggers with fit_end(state) see why the loop stopped
 
     def _train_batch(self, batch: Any) -> None:
         """One optimizer step. The host waits for the device once, when the guard needs the step's
@@ -231,6 +231,7 @@ class Trainer:
         ).tolist()
         if signalled:
             name = signal.Signals(self._signal).name if self._signal else None
+            state.stopped_by_signal = True
             state.stop(f"signal {name}" if name else "signal on another rank")
         return StepResult(
             loss=loss,
