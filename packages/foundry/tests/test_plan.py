@@ -290,9 +290,23 @@ def test_plan_for_train_reads_the_run_and_bad_settings_are_named():
     ).build(TrainCommand)
     plan = plan_for_train(cfg)
     assert plan.tokens == 1000 * 1024 * 2048 and plan.per_gpu_batch == 2
-    assert plan.micro_batch == 2 and plan.setup.precision == "amp_bf16"
+    # the default on GPUs, parallelism.param_dtype=auto: FSDP2 gathers bf16 weights, so autocast
+    # keeps no bf16 copy of the 30B weights, and the run fits
+    assert plan.micro_batch == 2 and plan.setup.precision == "fsdp_bf16"
+    assert "29,957,200,896" in plan.render() and plan.fits
+    fp32_gathers = compose_config(
+        "train",
+        [
+            *base,
+            "max_duration=1000ba",
+            "global_train_batch_size=1024",
+            "parallelism.param_dtype=null",
+        ],
+    ).build(TrainCommand)
+    plan = plan_for_train(fp32_gathers)
+    assert plan.setup.precision == "amp_bf16" and not plan.fits
     text = plan.render()
-    assert "29,957,200,896" in text and "DOES NOT FIT" in text  # bf16 copies of 30B weights
+    assert "DOES NOT FIT" in text  # bf16 copies of 30B weights
     assert "param_dtype=bf16" in text  # the options name the way out
     no_network = HardwareConfig(**{**vars(_hw("512xh100")), "inter_node_gb_per_s": None})
     with pytest.raises(ValueError, match="hardware.inter_node_gb_per_s is null"):

@@ -176,3 +176,19 @@ def test_checkpoints_and_config_go_to_s3(data, s3_bucket, capsys):
     assert cfg.model.d_model == 32 and model.config.vocab_size == VOCAB
     assert main(["train", *TINY, *args, "max_duration=3ba"]) == 0  # autoresume from the bucket
     assert "trained to batch 3" in capsys.readouterr().out
+
+
+def test_fsdp2_param_dtype_auto_is_bf16_on_gpus_and_none_on_cpus():
+    from foundry.compose import compose_config
+    from foundry.schema import TrainCommand
+    from foundry.train import param_dtype
+
+    base = ["data.sources.main.local=x", "max_duration=1ba"]
+    auto = compose_config("train", base).build(TrainCommand)
+    assert auto.parallelism.param_dtype == "auto"
+    assert (param_dtype(auto, "cuda"), param_dtype(auto, "cpu")) == ("bf16", None)
+    for given, expected in (("null", None), ("fp16", "fp16"), ("bf16", "bf16")):
+        cfg = compose_config("train", [*base, f"parallelism.param_dtype={given}"]).build(
+            TrainCommand
+        )
+        assert param_dtype(cfg, "cuda") == expected

@@ -240,7 +240,11 @@ class ParallelismConfig:
     fsdp: bool = opt(True, "shard with FSDP2 when there is more than one rank")
     sharding: Literal["full", "hybrid"] = opt("full", "full: over all ranks; hybrid: HSDP")
     shard_group_size: int | None = opt(None, "ranks per shard group (hybrid); null: per node")
-    param_dtype: Literal["bf16", "fp16"] | None = opt(None, "FSDP2's compute dtype of parameters")
+    param_dtype: Literal["auto", "bf16", "fp16"] | None = opt(
+        "auto",
+        "FSDP2's compute dtype of the gathered parameters (fp32 shards, fp32 gradient reduction);"
+        " auto: bf16 on GPUs (no bf16 copy of every weight kept for backward), none on CPUs",
+    )
     activation_checkpointing: bool = opt(False, "recompute each block's activations in backward")
     compile: bool = opt(False, "torch.compile each block")
 

@@ -211,7 +211,17 @@ def _precision(cfg: TrainCommand, device: torch.device) -> str:
     return "amp_bf16" if device.type == "cuda" else "fp32"
 
 
-def _parallel_config(cfg: TrainCommand) -> Any:
+def param_dtype(cfg: TrainCommand, device_type: str) -> str | None:
+    """FSDP2's parameter dtype: `parallelism.param_dtype`, where "auto" is bf16 on GPUs (the
+    gathered weights in bf16, so autocast keeps no bf16 copy of every weight for backward; the
+    fp32 shards take the update) and none on CPUs."""
+    chosen = cfg.parallelism.param_dtype
+    if chosen == "auto":
+        return "bf16" if device_type == "cuda" else None
+    return chosen
+
+
+def _parallel_config(cfg: TrainCommand, device: torch.device) -> Any:
     from composer_lite import ParallelConfig
 
     p = cfg.parallelism
@@ -219,7 +229,7 @@ def _parallel_config(cfg: TrainCommand) -> Any:
         fsdp=p.fsdp,
         sharding=p.sharding,
         shard_group_size=p.shard_group_size,
-        param_dtype=p.param_dtype,
+        param_dtype=param_dtype(cfg, device.type),
         activation_checkpointing=p.activation_checkpointing,
         compile=p.compile,
     )
@@ -373,7 +383,7 @@ def build_run(
         eval_subset_num_batches=cfg.eval_subset_num_batches,
         device_train_microbatch_size=cfg.device_train_microbatch_size,
         precision=_precision(cfg, place.device),
-        parallelism=_parallel_config(cfg) if place.world > 1 else None,
+        parallelism=_parallel_config(cfg, place.device) if place.world > 1 else None,
         save_folder=cfg.save_folder,
         save_interval=to_time(cfg.save_interval, key="save_interval"),
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,

@@ -60,7 +60,8 @@ def setup_of(
 ) -> Setup:
     """The `Setup` foundry train runs with these settings (as train.py and composer-lite
     choose): precision auto -> amp_bf16 on GPUs, fp32 on CPUs; FSDP2 when there is more than one
-    rank (param_dtype bf16/fp16 -> bf16 all-gathers, else autocast over fp32 weights); attention
+    rank (param_dtype bf16/fp16, or auto on GPUs -> bf16 all-gathers, else autocast over fp32
+    weights); attention
     auto -> triton on GPUs, sdpa on CPUs. `sharding` and `activation_checkpointing` override."""
     on_gpu = hw.gpu != "cpu"
     if precision == "auto":
@@ -68,7 +69,8 @@ def setup_of(
     world = hw.world_size
     sharded = p.fsdp and world > 1
     shards = _shard_group(hw, p, sharding or p.sharding) if sharded else 1
-    if sharded and p.param_dtype is not None:
+    chosen = p.param_dtype if p.param_dtype != "auto" else ("bf16" if on_gpu else None)
+    if sharded and chosen is not None:
         kind = "fsdp_bf16"
     else:
         kind = "fp32" if precision == "fp32" else "amp_bf16"
