@@ -227,6 +227,25 @@ def test_chat_keeps_history_resets_and_streams(model, tok):
     assert out.writes > 6  # pieces as they decode, not one write per reply
 
 
+def test_a_message_too_long_for_the_window_is_not_sent_and_the_history_stays(model, tok, capsys):
+    out = io.StringIO()
+    stdin = io.StringIO("w1 w2\nw3 w4\n" + "w5 " * 200 + "\n")
+    messages = chat(model, tok, Sampling(max_new_tokens=6), system="w9", stdin=stdin, stdout=out)
+    system = {"role": "system", "content": "w9"}
+    u1, u2 = ({"role": "user", "content": t} for t in ("w1 w2", "w3 w4"))
+    r1 = _reply(model, tok, [system, u1], 6)
+    r2 = _reply(model, tok, [system, u1, {"role": "assistant", "content": r1}, u2], 6)
+    assert out.getvalue() == f"{r1}\n{r2}\n"
+    assert messages == [
+        system,
+        u1,
+        {"role": "assistant", "content": r1},
+        u2,
+        {"role": "assistant", "content": r2},
+    ]
+    assert "it was not sent" in capsys.readouterr().err
+
+
 def test_chat_command_reads_piped_stdin_until_eof(hf_dir, model, tok):
     command = [sys.executable, "-m", "foundry", "generate", f"load_path={hf_dir}", "chat=true"]
     command += ["max_new_tokens=6"]

@@ -136,18 +136,21 @@ def _check_prompts(prompts: list[tuple[str, str]], tokenizer: Any, config: Any, 
 def _fit_history(
     messages: list[dict[str, str]], tokenizer: Any, config: Any, new: int
 ) -> str | None:
-    """The chat prompt of `messages`, dropping the oldest user/assistant pairs (in place) until it
-    fits the window with `new` tokens; None when even the last user turn alone does not fit."""
+    """The chat prompt of `messages`, dropping the oldest user/assistant pairs until it fits the
+    window with `new` tokens (`messages` is trimmed only then); None, with `messages` untouched,
+    when even the last user turn alone does not fit."""
     from foundry.chat import SYSTEM, format_chat
 
+    trial = list(messages)
     while True:
-        text = format_chat(messages, add_generation_prompt=True)
+        text = format_chat(trial, add_generation_prompt=True)
         if len(tokenizer.encode(text)) + new - 1 <= config.max_seq_len or config.alibi_extrapolate:
+            messages[:] = trial
             return text
-        first = 1 if messages[0]["role"] == SYSTEM else 0
-        if len(messages) - first <= 1:
+        first = 1 if trial[0]["role"] == SYSTEM else 0
+        if len(trial) - first <= 1:
             return None
-        del messages[first : first + 2]
+        del trial[first : first + 2]
 
 
 class _Echo:
@@ -169,7 +172,7 @@ def _chat_turn(model, tokenizer, messages, sampling, stop_ids, output) -> None:
     if prompt is None:
         print(
             "(that message is too long for the model's window with max_new_tokens"
-            f" {sampling.max_new_tokens}; it was dropped)",
+            f" {sampling.max_new_tokens}; it was not sent, the conversation is unchanged)",
             file=sys.stderr,
         )
         messages.pop()
