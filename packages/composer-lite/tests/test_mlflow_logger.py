@@ -123,6 +123,33 @@ def test_a_fit_stopped_by_a_signal_ends_the_run_killed(store):
     assert steps[-1] < 10  # it did stop early
 
 
+def test_a_trainer_that_never_fits_leaves_no_run(store):
+    logger = MLFlowLogger(tracking_uri=store, experiment_name="unfit")
+    model = TinyLM()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    Trainer(
+        model, _Loader([random_lm_batch(4, 8)]), optimizer, max_duration="1ba", loggers=[logger]
+    )
+    assert logger.run_id is None and _runs(store, "unfit")[1] == []
+    logger.log_metrics({"loss": 1.0}, step=1)  # the first metric starts it, with the params
+    run = _runs(store, "unfit")[1][0]
+    assert run.info.status == "RUNNING" and run.data.params["max_duration"] == "1ba"
+    logger.close()
+
+
+def test_a_failed_flush_at_close_ends_the_run_failed_and_raises(store, monkeypatch):
+    logger = MLFlowLogger(tracking_uri=store, experiment_name="flush", flush_interval_s=3600)
+    logger.log_metrics({"loss": 1.0}, step=1)
+
+    def down(*args, **kwargs):
+        raise ConnectionError("tracking server down")
+
+    monkeypatch.setattr(logger._client, "log_batch", down)
+    with pytest.raises(ConnectionError, match="server down"):
+        logger.close()
+    assert [r.info.status for r in _runs(store, "flush")[1]] == ["FAILED"]
+
+
 def test_only_rank_zero_writes(store):
     quiet = MLFlowLogger(tracking_uri=store, experiment_name="ranks", rank=1)
     quiet.log_hyperparameters({"lr": 0.1})

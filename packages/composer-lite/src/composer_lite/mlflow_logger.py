@@ -16,9 +16,11 @@ The same `Logger` protocol as the other loggers (`log_hyperparameters`, `log_met
   a KeyboardInterrupt propagates. A log call after `close()` reopens the same run.
 
 Only rank 0 writes (the rank of the process group, or `RANK` before one is joined): on other
-ranks the logger does nothing and touches no store. The run is created at the first call, so a
-Trainer that fails to start leaves no run behind; the experiment is found or created at once, so a
-bad `tracking_uri` fails before training. Needs `pip install 'composer-lite[mlflow]'`.
+ranks the logger does nothing and touches no store. The run is created lazily: the configuration
+is kept until the first metric (or artifact, or the end of `fit()`) starts the run, so a Trainer
+built but never fitted leaves no run behind; if sending or uploading fails in `close()`, the run
+is ended FAILED and the error raised. The experiment is found or created at once, so a bad
+`tracking_uri` fails before training. Needs `pip install 'composer-lite[mlflow]'`.
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ class MLFlowLogger:
         self.experiment_id: str | None = None
         self._client: Any = None
         self._buffer: list[Any] = []
+        self._params: dict[str, str] = {}  # recorded, sent when the run starts
         self._last_flush = time.monotonic()
         self._open = False
         self._signalled = False  # the last fit stopped on a signal (fit_end)
@@ -158,20 +161,29 @@ class MLFlowLogger:
         else:  # a log call after close(): the same run goes on
             self._client.update_run(self.run_id, status="RUNNING")
         self._open = True
+        self._send_params()
 
-    def log_hyperparameters(self, config: dict[str, Any]) -> None:
-        if not self.active:
-            return
+    def _send_params(self) -> None:
         from mlflow.entities import Param
 
-        self._ensure_run()
+        if not self._params:
+            return
         known = self._client.get_run(self.run_id).data.params
         # MLflow parameters cannot change: a second call (a resumed fit) adds only new keys
-        params = [Param(k, v) for k, v in flatten_params(config).items() if k not in known]
+        params = [Param(k, v) for k, v in self._params.items() if k not in known]
         for start in range(0, len(params), _MAX_PARAMS_PER_BATCH):
             self._client.log_batch(
                 self.run_id, params=params[start : start + _MAX_PARAMS_PER_BATCH]
             )
+        self._params = {}
+
+    def log_hyperparameters(self, config: dict[str, Any]) -> None:
+        """Record the configuration; it is sent when the run starts (at once if it has)."""
+        if not self.active:
+            return
+        self._params.update(flatten_params(config))
+        if self._open:
+            self._send_params()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.active:
@@ -214,6 +226,8 @@ class MLFlowLogger:
     def fit_end(self, state: Any) -> None:
         """Called by the Trainer before `close()`: remember whether a signal stopped the loop."""
         self._signalled = bool(getattr(state, "stopped_by_signal", False))
+        if self.active:
+            self._ensure_run()  # a fit that logged no metric is still recorded
 
     def close(self, status: str | None = None) -> None:
         """Send what is buffered, upload `artifacts`, end the run (`status` None: FAILED/KILLED
@@ -231,6 +245,9 @@ class MLFlowLogger:
                     self.log_artifact(path)
                 else:
                     log.warning("MLflow artifact %s does not exist; not uploaded", path)
+        except BaseException:
+            status = _end_status()  # this error: FAILED (KILLED for a KeyboardInterrupt)
+            raise
         finally:
             self._client.set_terminated(self.run_id, status=status)
             self._open = False
