@@ -15,6 +15,7 @@ import yaml
 
 from evalkit import EvalResults
 from evalkit.testing import write_tasks
+from foundry import evaluation
 from foundry.cli import main
 from foundry.compose import compose_config
 from foundry.report import PANELS, ReportCommand, draw, load_runs
@@ -131,7 +132,9 @@ def _eval_error(capsys, *args: str) -> str:
     return capsys.readouterr().err
 
 
-def test_eval_names_what_is_missing_before_loading_any_model(run, hf_dir, tmp_path, capsys):
+def test_eval_names_what_is_missing_before_loading_any_model(
+    run, hf_dir, tmp_path, capsys, monkeypatch
+):
     tasks = write_tasks(tmp_path / "icl", n=2)
     good = f"models=[{run}]"
     err = _eval_error(capsys, good, f"tasks={tmp_path / 'none.yaml'}")
@@ -160,6 +163,13 @@ def test_eval_names_what_is_missing_before_loading_any_model(run, hf_dir, tmp_pa
     assert "the tokenizer of" in err and "tok-elsewhere" in err and "give tokenizer=" in err
     err = _eval_error(capsys, f"models=[{run},{hf_dir}]", f"tasks={tasks}", "names=[a,a]")
     assert "two models are named ['a']" in err
+    taken = tmp_path / "taken.md"  # out= names a file, not a folder: refused before evaluating
+    taken.write_text("mine")
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation, "evaluate_models", lambda *a: pytest.fail("evaluated"))
+        err = _eval_error(capsys, good, f"tasks={tasks}", f"out={taken}", "overwrite=true")
+    assert f"out={taken} is a file" in err
+    assert taken.read_text() == "mine"
     assert not list(tmp_path.glob("*.json"))  # nothing written
 
 

@@ -202,6 +202,8 @@ def _plan_model(cfg: EvalCommand, index: int) -> ModelPlan:
 def _outputs(cfg: EvalCommand, names: list[str]) -> dict[str, str]:
     if cfg.out is None:
         return {}
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise EvalError(f"out={cfg.out} is a file: out is the folder the results go in")
     files = {"config": "foundry_config.yaml", "report": "report.md", "png": "eval.png"}
     files |= {f"results:{n}": f"results_{n}.json" for n in names}
     outputs = {what: os.path.join(cfg.out, name) for what, name in files.items()}
