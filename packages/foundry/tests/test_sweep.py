@@ -139,37 +139,37 @@ def test_frontier_keeps_the_points_no_cheaper_point_beats(tmp_path):
 # ----------------------------------------------------------------------------- a real CPU sweep
 
 
+def bigram_text(successors: np.ndarray, zipf: np.ndarray, *, seed: int, lines: int) -> str:
+    """Lines of 99 words of a bigram language: each word's successor is drawn from a Zipf law
+    over that word's own ordering of the words (`successors[word]`)."""
+    draw = np.random.default_rng(seed)
+    out = []
+    for _ in range(lines):
+        word, words = int(draw.integers(len(zipf))), []
+        for rank in draw.choice(len(zipf), 99, p=zipf):
+            words.append(WORDS[word])
+            word = int(successors[word, rank])
+        out.append(" ".join(words))
+    return "\n".join(out) + "\n"
+
+
 @pytest.fixture(scope="session")
 def sweep_data(tmp_path_factory, tiny_tokenizer) -> tuple[Path, Path]:
-    """A bigram language over 400 of the tiny tokenizer's words (each word's successor drawn
-    from a Zipf law over its own ordering of the words, so that more compute keeps learning
-    more of the table), prepared by `foundry data prep` into train and held-out 32-token rows."""
+    """A bigram language over 400 of the tiny tokenizer's words (a Zipf law over successors,
+    so that more compute keeps learning more of the table), prepared by `foundry data prep`
+    into training and held-out rows of 32 tokens."""
     root = tmp_path_factory.mktemp("sweep_data")
     vocab, rng = 400, np.random.default_rng(0)
     zipf = 1 / np.arange(1, vocab + 1) ** 1.1
     zipf /= zipf.sum()
     successors = np.stack([rng.permutation(vocab) for _ in range(vocab)])
-
-    def documents(seed: int, n: int) -> str:
-        draw = np.random.default_rng(seed)
-        lines = []
-        for _ in range(n):
-            word, ranks, words = int(draw.integers(vocab)), draw.choice(vocab, 99, p=zipf), []
-            for rank in ranks:
-                words.append(WORDS[word])
-                word = int(successors[word, rank])
-            lines.append(" ".join(words))
-        return "\n".join(lines) + "\n"
-
-    outs = []
-    for split, seed, n in (("train", 1, 240), ("val", 2, 60)):
-        (root / f"{split}.txt").write_text(documents(seed, n))
+    for split, seed, lines in (("train", 1, 240), ("val", 2, 60)):
+        (root / f"{split}.txt").write_text(bigram_text(successors, zipf, seed=seed, lines=lines))
         overrides = [f"inputs=[{root / f'{split}.txt'}]", f"out={root / split}"]
         overrides += [f"tokenizer={tiny_tokenizer}", f"max_seq_len={SEQ}", "text_unit=line"]
         overrides += ["progress=false", "num_proc=1", "dedup.near=false"]
         prepare(compose_config("data_prep", overrides).build(DataPrepCommand))
-        outs.append(root / split)
-    return outs[0], outs[1]
+    return root / "train", root / "val"
 
 
 def sweep(data: tuple[Path, Path], out: Path, *more: str) -> tuple[int, str, str]:
@@ -228,18 +228,25 @@ def test_cpu_sweep_predicts_the_next_size_up(swept):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+class CountingTrainPoint:
+    """`foundry.sweep.train_point`, noting the name of each point it trains."""
+
+    def __init__(self, train_point) -> None:
+        self.train_point = train_point
+        self.names: list[str] = []
+
+    def __call__(self, cfg, point):
+        self.names.append(point.name)
+        return self.train_point(cfg, point)
+
+
 def test_a_rerun_trains_nothing_and_an_unfinished_point_resumes(swept, sweep_data, tmp_path):
     import foundry.sweep as sweep_module
 
     out = tmp_path / "out"
     shutil.copytree(swept[0], out)  # the folder moved: its points are still read back
-    trained = []
-    real = sweep_module.train_point
-
-    def counting(cfg, point):
-        trained.append(point.name)
-        return real(cfg, point)
-
+    counting = CountingTrainPoint(sweep_module.train_point)
+    trained = counting.names
     args = ["train_target=true"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sweep_module, "train_point", counting)
