@@ -192,6 +192,11 @@ def test_bad_input_is_refused_before_the_weights_are_read(hf_dir, tmp_path, caps
     assert main([*base, f"prompts_file={prompts}", "max_new_tokens=8"]) == 1
     err = capsys.readouterr().err
     assert f"{prompts}:2: the prompt's" in err and "max_seq_len 128" in err
+    prompts.write_text('{"prompt": "w1"}\n')
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    assert main([*base, f"prompts_file={prompts}", f"out={folder}", "overwrite=true"]) == 1
+    assert f"out={folder} is a folder" in capsys.readouterr().err
     assert main([*base, "prompt=w1"]) == 1  # everything checked: only now the weights
     assert "no weights in" in capsys.readouterr().err
 

@@ -266,6 +266,8 @@ def run_command(cfg: GenerateCommand, config_text: str) -> int:
         check_chat_encodable(tokenizer)
     else:
         _check_prompts(prompts, tokenizer, source.config, sampling.max_new_tokens)
+    if cfg.out is not None and os.path.isdir(cfg.out):
+        raise IsADirectoryError(f"out={cfg.out} is a folder: out is the .jsonl file to write")
     if cfg.out is not None and os.path.exists(cfg.out) and not cfg.overwrite:
         raise FileExistsError(f"out={cfg.out} exists; pass overwrite=true to replace it")
     model = load_source(source, device=_device(cfg), dtype=DTYPES.get(cfg.dtype))
