@@ -63,6 +63,25 @@ def test_hub_fans_out_on_rank_zero_only_with_plain_numbers():
         LoggerHub([type("Half", (), {"log_metrics": lambda self, m, s: None})()])
 
 
+class _Broken(Memory):
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def close(self):
+        super().close()
+        raise self.error
+
+
+def test_hub_close_closes_every_logger_and_raises_the_first_error():
+    first, second = OSError("disk full"), RuntimeError("server down")
+    a, b, c = _Broken(first), Memory(), _Broken(second)
+    with pytest.raises(OSError, match="disk full") as raised:
+        LoggerHub([a, b, c]).close()
+    assert raised.value is first
+    assert a.calls == b.calls == c.calls == [("close",)]
+
+
 def test_console_logger_lines():
     out = io.StringIO()
     logger = ConsoleLogger(stream=out)

@@ -18,6 +18,7 @@ Non-finite numbers are written as the strings "nan", "inf", "-inf" (strict JSON 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -37,6 +38,8 @@ __all__ = [
     "TensorBoardLogger",
     "read_jsonl",
 ]
+
+log = logging.getLogger(__name__)
 
 JSONL_FORMAT = "composer_lite.metrics"
 JSONL_VERSION = 1
@@ -263,10 +266,23 @@ class LoggerHub:
 
     def close(self, state: Any = None) -> None:
         """Flush and close every logger (a later log call reopens a file logger, appending);
-        with the Trainer's `state`, call the loggers' optional `fit_end(state)` first."""
-        if self.active:
-            for logger in self.loggers:
+        with the Trainer's `state`, call the loggers' optional `fit_end(state)` first. Every
+        logger is closed even if one fails; the first error is raised after, the others logged."""
+        if not self.active:
+            return
+        error: BaseException | None = None
+        for logger in self.loggers:
+            try:
                 fit_end = getattr(logger, "fit_end", None)
-                if state is not None and callable(fit_end):
-                    fit_end(state)
-                logger.close()
+                try:
+                    if state is not None and callable(fit_end):
+                        fit_end(state)
+                finally:  # closed even if fit_end failed
+                    logger.close()
+            except BaseException as err:
+                if error is None:
+                    error = err
+                else:
+                    log.error("closing %s failed too: %r", type(logger).__name__, err)
+        if error is not None:
+            raise error
