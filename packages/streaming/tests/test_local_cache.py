@@ -207,7 +207,7 @@ def test_remote_equal_to_local_is_a_local_dataset_whose_files_stay(tmp_path):
     out = write(tmp_path / "ds")
     zipped = sorted(p.name for p in out.glob("*.zstd"))
     ds = StreamingDataset(remote=str(out), local=str(out) + "/", cache_limit="1gb", predownload=0)
-    assert ds.streams[0].remote is None
+    assert ds.streams[0].source is None and ds.streams[0].remote == str(out)  # kept, as mosaicml
     assert read_all(ds) == list(range(60))
     assert sorted(p.name for p in out.glob("*.zstd")) == zipped
     assert not (out / CACHE_MARKER).exists()

@@ -1,7 +1,7 @@
 """streaming: deterministic, elastic streaming datasets over MDS shards.
 
-A drop-in for the core of mosaicml-streaming: the same MDS format (version 2) and the same core
-names. `MDSWriter` writes shards locally or to an object store; `StreamingDataset` reads them back
+A drop-in for mosaicml-streaming: the same MDS format (version 2), the same public names (also
+under `streaming.base`, its import paths); the differences are listed in the README. `MDSWriter` writes shards locally or to an object store; `StreamingDataset` reads them back
 in a global order that does not depend on how the work is split over nodes, ranks and dataloader
 workers, and resumes mid-epoch; `StreamingDataLoader` (torch) records how far it got.
 """
@@ -11,12 +11,25 @@ from __future__ import annotations
 from typing import Any
 
 from streaming.dataset import StreamingDataset
+from streaming.local import LocalDataset
+from streaming.splitformats import CSVWriter, JSONWriter, TSVWriter, XSVWriter
 from streaming.stream import Stream
 from streaming.world import World
 from streaming.writer import MDSWriter
 
 __version__ = "0.1.3"
-__all__ = ["MDSWriter", "Stream", "StreamingDataLoader", "StreamingDataset", "World"]
+__all__ = [
+    "CSVWriter",
+    "JSONWriter",
+    "LocalDataset",
+    "MDSWriter",
+    "Stream",
+    "StreamingDataLoader",
+    "StreamingDataset",
+    "TSVWriter",
+    "World",
+    "XSVWriter",
+]
 
 
 def __getattr__(name: str) -> Any:

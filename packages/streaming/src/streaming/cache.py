@@ -160,7 +160,7 @@ def raw_copy_folders(streams: Sequence[Stream]) -> list[str | None]:
     for stream in streams:
         if id(stream) not in folders:
             folder = folders[id(stream)] = _raw_copy_folder(stream)
-            source = stream.remote or stream.local
+            source = stream.source or stream.folder
             assert source is not None
             if folder is not None and sources.setdefault(folder, source) != source:
                 raise CacheConflictError(
@@ -173,7 +173,7 @@ def raw_copy_folders(streams: Sequence[Stream]) -> list[str | None]:
 
 def _raw_copy_folder(stream: Stream) -> str | None:
     folder = stream.raw_folder()
-    if folder == stream.local:
+    if folder == stream.folder:
         return folder
     try:
         os.makedirs(folder, exist_ok=True)
@@ -184,9 +184,9 @@ def _raw_copy_folder(stream: Stream) -> str | None:
         log.warning(
             "streaming: cannot keep decompressed shards of %s in %s; every process decompresses "
             "the shards it reads in memory (give a writable cache_dir)",
-            stream.local,
+            stream.folder,
             folder,
         )
         return None
-    mark_cache_folder(folder, os.path.realpath(stream.local), "raw copies")
+    mark_cache_folder(folder, os.path.realpath(stream.folder), "raw copies")
     return folder

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "get_compression_extension",
+    "get_compressions",
+    "is_compression",
     "CODECS",
     "Codec",
     "check_compression",
@@ -148,6 +151,26 @@ def parse_compression(algo: str) -> tuple[str, int]:
             f"{codec.levels.start}..{codec.levels.stop - 1}"
         )
     return family, level
+
+
+def get_compressions() -> set[str]:
+    """Every compression name a writer takes: each family, and each family:level."""
+    names = set(CODECS)
+    for family, codec in CODECS.items():
+        names |= {f"{family}:{level}" for level in codec.levels or ()}
+    return names
+
+
+def is_compression(algo: str | None) -> bool:
+    """Whether `algo` names a compression (mosaicml-streaming's helper; None is not one)."""
+    return isinstance(algo, str) and algo in get_compressions()
+
+
+def get_compression_extension(algo: str) -> str:
+    """The filename extension of shards compressed with `algo`; ValueError if it is none."""
+    if not is_compression(algo):
+        raise ValueError(f"{algo!r} is not a compression; expected one of {_expected()}")
+    return parse_compression(algo)[0]
 
 
 def compression_extension(algo: str) -> str:

@@ -61,10 +61,14 @@ log = logging.getLogger(__name__)
 STATE_KEYS = {"epoch", "sample_in_epoch", "num_canonical_nodes", "shuffle_seed", "interleave_chunk"}
 
 
-def _with_defaults(stream: Stream, *, validate_hash: bool | str, keep_zip: bool) -> Stream:
-    """A copy of `stream` whose unset validate_hash / keep_zip are the dataset's."""
+def _with_defaults(
+    stream: Stream, *, split: str | None, validate_hash: bool | str, keep_zip: bool
+) -> Stream:
+    """A copy of `stream` whose unset split / validate_hash / keep_zip are the dataset's (as
+    mosaicml-streaming applies them, to its Streams themselves)."""
     return dataclasses.replace(
         stream,
+        split=stream.split or split,
         validate_hash=validate_hash if stream.validate_hash is None else stream.validate_hash,
         keep_zip=keep_zip if stream.keep_zip is None else stream.keep_zip,
     )
@@ -180,7 +184,8 @@ class StreamingDataset(*_BASES):
             )
         # Each stream with the dataset's validate_hash / keep_zip where it sets none itself.
         self.streams = [
-            _with_defaults(s, validate_hash=validate_hash, keep_zip=keep_zip) for s in streams
+            _with_defaults(s, split=split, validate_hash=validate_hash, keep_zip=keep_zip)
+            for s in streams
         ]
         self.batch_size = batch_size
         self.shuffle = shuffle

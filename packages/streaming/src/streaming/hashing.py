@@ -16,7 +16,7 @@ from typing import Any
 
 import xxhash
 
-__all__ = ["hash_file", "HASHES", "check_hash_names", "get_hash"]
+__all__ = ["HASHES", "check_hash_names", "get_hash", "get_hashes", "hash_file", "is_hash"]
 
 # name -> constructor called as `constructor(data)`, whose result has `.hexdigest()`.
 HASHES: dict[str, Callable[[Any], Any]] = {
@@ -44,6 +44,16 @@ def _unknown(algo: object) -> ValueError:
     return ValueError(
         f"unknown hash algorithm {algo!r}; expected one of {', '.join(sorted(HASHES))}"
     )
+
+
+def get_hashes() -> set[str]:
+    """The names of every hash algorithm an index may record."""
+    return set(HASHES)
+
+
+def is_hash(algo: str) -> bool:
+    """Whether `algo` names a hash algorithm an index may record."""
+    return algo in HASHES
 
 
 def get_hash(algo: str, data: Any) -> str:

@@ -24,22 +24,22 @@ __all__ = ["Layout", "load_index", "load_layout"]
 def load_index(stream: Stream, claims: list[CacheClaim]) -> tuple[list[ShardInfo], int]:
     """A stream's shards and its index.json's size in bytes (a remote's is fetched into its
     `local` folder, claimed first and the claim appended to `claims`)."""
-    assert stream.local is not None
-    if stream.remote is not None:
+    assert stream.folder is not None
+    if stream.source is not None:
         from streaming.storage import open_dataset_index
 
         # Before index.json lands there: the folder may be another remote's cache.
-        claims.append(claim_cache_folder(stream.local, stream.remote))
-        data = open_dataset_index(stream.remote, stream.local, **stream.storage_options)
-        where = f"{stream.remote.rstrip('/')}/{INDEX_NAME}"
+        claims.append(claim_cache_folder(stream.folder, stream.source))
+        data = open_dataset_index(stream.source, stream.folder, **stream.storage_options)
+        where = f"{stream.source.rstrip('/')}/{INDEX_NAME}"
     else:
-        where = os.path.join(stream.local, INDEX_NAME)
+        where = os.path.join(stream.folder, INDEX_NAME)
         try:
             with open(where, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             raise DatasetNotFoundError(
-                f"no MDS dataset at {stream.local}: {where} does not exist"
+                f"no MDS dataset at {stream.folder}: {where} does not exist"
             ) from None
     return parse_index(data, where), len(data)
 
@@ -100,8 +100,8 @@ def load_layout(streams: Sequence[Stream], *, allow_pickle: bool) -> Layout:
     cached_index_bytes = 0
     for number, stream in enumerate(streams):
         infos, size = load_index(stream, claims)
-        cached_index_bytes += size if stream.remote is not None else 0
-        where = stream.remote or stream.local
+        cached_index_bytes += size if stream.source is not None else 0
+        where = stream.source or stream.folder
         assert where is not None
         check_recorded_hashes(stream.validate_hash, infos, where)
         check_safe_encodings(infos, allow_pickle, where)

@@ -70,7 +70,7 @@ def coldest_shard(cache: ShardCache) -> int:
 def cache_usage(cache: ShardCache) -> int:
     """Bytes of the cached files present, remote streams' index.json files included."""
     paths = {path for i in range(len(cache.shards)) for path in cache.cached_files(i)}
-    paths |= {os.path.join(s.local, INDEX_NAME) for s, _ in cache.shards if s.remote is not None}
+    paths |= {os.path.join(s.folder, INDEX_NAME) for s, _ in cache.shards if s.source is not None}
     total = 0
     for path in paths:
         with contextlib.suppress(FileNotFoundError):

@@ -194,7 +194,8 @@ def parse_epoch_size(value: int | str | None) -> int | None:
                 f"epoch_size {value!r} is not a number of samples; expected e.g. 1000, '1.5k', "
                 "'2m', '1b'"
             )
-        size = round(float(match[1]) * _ABBREVIATIONS[match[2].lower()])
+        # cut off, as mosaicml-streaming's number_abbrev_to_int does ("2.3k" is 2299 there)
+        size = int(float(match[1]) * _ABBREVIATIONS[match[2].lower()])
     else:
         raise TypeError(f"epoch_size must be an int or a string like '1.5k', got {value!r}")
     if size is not None and size < 0:

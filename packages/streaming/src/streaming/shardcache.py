@@ -162,9 +162,9 @@ class ShardCache:
         """The files of a shard that this cache made and may delete (a remote stream's download
         and raw copy, a local dataset's raw copy kept outside it); never a dataset's own."""
         stream, _, raw_path, stored_path = self._paths(shard_id)
-        files = [stored_path] if stream.remote is not None else []
+        files = [stored_path] if stream.source is not None else []
         if raw_path is not None and (
-            stream.remote is not None or self._raw_dirs[shard_id] != stream.local
+            stream.source is not None or self._raw_dirs[shard_id] != stream.folder
         ):
             files.append(raw_path)
         return files
@@ -239,7 +239,7 @@ class ShardCache:
         raw_path = None
         if info.zip_data is not None and raw_dir is not None:
             raw_path = os.path.join(raw_dir, info.raw_data.basename)
-        return stream, info, raw_path, os.path.join(stream.local, info.basename)
+        return stream, info, raw_path, os.path.join(stream.folder, info.basename)
 
     def _make_ready(self, shard_id: int, pending: PendingShard, attempts: int = 8) -> None:
         """Open (fetching and decompressing first if need be) shard `shard_id`.
@@ -259,7 +259,7 @@ class ShardCache:
                 if refetched:
                     stream = self.shards[shard_id][0]
                     raise type(err)(
-                        f"{err} (also after fetching it again from {stream.remote})"
+                        f"{err} (also after fetching it again from {stream.source})"
                     ) from err
                 if not self._discard_damaged_download(shard_id, pending, err):
                     raise
@@ -272,11 +272,11 @@ class ShardCache:
         """Raise `err` unless the file may have been evicted by another process (then return)."""
         stream, info = self.shards[shard_id]
         gone_from_remote = isinstance(err, RemoteNotFoundError)
-        if stream.remote is None or gone_from_remote or pending.event.is_set():
+        if stream.source is None or gone_from_remote or pending.event.is_set():
             raise err
         if last:
             raise FileNotFoundError(
-                f"shard {info.basename} was evicted from {stream.local} several times before it "
+                f"shard {info.basename} was evicted from {stream.folder} several times before it "
                 f"could be opened: the cache_limit of the processes sharing that folder "
                 f"({self.cache_limit} bytes here) is too small for the shards the node's workers "
                 "and ranks use at once; raise it"
@@ -284,7 +284,7 @@ class ShardCache:
         log.info(
             "shard %s was evicted from %s before it was opened; fetching it again",
             info.basename,
-            stream.local,
+            stream.folder,
         )
 
     def _discard_damaged_download(
@@ -293,14 +293,14 @@ class ShardCache:
         """A remote stream's cached shard file is damaged: remove it so that it is fetched again.
         False (nothing done) for a local dataset, or once readers were served from the shard."""
         stream, info, _, stored_path = self._paths(shard_id)
-        if stream.remote is None or pending.event.is_set():
+        if stream.source is None or pending.event.is_set():
             return False
         log.warning(
             "shard %s in the cache %s is damaged (%s); fetching it again from %s",
             info.basename,
-            stream.local,
+            stream.folder,
             err,
-            stream.remote,
+            stream.source,
         )
         discard(stored_path, file_identity(stored_path))
         return True
@@ -310,7 +310,7 @@ class ShardCache:
         if raw_path is not None and self._open_raw_copy(shard_id, pending):
             return None
         if not os.path.exists(stored_path):
-            if stream.remote is None:
+            if stream.source is None:
                 return self._open_only_raw_copy(shard_id, pending)
             self._fetch(shard_id)
         if info.zip_data is None:
@@ -324,9 +324,9 @@ class ShardCache:
         from streaming.storage import download
 
         stream, info, _, stored_path = self._paths(shard_id)
-        assert stream.remote is not None
+        assert stream.source is not None
         download(
-            f"{stream.remote.rstrip('/')}/{info.basename}",
+            f"{stream.source.rstrip('/')}/{info.basename}",
             stored_path,
             retries=stream.download_retry,
             timeout=stream.download_timeout,
@@ -347,12 +347,12 @@ class ShardCache:
         if identity is None:
             return False
         validate = self._validate(stream)
-        can_remake = stream.remote is not None or os.path.exists(stored_path)
+        can_remake = stream.source is not None or os.path.exists(stored_path)
         try:
             shard = Shard.open(raw_path, info, verify=False, allow_pickle=self.allow_pickle)
             trust = Trust.INDEX  # checked by this process already
             if shard_id not in self._verified:
-                source = stored_path if stream.remote is None else None
+                source = stored_path if stream.source is None else None
                 trust = check_raw_copy(raw_path, info, validate, source)
         except ShardCorruptError as err:
             if not can_remake:
@@ -378,10 +378,10 @@ class ShardCache:
         """A local dataset without the stored file: a raw copy in the dataset folder (which
         mosaicml-streaming may leave there) is all there is; else the shard is missing."""
         stream, info, raw_path, stored_path = self._paths(shard_id)
-        local_raw = os.path.join(stream.local, info.raw_data.basename)
+        local_raw = os.path.join(stream.folder, info.raw_data.basename)
         if info.zip_data is None or local_raw == raw_path or not os.path.exists(local_raw):
             raise FileNotFoundError(
-                f"shard {info.basename} of {stream.local} is missing: {stored_path}"
+                f"shard {info.basename} of {stream.folder} is missing: {stored_path}"
             )
         shard = Shard.open(local_raw, info, verify=False, allow_pickle=self.allow_pickle)
         if shard_id not in self._verified:
@@ -402,8 +402,8 @@ class ShardCache:
                 raw_path=raw_path,
                 stored_path=stored_path,
                 validate=self._validate(stream),
-                local=stream.remote is None,
-                drop_stored=stream.remote is not None and not self._keep_zip(stream),
+                local=stream.source is None,
+                drop_stored=stream.source is not None and not self._keep_zip(stream),
                 order=next(self._order),
             )
             started = RawFill(job, pending, self._gate, self).start()
@@ -449,11 +449,11 @@ class ShardCache:
         by_folder: dict[str, set[str]] = {}
         for shard_id, (stream, _) in enumerate(self.shards):
             _, _, raw_path, stored_path = self._paths(shard_id)
-            if stream.remote is not None:
-                index = os.path.join(stream.local, INDEX_NAME)
-                by_folder.setdefault(stream.local, set()).update((stored_path, index))
+            if stream.source is not None:
+                index = os.path.join(stream.folder, INDEX_NAME)
+                by_folder.setdefault(stream.folder, set()).update((stored_path, index))
             if raw_path is not None and (
-                stream.remote is not None or self._raw_dirs[shard_id] != stream.local
+                stream.source is not None or self._raw_dirs[shard_id] != stream.folder
             ):
                 by_folder.setdefault(os.path.dirname(raw_path), set()).add(raw_path)
         return [sorted(paths) for paths in by_folder.values()]
@@ -470,7 +470,7 @@ class ShardCache:
             return
         with self._lock:
             pending = list(self._pending)
-        keep |= {os.path.join(s.local, INDEX_NAME) for s, _ in self.shards if s.remote is not None}
+        keep |= {os.path.join(s.folder, INDEX_NAME) for s, _ in self.shards if s.source is not None}
         for shard_id in pending:
             keep |= {path for path in self._paths(shard_id)[2:] if path is not None}
         self._cache_files.evict(self.cache_limit, keep)  # others' fresh files are spared too

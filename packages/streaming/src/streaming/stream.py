@@ -50,7 +50,8 @@ class Stream:
     remote:     where the shards live (`s3://bucket/prefix`, a path), or None if `local` is the source.
     local:      the local folder: the dataset itself, or the cache for `remote` (default: a folder
                 under ~/.cache/streaming named by a hash of `remote`).
-    split:      a sub-folder of all three (e.g. "train").
+    split:      a sub-folder of all three (e.g. "train"), kept as given ("" for none) as in
+                mosaicml-streaming: `folder` and `source` are what is read.
     cache_dir:  without `remote`, where the decompressed copies of `local`'s compressed shards go
                 (`raw_folder()`): default `local` itself, as mosaicml-streaming does, unless `local`
                 is read-only (then a folder under ~/.cache/streaming named by `local`'s path).
@@ -75,6 +76,8 @@ class Stream:
     keep_zip: bool | None = None  # None: the dataset's
     cache_dir: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
+    _folder: str = field(init=False, repr=False, compare=False, default="")
+    _source: str | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         given = [k for k in ("proportion", "repeat", "choose") if getattr(self, k) is not None]
@@ -103,27 +106,35 @@ class Stream:
                 f"cache_dir={self.cache_dir!r} is for a local dataset read without writing into "
                 f"it; with remote={self.remote!r}, local= is the cache folder"
             )
-        if self.split:
-            self.remote = _join(self.remote, self.split) if self.remote else None
-            self.local = _join(self.local, self.split) if self.local else None
-            self.cache_dir = _join(self.cache_dir, self.split) if self.cache_dir else None
-            self.split = None
+        self.split = self.split or ""  # as mosaicml-streaming keeps it
         if self.local is None:
+            assert self.remote is not None
             self.local = default_cache_dir(self.remote)
-        if self.remote is not None and _same_folder(self.remote, self.local):
-            self.remote = None  # as mosaicml-streaming: remote == local is a local dataset, and
-            # its files are never deleted (keep_zip) nor evicted (cache_limit)
+        # What is read: the split's folders. remote == local is a local dataset (as in
+        # mosaicml-streaming), whose files are never deleted (keep_zip) nor evicted (cache_limit).
+        self._folder = _join(self.local, self.split) if self.split else self.local
+        source = _join(self.remote, self.split) if self.remote and self.split else self.remote
+        self._source = None if source is None or _same_folder(source, self._folder) else source
+
+    @property
+    def folder(self) -> str:
+        """The local folder read: `local`, or its `split` sub-folder."""
+        return self._folder
+
+    @property
+    def source(self) -> str | None:
+        """The remote read (`remote`, or its `split` sub-folder), None for a local dataset."""
+        return self._source
 
     def raw_folder(self) -> str:
-        """Where the decompressed copies of this stream's compressed shards are kept: `local`
-        for a remote's cache, else `cache_dir`, else `local` unless it is read-only
-        (`is_read_only`), else `raw_cache_dir(local)`."""
-        assert self.local is not None
-        if self.remote is not None:
-            return self.local
+        """Where the decompressed copies of this stream's compressed shards are kept: `folder`
+        for a remote's cache, else `cache_dir` (its `split` sub-folder), else `folder` unless it
+        is read-only (`is_read_only`), else `raw_cache_dir(folder)`."""
+        if self.source is not None:
+            return self.folder
         if self.cache_dir is not None:
-            return self.cache_dir
-        return raw_cache_dir(self.local) if is_read_only(self.local) else self.local
+            return _join(self.cache_dir, self.split) if self.split else self.cache_dir
+        return raw_cache_dir(self.folder) if is_read_only(self.folder) else self.folder
 
     @property
     def weighting(self) -> str:

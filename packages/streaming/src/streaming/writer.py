@@ -23,6 +23,7 @@ size. A shard holds at least one sample, so a sample larger than the limit gets 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -187,7 +188,18 @@ class MDSWriter:
         """The index entries of the shards flushed so far."""
         return tuple(self._shards)
 
+    def get_config(self) -> dict[str, Any]:
+        """The shard config every shard embeds (and index.json repeats for each), as a dict:
+        mosaicml-streaming's `get_config()`."""
+        return json.loads(self._config)
+
     # ---- writing -------------------------------------------------------------------------
+
+    def flush_shard(self) -> None:
+        """Finish the current shard now, even a short or empty one (mosaicml-streaming's)."""
+        if self._state != "open":
+            raise RuntimeError(f"MDSWriter for {self.local} is {self._state}; cannot flush")
+        self._flush()
 
     def encode_sample(self, sample: Mapping[str, Any]) -> bytes:
         """Check and encode one sample (raises `SampleError` naming the column on bad input)."""

@@ -1,0 +1,5 @@
+"""mosaicml-streaming's `streaming.base.dataset`: `StreamingDataset`."""
+
+from streaming.dataset import StreamingDataset
+
+__all__ = ["StreamingDataset"]

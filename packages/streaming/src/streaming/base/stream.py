@@ -1,0 +1,5 @@
+"""mosaicml-streaming's `streaming.base.stream`: `Stream`."""
+
+from streaming.stream import Stream
+
+__all__ = ["Stream"]
