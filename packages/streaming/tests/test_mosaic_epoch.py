@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from torch.utils.data import DataLoader
 
-from streaming import MDSWriter, StreamingDataset
+from streaming import MDSWriter, StreamingDataLoader, StreamingDataset
 from streaming.options import usage_warnings
 from streaming.partition import padded_end, rank_worker_positions
 
@@ -98,12 +98,12 @@ for name, batch, canonical, epoch_size, workers, drop_last in args["loaders"]:
 # process group of one stands in for the others' barriers).
 dist.init_process_group("gloo", init_method="file://" + os.path.join(fresh_local(), "pg"),
                         rank=0, world_size=1)
-for num_ranks, per_node, epoch_size in args["lens"]:
+for num_ranks, per_node, epoch_size, replication in args["lens"]:
     os.environ.update(RANK="0", WORLD_SIZE=str(num_ranks), LOCAL_WORLD_SIZE=str(per_node),
                       LOCAL_RANK="0")
     ds = StreamingDataset(remote=args["path"], local=fresh_local(), batch_size=2,
-                          epoch_size=epoch_size)
-    result["len"][f"{num_ranks}/{per_node}/{epoch_size}"] = len(ds)
+                          epoch_size=epoch_size, replication=replication)
+    result["len"][f"{num_ranks}/{per_node}/{epoch_size}/{replication}"] = len(ds)
     del ds
 os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
 
@@ -117,7 +117,8 @@ for name, options in args["warn"].items():
     del ds
 """
 
-LENS = [(4, 4, None), (4, 2, 50), (3, 3, 31), (8, 4, 7)]
+# (ranks, ranks per node, epoch_size, replication)
+LENS = [(4, 4, None, None), (4, 2, 50, None), (3, 3, 31, None), (8, 4, 7, None), (4, 2, 31, 2)]
 WARN = {
     "predownload": {"batch_size": 8, "predownload": 4},
     "small-block": {"batch_size": 2, "shuffle": True, "shuffle_block_size": 2},
@@ -231,12 +232,38 @@ def test_one_device_dataloader_matches_mosaic(theirs, case):
 
 
 def test_len_on_several_ranks_is_mosaics(theirs, monkeypatch):
-    for num_ranks, per_node, epoch_size in LENS:
+    for num_ranks, per_node, epoch_size, replication in LENS:
         monkeypatch.setenv("RANK", "0")
         monkeypatch.setenv("WORLD_SIZE", str(num_ranks))
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(per_node))
-        ds = StreamingDataset(local=str(theirs["path"]), batch_size=2, epoch_size=epoch_size)
-        assert len(ds) == theirs["len"][f"{num_ranks}/{per_node}/{epoch_size}"]
+        ds = StreamingDataset(
+            local=str(theirs["path"]),
+            batch_size=2,
+            epoch_size=epoch_size,
+            replication=replication,
+        )
+        assert len(ds) == theirs["len"][f"{num_ranks}/{per_node}/{epoch_size}/{replication}"]
+
+
+def test_replicas_read_the_same_samples(theirs, monkeypatch):
+    """replication=2 on 4 ranks: ranks 0 and 1 read the same samples, 2 and 3 too, and the two
+    groups together read the epoch as 2 ranks would (was: refused)."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    read = []
+    for rank in range(4):
+        monkeypatch.setenv("RANK", str(rank))
+        ds = StreamingDataset(local=str(theirs["path"]), batch_size=3, replication=2)
+        read.append([int(s["id"]) for s in ds])
+    assert read[0] == read[1] and read[2] == read[3] and read[0] != read[2]
+    assert sorted(read[0] + read[2]) == list(range(30))
+    loader = StreamingDataLoader(ds, collate_fn=lambda rows: rows)
+    batches = iter(loader)
+    next(batches), next(batches)
+    # 6 samples on each of 4 ranks, 2 groups of replicas: 12 samples of the epoch read
+    assert loader.state_dict()["sample_in_epoch"] == 12
+    with pytest.raises(ValueError, match="replication=3 does not divide the world size 4"):
+        StreamingDataset(local=str(theirs["path"]), batch_size=3, replication=3)
 
 
 @pytest.mark.parametrize("name", sorted(WARN))

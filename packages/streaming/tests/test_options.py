@@ -108,7 +108,6 @@ def test_mosaic_options_at_values_that_mean_what_we_do_are_accepted(tmp_path, na
         ("partition_algo", "orig", "its own elastic scheme"),
         ("batching_method", "stratified", UNSUPPORTED_BATCHING),
         ("batching_method", "per_stream", "mixes the streams within each global batch"),
-        ("replication", 2, "every rank samples of its own"),
         ("stream_name", "my_stream", "no stream registry"),
         ("stream_config", {"x": 1}, "no stream registry"),
     ],

@@ -77,9 +77,10 @@ class StreamingDataLoader(DataLoader):
         if not isinstance(self.dataset, StreamingDataset):
             return None
         world = World.detect()
-        return self.dataset.state_dict(
-            self.num_samples_yielded * world.num_ranks, from_beginning=False
-        )
+        num_samples = self.num_samples_yielded * world.num_ranks
+        if self.dataset.replication is not None:  # each group of replicas read the same ones
+            num_samples //= self.dataset.replication
+        return self.dataset.state_dict(num_samples, from_beginning=False)
 
     def load_state_dict(self, obj: dict[str, Any]) -> None:
         if isinstance(self.dataset, StreamingDataset):

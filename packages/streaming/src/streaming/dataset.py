@@ -104,10 +104,13 @@ class StreamingDataset(*_BASES):
     max_open_shards:     shards each process keeps open at once.
     shard_threads:       threads per process that download and decompress shards ahead of need
                          (default: up to 4).
-    sampling_method, sampling_granularity, partition_algo, batching_method, replication,
-    stream_name, stream_config: mosaicml-streaming's; only the values that mean what streaming
-                         does are accepted (their defaults), others are refused here with what
-                         streaming does instead (`streaming.options`).
+    sampling_method:     "balanced" (default) or "fixed"; sampling_granularity: samples drawn
+                         at a time from one shard (`streaming.mixing`), as mosaicml-streaming.
+    replication:         consecutive ranks that read the same samples (tensor/sequence parallel).
+    partition_algo, batching_method, stream_name, stream_config: mosaicml-streaming's; only
+                         the values that mean what streaming does are accepted (their
+                         defaults), others are refused here with what streaming does instead
+                         (`streaming.options`).
     """
 
     def __init__(
@@ -147,7 +150,6 @@ class StreamingDataset(*_BASES):
         check_mosaic_options(
             partition_algo=partition_algo,
             batching_method=batching_method,
-            replication=replication,
             stream_name=stream_name,
             stream_config=stream_config,
         )
@@ -188,6 +190,8 @@ class StreamingDataset(*_BASES):
             for s in streams
         ]
         self.batch_size = batch_size
+        self.replication = replication
+        self._world()  # a replication that does not divide the world is refused here
         self.shuffle = shuffle
         self.validate_hash = validate_hash
         self.allow_pickle = allow_pickle = bool(allow_pickle or allow_unsafe_types)
@@ -233,7 +237,7 @@ class StreamingDataset(*_BASES):
                 ),
             )
 
-        world = World.detect()
+        world = self._world()
         canonical = num_canonical_nodes or world.num_nodes
         self._plan_args = dict(
             shuffle=shuffle,
@@ -269,6 +273,12 @@ class StreamingDataset(*_BASES):
             threads=shard_threads or min(4, os.cpu_count() or 1),
         )
         self._sequence_cache: tuple[int, np.ndarray] | None = None
+
+    def _world(self) -> World:
+        """This process's world as the data sees it: with `replication`, each group of that
+        many consecutive ranks reads as one (mosaicml-streaming's replication)."""
+        world = World.detect()
+        return world if self.replication is None else world.replicate(self.replication)
 
     # -- shards, as mosaicml-streaming exposes them ---------------------------------------------
     @property
@@ -353,7 +363,7 @@ class StreamingDataset(*_BASES):
 
         The padding that evens out canonical nodes and ranks (`streaming.partition.padded_end`)
         is not counted, as in mosaicml-streaming."""
-        return -(-self.epoch_size // World.detect().num_ranks)
+        return -(-self.epoch_size // self._world().num_ranks)
 
     # -- iteration ----------------------------------------------------------------------------
     def begin_pass(self) -> None:
@@ -366,7 +376,7 @@ class StreamingDataset(*_BASES):
         return (epoch, start) if n == 0 else (epoch + n, 0)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        world = World.detect()
+        world = self._world()
         n = self._passes.claim(world.worker)
         epoch, start = self._pass_to_epoch(n)
         sequence = self.epoch_sequence(epoch)

@@ -56,11 +56,6 @@ MOSAIC_OPTIONS: dict[str, tuple[tuple[Any, ...], str]] = {
         "streaming mixes the streams within each global batch, as mosaicml-streaming's default "
         "'random' does; 'stratified', 'per_stream' and 'device_per_stream' are not supported",
     ),
-    "replication": (
-        (None, 1),
-        "streaming gives every rank samples of its own; it cannot hand consecutive ranks (a "
-        "tensor or sequence parallel group) the same samples",
-    ),
     "stream_name": (
         ("stream",),
         "streaming has one Stream class and no stream registry: pass streams=[Stream(...)]",

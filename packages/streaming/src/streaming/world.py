@@ -63,6 +63,27 @@ class World:
         """True for the first worker of the first rank of each node."""
         return self.local_rank == 0 and self.worker == 0
 
+    def replicate(self, replication: int) -> World:
+        """The world as data sees it when each `replication` consecutive ranks (a tensor or
+        sequence parallel group) read the same samples: rank // replication of
+        num_ranks // replication, as mosaicml-streaming's `World.replicate` (nodes kept when the
+        ranks still divide into them, else one node)."""
+        if not isinstance(replication, int) or replication < 1:
+            raise ValueError(f"replication={replication!r} must be a positive integer")
+        if self.num_ranks % replication:
+            raise ValueError(
+                f"replication={replication} does not divide the world size {self.num_ranks}"
+            )
+        num_ranks = self.num_ranks // replication
+        nodes = num_ranks // self.ranks_per_node if num_ranks % self.ranks_per_node == 0 else 1
+        return World(
+            rank=self.rank // replication,
+            num_ranks=num_ranks,
+            ranks_per_node=num_ranks // nodes,
+            worker=self.worker,
+            num_workers=self.num_workers,
+        )
+
     @classmethod
     def detect(cls) -> World:
         """The world of the calling process (see the module docstring)."""
