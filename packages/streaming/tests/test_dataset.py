@@ -235,7 +235,7 @@ def test_resume_on_another_node_count_keeps_the_default_shuffle_block(tmp_path, 
 
 
 def test_bad_state_dict_is_rejected(two_streams):
-    with pytest.raises(ValueError, match=r"missing \['interleave_chunk'.*unknown \['bogus'\]"):
+    with pytest.raises(ValueError, match=r"missing \[.num_canonical_nodes.*unknown \[.bogus.\]"):
         make(two_streams).load_state_dict({"epoch": 0, "sample_in_epoch": 0, "bogus": 1})
 
 

@@ -18,7 +18,6 @@ One pass (epoch) in one worker:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import warnings
@@ -43,9 +42,10 @@ from streaming.options import (
 )
 from streaming.partition import padded_end, rank_worker_positions
 from streaming.plan import PlanConfig, epoch_sequence
+from streaming.resumption import make_state, read_state
 from streaming.shardcache import ShardCache
 from streaming.sizes import parse_bytes
-from streaming.stream import Stream
+from streaming.stream import Stream, dataset_streams, with_defaults
 from streaming.world import World
 
 try:
@@ -58,20 +58,6 @@ except ImportError:  # torch is optional
 __all__ = ["StreamingDataset"]
 
 log = logging.getLogger(__name__)
-STATE_KEYS = {"epoch", "sample_in_epoch", "num_canonical_nodes", "shuffle_seed", "interleave_chunk"}
-
-
-def _with_defaults(
-    stream: Stream, *, split: str | None, validate_hash: bool | str, keep_zip: bool
-) -> Stream:
-    """A copy of `stream` whose unset split / validate_hash / keep_zip are the dataset's (as
-    mosaicml-streaming applies them, to its Streams themselves)."""
-    return dataclasses.replace(
-        stream,
-        split=stream.split or split,
-        validate_hash=validate_hash if stream.validate_hash is None else stream.validate_hash,
-        keep_zip=keep_zip if stream.keep_zip is None else stream.keep_zip,
-    )
 
 
 class StreamingDataset(*_BASES):
@@ -158,43 +144,36 @@ class StreamingDataset(*_BASES):
         batch_size = 1 if batch_size is None else batch_size
         if shuffle_seed < 0:
             raise ValueError(f"shuffle_seed={shuffle_seed} must be a non-negative integer")
-        if streams and (remote or local):
-            raise ValueError("give either streams=[...] or remote=/local=, not both")
-        if streams and cache_dir is not None:
-            raise ValueError(
-                "cache_dir= goes with a single local=; with streams=[...], give each Stream its own"
-            )
-        if not streams:
-            if remote is None and local is None:
-                raise ValueError(
-                    "StreamingDataset needs streams=[Stream(...)] or remote= and/or local="
-                )
-            streams = [
-                Stream(
-                    remote=remote,
-                    local=local,
-                    split=split,
-                    download_retry=download_retry,
-                    download_timeout=download_timeout,
-                    cache_dir=cache_dir,
-                    storage_options=dict(storage_options or {}),
-                )
-            ]
+        streams = dataset_streams(
+            streams,
+            remote=remote,
+            local=local,
+            split=split,
+            cache_dir=cache_dir,
+            download_retry=download_retry,
+            download_timeout=download_timeout,
+            storage_options=storage_options,
+        )
         if batch_size < 1:
             raise ValueError(
                 f"batch_size must be a positive per-device batch size, got {batch_size}"
             )
-        # Each stream with the dataset's validate_hash / keep_zip where it sets none itself.
+        # Each stream with the dataset's split / validate_hash / keep_zip where it sets none.
         self.streams = [
-            _with_defaults(s, split=split, validate_hash=validate_hash, keep_zip=keep_zip)
+            with_defaults(s, split=split, validate_hash=validate_hash, keep_zip=keep_zip)
             for s in streams
         ]
         self.batch_size = batch_size
         self.replication = replication
         self._world()  # a replication that does not divide the world is refused here
         self.shuffle = shuffle
+        # mosaicml-streaming keeps its arguments under their names
+        self.sampling_method, self.sampling_granularity = sampling_method, sampling_granularity
+        self.partition_algo, self.batching_method = partition_algo, batching_method
+        self.shuffle_algo = shuffle_algo
         self.validate_hash = validate_hash
         self.allow_pickle = allow_pickle = bool(allow_pickle or allow_unsafe_types)
+        self.allow_unsafe_types = allow_pickle
         self.max_open_shards = max(1, max_open_shards)
         self.cache_limit: int | None = None
         if cache_limit is not None:  # 0 is no limit, as in mosaicml-streaming
@@ -249,6 +228,7 @@ class StreamingDataset(*_BASES):
         # None: derived from the canonical node count in use (see _set_plan).
         self._shuffle_block_size = shuffle_block_size
         self._set_plan(canonical, max(1, batch_size * world.num_ranks // canonical))
+        self._initial_nodes = world.num_nodes  # mosaicml-streaming's initial_physical_nodes
         for message in usage_warnings(
             batch_size=batch_size,
             predownload=predownload,
@@ -349,6 +329,25 @@ class StreamingDataset(*_BASES):
     def num_canonical_nodes(self) -> int:
         return self._plan.num_canonical_nodes
 
+    @property
+    def shuffle_seed(self) -> int:
+        return self._plan.shuffle_seed
+
+    @property
+    def shuffle_block_size(self) -> int:
+        """The block size in use (derived from the canonical nodes when not given)."""
+        return self._plan.shuffle_block_size
+
+    @property
+    def initial_physical_nodes(self) -> int:
+        """Nodes of the run's first start (mosaicml-streaming's; kept in `state_dict`)."""
+        return self._initial_nodes
+
+    @property
+    def length(self) -> int:
+        """mosaicml-streaming's name for `len(dataset)`."""
+        return len(self)
+
     def epoch_sequence(self, epoch: int) -> np.ndarray:
         """Global sample ids of one epoch in global reading order (the same in every process)."""
         if self._sequence_cache is None or self._sequence_cache[0] != epoch:
@@ -425,40 +424,33 @@ class StreamingDataset(*_BASES):
 
     # -- resumption ---------------------------------------------------------------------------
     def state_dict(self, num_samples: int, from_beginning: bool) -> dict[str, Any]:
-        """Where the run is, as a small JSON-serializable dict.
+        """Where the run is, as a small JSON-serializable dict (`streaming.resumption`).
 
         num_samples:    samples consumed by all ranks together in the current epoch;
         from_beginning: True if they count from the epoch's start, False if from where this
                         run resumed (the resumed offset is then added).
         """
-        n = max(self._passes.current(), 0)
-        epoch, start = self._pass_to_epoch(n)
-        offset = 0 if from_beginning else start
-        return {
-            "epoch": epoch,
-            "sample_in_epoch": offset + int(num_samples),
-            "num_canonical_nodes": self._plan.num_canonical_nodes,
-            "shuffle_seed": self._plan.shuffle_seed,
-            "interleave_chunk": self._plan.chunk,
-        }
+        epoch, start = self._pass_to_epoch(max(self._passes.current(), 0))
+        sample = (0 if from_beginning else start) + int(num_samples)
+        return make_state(epoch, sample, self._plan, self._initial_nodes)
 
     def load_state_dict(self, obj: dict[str, Any]) -> None:
-        """Resume at the position a `state_dict` recorded (possibly with other ranks/workers)."""
-        missing, unknown = STATE_KEYS - set(obj), set(obj) - STATE_KEYS
-        if missing or unknown:
-            raise ValueError(
-                f"not a StreamingDataset state dict: missing {sorted(missing)}, unknown {sorted(unknown)}"
-            )
-        if obj["shuffle_seed"] != self._plan.shuffle_seed:
+        """Resume at the position a `state_dict` recorded (possibly with other ranks/workers);
+        mosaicml-streaming's state dicts are read too (the same epoch and sample, our order)."""
+        state = read_state(obj)
+        if state.shuffle_seed != self._plan.shuffle_seed:
             log.warning(
                 "resuming with shuffle_seed %s from the checkpoint (was %s)",
-                obj["shuffle_seed"],
+                state.shuffle_seed,
                 self._plan.shuffle_seed,
             )
-            self._plan_args["shuffle_seed"] = obj["shuffle_seed"]
-        self._set_plan(int(obj["num_canonical_nodes"]), int(obj["interleave_chunk"]))
-        epoch, sample = int(obj["epoch"]), int(obj["sample_in_epoch"])
+            self._plan_args["shuffle_seed"] = state.shuffle_seed
+        canonical = state.num_canonical_nodes
+        global_batch = self.batch_size * self._world().num_ranks
+        self._set_plan(canonical, state.interleave_chunk or max(1, global_batch // canonical))
+        self._initial_nodes = state.initial_physical_nodes or self._initial_nodes
         # A checkpoint taken at the very end of an epoch resumes at the start of the next.
-        self._resume = (epoch + 1, 0) if sample >= self.epoch_size else (epoch, sample)
+        at_end = state.sample_in_epoch >= self.epoch_size
+        self._resume = (state.epoch + 1, 0) if at_end else (state.epoch, state.sample_in_epoch)
         self._sequence_cache = None
         self._passes.reset()

@@ -6,17 +6,21 @@ its size) or `choose` (a number of samples); how weights become each epoch's sam
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "Stream",
+    "dataset_streams",
     "default_cache_dir",
     "is_read_only",
     "raw_cache_dir",
+    "with_defaults",
 ]
 
 
@@ -126,6 +130,11 @@ class Stream:
         """The remote read (`remote`, or its `split` sub-folder), None for a local dataset."""
         return self._source
 
+    @property
+    def safe_keep_zip(self) -> bool:
+        """Whether compressed files stay: `keep_zip`, or a local dataset's own files."""
+        return bool(self.keep_zip) or self.source is None
+
     def raw_folder(self) -> str:
         """Where the decompressed copies of this stream's compressed shards are kept: `folder`
         for a remote's cache, else `cache_dir` (its `split` sub-folder), else `folder` unless it
@@ -154,3 +163,50 @@ def _same_folder(remote: str, local: str) -> bool:
 
 def _join(base: str, part: str) -> str:
     return base.rstrip("/") + "/" + part.strip("/") if "://" in base else os.path.join(base, part)
+
+
+def with_defaults(
+    stream: Stream, *, split: str | None, validate_hash: bool | str, keep_zip: bool
+) -> Stream:
+    """A copy of `stream` whose unset split / validate_hash / keep_zip are the dataset's (as
+    mosaicml-streaming applies them, to its Streams themselves)."""
+    return dataclasses.replace(
+        stream,
+        split=stream.split or split,
+        validate_hash=validate_hash if stream.validate_hash is None else stream.validate_hash,
+        keep_zip=keep_zip if stream.keep_zip is None else stream.keep_zip,
+    )
+
+
+def dataset_streams(
+    streams: Sequence[Stream] | None,
+    *,
+    remote: str | None,
+    local: str | None,
+    split: str | None,
+    cache_dir: str | None,
+    download_retry: int,
+    download_timeout: float | None,
+    storage_options: dict[str, Any] | None,
+) -> list[Stream]:
+    """A dataset's streams: `streams`, or the one stream `remote=`/`local=` describe (checked)."""
+    if streams and (remote or local):
+        raise ValueError("give either streams=[...] or remote=/local=, not both")
+    if streams and cache_dir is not None:
+        raise ValueError(
+            "cache_dir= goes with a single local=; with streams=[...], give each Stream its own"
+        )
+    if streams:
+        return list(streams)
+    if remote is None and local is None:
+        raise ValueError("StreamingDataset needs streams=[Stream(...)] or remote= and/or local=")
+    stream = Stream(
+        remote=remote,
+        local=local,
+        split=split,
+        download_retry=download_retry,
+        download_timeout=download_timeout,
+        cache_dir=cache_dir,
+        storage_options=dict(storage_options or {}),
+    )
+    return [stream]

@@ -95,6 +95,9 @@ class MDSWriter:
         bad_names = [name for name in columns if not isinstance(name, str) or not name]
         if bad_names:
             raise ValueError(f"column names must be non-empty strings, got {bad_names}")
+        self.columns = dict(columns)
+        self.format = "mds"
+        self.keep_local = keep_local
         self.column_names = sorted(columns)  # shards store columns in name order
         self.column_encodings = [columns[name] for name in self.column_names]
         bad = {}
