@@ -91,6 +91,15 @@ result["fixed"] = {
 }
 del dataset
 
+dataset = StreamingDataset(local=os.path.join(root, "a"), batch_size=1)
+next(iter(dataset))
+result["state"] = dataset.state_dict(12, True)  # mosaicml's, for ours to read
+del dataset
+dataset = StreamingDataset(local=os.path.join(root, "a"), batch_size=1)
+dataset.load_state_dict(args["our_state"])  # ours, for mosaicml to read
+result["resumed_from_ours"] = len([s for s in dataset])
+del dataset
+
 local = tempfile.mkdtemp(prefix="api-")
 dataset = StreamingDataset(remote=os.path.join(root, "a"), local=local, batch_size=1)
 usage = [dataset.cache_usage]
@@ -120,7 +129,8 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def theirs(mosaic, root):
-    args = {"root": str(root), "mixes": MIXES, "indexes": INDEXES, "seed": 31}
+    ours = StreamingDataset(local=str(root / "a"), batch_size=1).state_dict(12, True)
+    args = {"root": str(root), "mixes": MIXES, "indexes": INDEXES, "seed": 31, "our_state": ours}
     return mosaic.call(_MOSAIC, args)
 
 
@@ -196,3 +206,14 @@ def test_prepare_evict_and_cache_usage_count_as_mosaic(theirs, root, tmp_path):
     usage.append(ds.cache_usage)
     assert usage == theirs["usage"]
     assert _ids(ds[[0, 29]]) == theirs["after_evict"] == [0, 29]  # fetched again when read
+
+
+def test_state_dicts_travel_both_ways(theirs, root):
+    """A checkpoint's dataset state from mosaicml resumes ours at the same epoch and sample
+    (was: refused, no interleave_chunk), and ours resumes mosaicml's."""
+    ds = StreamingDataset(local=str(root / "a"), batch_size=1)
+    ds.load_state_dict(theirs["state"])
+    assert theirs["state"]["sample_in_epoch"] == 12
+    resumed = [int(s["id"]) for s in ds]
+    assert resumed == [int(i) for i in ds.epoch_sequence(0)[12:]]
+    assert theirs["resumed_from_ours"] == len(resumed) == 18
