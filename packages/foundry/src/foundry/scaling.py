@@ -5,8 +5,9 @@
     p = fit.predict(6 * n_params * tokens)      # p.loss, and p.low..p.high at 95%
 
 E is the irreducible loss (what no amount of compute removes), A and alpha the power law of the
-part that compute does remove (Kaplan et al. 2020 fit L(C) to the compute-efficient frontier;
-Hoffmann et al. 2022 fit E + A/N^a + B/D^b; this is the one-variable form of the latter).
+part that compute does remove (Kaplan et al. 2020 fit a pure power law L(C) to the
+compute-efficient frontier; Hoffmann et al. 2022 fit E + A/N^a + B/D^b, which along a fixed
+allocation of compute between N and D is close to this one-variable form).
 `compute_frontier` picks the points no cheaper point beats (the compute-optimal frontier), for a
 fit of that frontier alone. `foundry.sweep` trains the points, fits and plots them.
 """
