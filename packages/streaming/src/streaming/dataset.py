@@ -187,15 +187,7 @@ class StreamingDataset(*_BASES):
         self._shard_sizes = sizes_per_stream
         self._shard_ends = np.cumsum(layout.samples_per_shard).astype(np.int64)
         self.num_samples = int(self._shard_ends[-1])
-        # mosaicml-streaming's bookkeeping, by its names
-        self.num_streams, self.num_shards = layout.num_streams, len(self._shards)
-        self.samples_per_shard = layout.samples_per_shard
-        self.sample_offset_per_shard = layout.sample_offset_per_shard
-        self.stream_per_shard = layout.stream_per_shard
-        self.shards_per_stream = layout.shards_per_stream
-        self.shard_offset_per_stream = layout.shard_offset_per_stream
-        self.samples_per_stream = layout.samples_per_stream
-        self.sample_offset_per_stream = layout.sample_offset_per_stream
+        vars(self).update(layout.bookkeeping())  # num_shards, samples_per_shard, ... (mosaicml's)
         stream_sizes = [int(s.sum()) for s in sizes_per_stream]
         self._counts = epoch_counts(
             self.streams, stream_sizes, parse_epoch_size(epoch_size), shuffle_seed
@@ -210,10 +202,7 @@ class StreamingDataset(*_BASES):
             check_cache_limit(
                 self.cache_limit,
                 index_bytes=layout.cached_index_bytes,
-                largest_shard=max(
-                    info.raw_data.bytes + (info.zip_data.bytes if info.zip_data else 0)
-                    for _, info in self._shards
-                ),
+                largest_shard=layout.largest_shard,
             )
 
         world = self._world()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +86,25 @@ class Layout:
     def sample_offset_per_stream(self) -> np.ndarray:
         counts = self.samples_per_stream
         return np.cumsum(counts) - counts
+
+    @property
+    def largest_shard(self) -> int:
+        """Bytes of the largest shard's raw and compressed files together."""
+        return max(
+            info.raw_data.bytes + (info.zip_data.bytes if info.zip_data else 0)
+            for _, info in self.shards
+        )
+
+    def bookkeeping(self) -> dict[str, Any]:
+        """What mosaicml-streaming's StreamingDataset keeps as attributes, by its names."""
+        names = ("samples_per_shard", "sample_offset_per_shard", "stream_per_shard")
+        names += ("shards_per_stream", "shard_offset_per_stream")
+        names += ("samples_per_stream", "sample_offset_per_stream")
+        return {
+            "num_streams": self.num_streams,
+            "num_shards": len(self.shards),
+            **{name: getattr(self, name) for name in names},
+        }
 
     def shard_sizes_per_stream(self) -> list[np.ndarray]:
         sizes, stream_of = self.samples_per_shard, self.stream_per_shard
