@@ -145,13 +145,6 @@ class Stream:
             return _join(self.cache_dir, self.split) if self.split else self.cache_dir
         return raw_cache_dir(self.folder) if is_read_only(self.folder) else self.folder
 
-    @property
-    def weighting(self) -> str:
-        """'proportion', 'absolute' (repeat/choose) or 'none'."""
-        if self.proportion is not None:
-            return "proportion"
-        return "absolute" if (self.repeat is not None or self.choose is not None) else "none"
-
 
 def _same_folder(remote: str, local: str) -> bool:
     from streaming.storage.urls import is_remote, local_path_of
