@@ -228,6 +228,25 @@ def test_cpu_sweep_predicts_the_next_size_up(swept):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_each_point_is_a_train_config_of_its_size_and_budget(tmp_path):
+    from foundry.sweep import SweepCommand, plan_points, point_command
+
+    # the first size takes the model's depth (mpt_tiny's 4 layers), the second its own settings
+    sizes = "sizes=[{d_model:16},{d_model:32,n_layers:3,n_heads:4,lr:2e-3},{d_model:48,n_layers:2}]"
+    overrides = ["data.local=d", "eval_data.local=v", f"out={tmp_path}", *TINY, sizes]
+    cfg = compose_config("sweep", overrides).build(SweepCommand)
+    points, target = plan_points(cfg)
+    assert [p.compute for p in points] == sorted(p.compute for p in points)
+    by_name = {p.name: point_command(cfg, p) for p in points}
+    run = by_name["d32-l3-h4-12288tok"]  # its own depth, heads and learning rate
+    assert (run.model.n_layers, run.model.n_heads, run.optimizer.lr) == (3, 4, 2e-3)
+    assert run.max_duration == "48ba" and run.eval_interval == "1dur"
+    assert run.save_folder == str(tmp_path / "points" / "d32-l3-h4-12288tok")
+    other = by_name["d16-l4-h2-6144tok"]
+    assert (other.optimizer.lr, other.max_duration) == (5e-3, "24ba")
+    assert target.name == "d64-l2-h2-18432tok" and target.steps == 72
+
+
 class CountingTrainPoint:
     """`foundry.sweep.train_point`, noting the name of each point it trains."""
 
