@@ -454,9 +454,11 @@ def test_torch_compile_one_opaque_op():
 def test_compile_survives_dynamic_shapes():
     """A second shape makes dynamo recompile with symbolic sizes: the default softmax scale and
     skip_bits="rounding" are then derived from symbols; no graph break (fullgraph) and right
-    values. (On an H100 this broke the packed op's second compile before the fix.)"""
+    values. (On an H100 this broke the packed op's second compile before the fix.) Lengths within
+    one 16-row block: what dynamo traces does not depend on them (the kernels' multi-block paths
+    are tested eagerly above), and the interpreter runs fewer programs."""
     torch._dynamo.reset()
-    for H, Hkv, T in ((2, 2, 20), (2, 1, 24), (4, 1, 28)):
+    for H, Hkv, T in ((2, 2, 9), (2, 1, 12), (4, 1, 14)):
         D = 16
         slopes = alibi_slopes(H)
         qkv = torch.randn(1, T, (H + 2 * Hkv) * D, generator=torch.Generator().manual_seed(T))
@@ -474,8 +476,9 @@ def test_compile_survives_dynamic_shapes():
             a, b = qkv.clone().requires_grad_(), qkv.clone().requires_grad_()
             out = torch.compile(fn, backend="aot_eager", fullgraph=True)(a)
             out.sum().backward()
-            fn(b).sum().backward()
-            assert rel(out, fn(qkv)) < 1e-6 and rel(a.grad, b.grad) < 1e-6
+            eager = fn(b)
+            eager.sum().backward()
+            assert rel(out, eager) < 1e-6 and rel(a.grad, b.grad) < 1e-6
 
 
 def test_forward_has_no_autograd_and_empty_inputs():

@@ -342,33 +342,23 @@ def test_missing_transformers_says_how_to_install(monkeypatch):
 
 
 # -- FSDP2: DTensor parameters gathered per shard, rank 0 writes ----------------------------------
-def _export_worker(rank: int, world: int, store: str, out: str, seed: int) -> None:
-    import torch.distributed as dist
+def _export_worker(rank: int, world: int, out: str, seed: int) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
-    # A file store, not a TCP port: no race with other suites for a free port.
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        model = _ours(seed=seed)
-        for block in model.blocks():
-            fully_shard(block)
-        fully_shard(model)
-        assert isinstance(model.transformer.wte.weight, DTensor)
-        hf.export_hf(model, None, out, max_shard_size="40KB")
-    finally:
-        dist.destroy_process_group()
+    model = _ours(seed=seed)
+    for block in model.blocks():
+        fully_shard(block)
+    fully_shard(model)
+    assert isinstance(model.transformer.wte.weight, DTensor)
+    hf.export_hf(model, None, out, max_shard_size="40KB")
 
 
 @pytest.mark.distributed
-def test_export_of_fsdp2_sharded_model(tmp_path):
-    import torch.multiprocessing as mp
-
+def test_export_of_fsdp2_sharded_model(tmp_path, run_ranks):
     out = tmp_path / "fsdp"
-    store = tmp_path / "store" / "rendezvous"
-    store.parent.mkdir()
-    mp.spawn(_export_worker, args=(2, str(store), str(out), 11), nprocs=2, join=True)
-    assert sorted(os.listdir(tmp_path)) == ["fsdp", "store"]
+    run_ranks(_export_worker, str(out), 11)
+    assert sorted(os.listdir(tmp_path)) == ["fsdp", "ranks"]
     back = hf.import_hf(out)
     expected = _ours(seed=11).state_dict()
     for name, tensor in back.state_dict().items():

@@ -3,50 +3,38 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from mpt import MPTConfig, MPTForCausalLM
 
 CONFIG = dict(d_model=64, n_heads=4, n_layers=2, vocab_size=128, max_seq_len=32)
 
 
-def _worker(rank: int, world: int, store: str, results) -> None:
+def _worker(rank: int, world: int):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor, Shard
 
-    # A file rendezvous: no port to race for with other tests running at the same time.
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        model = MPTForCausalLM(MPTConfig(**CONFIG), device="meta")
-        for block in model.blocks():
-            fully_shard(block)
-        fully_shard(model)
-        model.materialize("cpu", seed=7)  # each rank fills only its own shards
-        wqkv = model.transformer.blocks[0].attn.Wqkv.weight
-        assert isinstance(wqkv, DTensor) and wqkv.placements == (Shard(0),)
-        local_rows = wqkv.to_local().shape[0]
-        full = {name: p.full_tensor().detach() for name, p in model.named_parameters()}
-        ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        # fan_out with grouped-query heads: q, k and v each get the std of their own fan_out
-        fan_out = MPTForCausalLM(
-            MPTConfig(**CONFIG, fan_mode="fan_out", kv_n_heads=1), device="meta"
-        )
-        fully_shard(fan_out)
-        fan_out.materialize("cpu", seed=7)
-        parts = fan_out.transformer.blocks[0].attn.Wqkv.weight.full_tensor().split([64, 16, 16])
-        results[rank] = (local_rows, full, loss.item(), [p.std().item() for p in parts])
-    finally:
-        dist.destroy_process_group()
+    model = MPTForCausalLM(MPTConfig(**CONFIG), device="meta")
+    for block in model.blocks():
+        fully_shard(block)
+    fully_shard(model)
+    model.materialize("cpu", seed=7)  # each rank fills only its own shards
+    wqkv = model.transformer.blocks[0].attn.Wqkv.weight
+    assert isinstance(wqkv, DTensor) and wqkv.placements == (Shard(0),)
+    local_rows = wqkv.to_local().shape[0]
+    full = {name: p.full_tensor().detach() for name, p in model.named_parameters()}
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    # fan_out with grouped-query heads: q, k and v each get the std of their own fan_out
+    fan_out = MPTForCausalLM(MPTConfig(**CONFIG, fan_mode="fan_out", kv_n_heads=1), device="meta")
+    fully_shard(fan_out)
+    fan_out.materialize("cpu", seed=7)
+    parts = fan_out.transformer.blocks[0].attn.Wqkv.weight.full_tensor().split([64, 16, 16])
+    return local_rows, full, loss.item(), [p.std().item() for p in parts]
 
 
-def test_meta_model_shards_then_materializes_consistently(tmp_path):
-    manager = mp.get_context("spawn").Manager()
-    results = manager.dict()
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), results), nprocs=2, join=True)
-    (rows0, full0, loss0, stds0), (rows1, full1, loss1, stds1) = results[0], results[1]
+def test_meta_model_shards_then_materializes_consistently(run_ranks):
+    (rows0, full0, loss0, stds0), (rows1, full1, loss1, stds1) = run_ranks(_worker)
     assert stds0 == stds1
     for std, rows in zip(stds0, (64, 16, 16), strict=True):  # kaiming: sqrt(2 / fan_out)
         assert 0.85 * (2 / rows) ** 0.5 < std < 1.15 * (2 / rows) ** 0.5, (std, rows)

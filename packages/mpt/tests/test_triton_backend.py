@@ -2,6 +2,10 @@
 
 fp32 everywhere (the interpreter computes in fp32), so logits and gradients agree to ~1e-6; the
 tolerances below leave room for the different summation order of the online softmax.
+
+The interpreter's time grows with the programs it runs (batch x heads x 16-row blocks, per layer),
+so these model-level tests use 2 layers and at most two 16-row blocks; the kernels' own paths
+(three and more blocks, unequal blocks, every head dim and dtype) are test_flash_alibi.py's.
 """
 
 import os
@@ -25,8 +29,10 @@ def _interpreter(monkeypatch):
     [{}, {"kv_n_heads": 2}, {"kv_n_heads": 1, "n_heads": 2}, {"attn_skip_bits": "rounding"}],
 )
 def test_logits_and_gradients_match_the_torch_backend(tiny_mpt, overrides):
-    ids = torch.randint(0, 101, (2, 37))
-    seq = torch.tensor([[0] * 20 + [1] * 17, [0] * 37])
+    # two 16-row blocks, the second a masked tail; row 0's second document starts at key 16, so
+    # its second query block skips key block 0 (the document skip)
+    ids = torch.randint(0, 101, (2, 24))
+    seq = torch.tensor([[0] * 16 + [1] * 8, [0] * 24])
     results = {}
     for impl in ("triton", "torch"):
         model = tiny_mpt(attn_impl=impl, attn_fallback=None, **overrides).train()
@@ -58,12 +64,14 @@ def test_document_bounds_are_computed_once_per_forward(tiny_mpt, monkeypatch, qk
 
     monkeypatch.setattr(_launch, "_doc_bounds", counting)
     monkeypatch.setattr(flash_alibi, "_doc_bounds", counting)
-    ids = torch.randint(0, 101, (2, 37))
-    seq = torch.tensor([[0] * 20 + [1] * 17, [0] * 9 + [1] * 28])
+    # Row 0's second document starts at key 16: its query block skips key block 0 (forward and
+    # dq) and key block 0's programs stop after query block 0 (dk/dv), so the bounds are used.
+    ids = torch.randint(0, 101, (2, 24))
+    seq = torch.tensor([[0] * 16 + [1] * 8, [0] * 5 + [1] * 19])
 
     def run():
         calls.clear()
-        model = tiny_mpt(attn_impl="triton", attn_fallback=None, n_layers=3, qk_ln=qk_ln).train()
+        model = tiny_mpt(attn_impl="triton", attn_fallback=None, n_layers=2, qk_ln=qk_ln).train()
         out = model(ids, sequence_id=seq, labels=ids)
         out.loss.backward()
         return len(calls), out.logits.detach(), [p.grad for p in model.parameters()]
@@ -73,7 +81,7 @@ def test_document_bounds_are_computed_once_per_forward(tiny_mpt, monkeypatch, qk
     unprepared = dataclasses.replace(ATTENTION["triton"], prepare=None)
     monkeypatch.setitem(ATTENTION, "triton", unprepared)
     every, logits2, grads2 = run()
-    assert every == 3 * 2  # each layer's forward and backward
+    assert every == 2 * 2  # each layer's forward and backward
     assert torch.equal(logits, logits2)
     assert all(torch.equal(a, b) for a, b in zip(grads, grads2, strict=True))
 
@@ -98,8 +106,10 @@ def test_whole_model_with_packed_documents_compiles_into_one_graph(tiny_mpt, qk_
     """torch.compile(model, fullgraph=True) with sequence ids: the document bounds prepared once
     per forward, the custom ops and their backward trace without a graph break, same numbers."""
     torch._dynamo.reset()
-    ids = torch.randint(0, 101, (2, 24))
-    seq = torch.tensor([[0] * 10 + [1] * 14, [0] * 24])
+    # One 16-row block with a masked tail: what is compiled does not depend on the length, and
+    # the kernels' multi-block paths are tested eagerly above and in test_flash_alibi.py.
+    ids = torch.randint(0, 101, (2, 13))
+    seq = torch.tensor([[0] * 6 + [1] * 7, [0] * 13])
     grads = {}
     for compiled in (False, True):
         model = tiny_mpt(attn_impl="triton", attn_fallback=None, qk_ln=qk_ln).train()
