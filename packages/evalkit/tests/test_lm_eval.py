@@ -25,6 +25,7 @@ def run_lm_eval(model_args, names, folder, **kwargs):
         tasks=list(names.values()),
         task_manager=manager,
         log_samples=True,
+        bootstrap_iters=0,  # no stderr is compared: skip lm-eval's bootstrap (a process pool)
         **kwargs,
     )
 

@@ -67,6 +67,9 @@ def lm_eval_hf(folder, names, include, limit):
         task_manager=manager,
         log_samples=True,
         limit=limit,
+        # No stderr is compared: skip lm-eval's bootstrap of perplexity's stderr (100,000
+        # resamples in a process pool, most of this test's time otherwise).
+        bootstrap_iters=0,
     )
 
 
@@ -148,6 +151,7 @@ def test_parity_on_synthetic_tasks(tmp_path):
         model_args=f"pretrained={folder}",
         tasks=list(names.values()),
         task_manager=TaskManager(include_path=str(tmp_path / "lm"), include_defaults=False),
+        bootstrap_iters=0,
     )
     for name, lm_name in names.items():
         assert via["results"][lm_name]["acc,none"] == ours.tasks[name].metrics["acc"]
