@@ -65,3 +65,23 @@ def test_mix_errors_name_the_source(tmp_path):
         streams_from_config(partial)
     with pytest.raises(MixError, match="data.sources.a: give local"):
         streams_from_config(build(DataConfig, {"sources": {"a": {}}}))
+
+
+def test_epoch_size_with_repeat_or_choose_is_refused_naming_the_sources(tmp_path):
+    write_source(tmp_path / "web", 1, 5)
+    write_source(tmp_path / "code", 2, 5)
+    sources = {
+        "web": {"local": "web", "repeat": 2.0},
+        "code": {"local": "code", "choose": 3},
+    }
+    data = build(DataConfig, {"root": str(tmp_path), "epoch_size": "1k", "sources": sources})
+    refused = (
+        r"data.epoch_size='1k' needs relative weights, but data.sources.web.repeat, "
+        r"data.sources.code.choose set absolute amounts.*give every source a proportion"
+    )
+    with pytest.raises(MixError, match=refused):
+        streams_from_config(data)  # what the training loaders build the dataset from
+    with pytest.raises(MixError, match=refused):
+        mix_table(data, tokens=1000)  # `foundry data mix`
+    unset = build(DataConfig, {"root": str(tmp_path), "epoch_size": "0", "sources": sources})
+    assert len(streams_from_config(unset)) == 2  # 0 is no epoch size, as in streaming

@@ -8,6 +8,8 @@ Relative source paths are joined to `data.root`. A source is read from `local` a
 dataset folder), or from `remote` (an `s3://` prefix or a folder) cached in `local` (default: a
 folder under `data.cache_dir`, else `streaming`'s per-remote cache). Sources weigh in as the MPT
 data table does: every source a relative `proportion`, or absolute `repeat`/`choose` amounts.
+`data.epoch_size` scales relative weights only: with `repeat`/`choose` it is refused here, by the
+source and key, before `streaming` (which refuses it too, as mosaicml-streaming does) is reached.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MixError",
     "MixRow",
+    "check_epoch_size",
     "format_mix_table",
     "mix_table",
     "run_command",
@@ -65,6 +68,28 @@ def _check_weights(data: DataConfig) -> None:
             value = getattr(s, what)
             if value is not None and value < 0:
                 raise MixError(f"data.sources.{name}.{what} must be >= 0, got {value}")
+    check_epoch_size(data)
+
+
+def check_epoch_size(data: DataConfig) -> None:
+    """Refuse `data.epoch_size` beside absolute weights (`repeat`/`choose`): those fix the epoch's
+    size themselves, and `streaming` refuses the two together, as mosaicml-streaming does. An
+    epoch size of 0 is none, as in `streaming`."""
+    if data.epoch_size is None or parse_count(data.epoch_size, key="data.epoch_size") == 0:
+        return
+    keys = [
+        f"data.sources.{name}.{what}"
+        for name, s in data.sources.items()
+        for what in ("repeat", "choose")
+        if getattr(s, what) is not None
+    ]
+    if keys:
+        raise MixError(
+            f"data.epoch_size={data.epoch_size!r} needs relative weights, but {', '.join(keys)} "
+            f"{'sets an absolute amount' if len(keys) == 1 else 'set absolute amounts'}, which "
+            "fix the epoch's size themselves: give every source a proportion instead (the "
+            "epoch_size is then split by them), or drop data.epoch_size"
+        )
 
 
 def _stream(name: str, source: SourceConfig, data: DataConfig, check: bool) -> Stream:
