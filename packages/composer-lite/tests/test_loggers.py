@@ -156,6 +156,7 @@ def test_trainer_logs_the_resolved_config_once_then_metrics(tmp_path):
     torch.manual_seed(0)
     model = TinyLM()
     data = _Loader(random_lm_batch(4, 8, seed=i) for i in range(2))
+    data[1]["attention_mask"] = (torch.arange(8) < torch.tensor([[8], [5], [3], [8]])).long()
     memory, out = Memory(), io.StringIO()
     Trainer(
         model,
@@ -172,6 +173,8 @@ def test_trainer_logs_the_resolved_config_once_then_metrics(tmp_path):
     assert re.search(r"\[step 2\] .*loss/train/total: ", out.getvalue())
     records = read_jsonl(tmp_path / "m.jsonl")
     assert [r["kind"] for r in records] == ["hyperparameters", "metrics", "metrics"]
+    # the tokens read so far: every input id, then an attention mask's ones (padding left out)
+    assert [r["metrics"]["time/token"] for r in records[1:]] == [32, 32 + 24]
 
 
 def test_console_logger_every_n_steps_but_eval_always():

@@ -212,6 +212,7 @@ class Trainer:
         state.timestamp.advance_batch(state.step.samples, state.step.tokens)
         state.metrics["loss/train/total"] = state.step.loss
         state.metrics["time/batch"] = state.timestamp.batch
+        state.metrics["time/token"] = state.timestamp.token  # tokens read so far (`StepResult`)
         self._run(Event.BATCH_END)
 
     def _count_tokens(self, batch: Any) -> torch.Tensor:
