@@ -13,8 +13,9 @@ format or version is refused). Three panels, one colour per run, the legend by r
 - throughput: `throughput/tokens_per_sec` (all ranks).
 
 A panel says which runs logged none of its metric. The x axis is the step, or with `x=tokens`
-the tokens trained on (`time/token` when the run logged it, else step x the config's
-`scheduler.tokens_per_batch`). A step logged twice (a run resumed from an earlier checkpoint
+the tokens trained on: `time/token` when the run logged it (composer-lite >= 0.4.1 does: the real
+tokens, a finetuning batch's padding left out), else step x the config's
+`scheduler.tokens_per_batch` (every position of every row). A step logged twice (a run resumed from an earlier checkpoint
 appends) keeps its last value. Every run is found before anything is read, and every run that
 cannot be is named in one error; the PNG is written atomically and not over an existing file
 without `overwrite=true`.

@@ -2,7 +2,9 @@
 
 Pretraining rows are concatenated token sequences (DESIGN's pretraining-MDS contract), so the
 batch is `input_ids` and `labels` equal to them (the model shifts the labels); finetuning rows
-carry their own `labels` (-100 on prompt tokens) and, when packed, a `sequence_id`.
+carry their own `labels` (-100 on prompt tokens) and, when packed, a `sequence_id`, and their
+batch an `attention_mask` that marks the padding, so that the Trainer's token count (`time/token`,
+`foundry report x=tokens`) is of real tokens. Pretraining batches have no padding and no mask.
 """
 
 from __future__ import annotations
@@ -32,11 +34,30 @@ def _padded(rows: Sequence[Mapping[str, Any]], name: str, fill: int | None) -> t
     return torch.from_numpy(out)
 
 
+def _real_tokens(rows: Sequence[Mapping[str, Any]], width: int) -> torch.Tensor:
+    """(B, width) int64 `attention_mask` of finetuning rows: 0 on padding, 1 elsewhere. Padding is
+    what the collator adds past a row's end and, in a packed row, the segment of its own that
+    `foundry.data.packing` pads it with: the tokens after its last example, whose `sequence_id`
+    exceeds that of the last labelled token (every example carries a label: `foundry.data.sft`
+    drops one with none left)."""
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for row, r in zip(mask, rows, strict=True):
+        real = np.ones(np.asarray(r["input_ids"]).size, dtype=bool)
+        labels = np.asarray(r["labels"]).reshape(-1)
+        labelled = np.flatnonzero(labels != -100)
+        if "sequence_id" in r and labelled.size:
+            seq = np.asarray(r["sequence_id"]).reshape(-1)
+            real = seq <= seq[labelled[-1]]
+        row[: real.size] = real
+    return torch.from_numpy(mask)
+
+
 def lm_collate(rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """An LM batch (int64 (B, T) `input_ids`, `labels`, and `sequence_id` when rows have it) from
     pretraining rows (`tokens`, or llm-foundry's older `bytes`) or finetuning rows (`input_ids`,
     `labels`). Finetuning rows of different lengths are padded at their end to the longest:
-    `input_ids` 0 (causal attention: no earlier token sees a pad) and `labels` -100 (no loss)."""
+    `input_ids` 0 (causal attention: no earlier token sees a pad) and `labels` -100 (no loss);
+    their `attention_mask` is 0 on that padding and on a packed row's own (`_real_tokens`)."""
     if "input_ids" in rows[0]:
         batch = {
             "input_ids": _padded(rows, "input_ids", 0),
@@ -44,6 +65,7 @@ def lm_collate(rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         }
         if "sequence_id" in rows[0]:
             batch["sequence_id"] = _padded(rows, "sequence_id", None)
+        batch["attention_mask"] = _real_tokens(rows, batch["input_ids"].shape[1])
         return batch
     lengths = {len(tokens_of(r)) for r in rows}
     if len(lengths) != 1:
