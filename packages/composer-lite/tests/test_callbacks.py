@@ -145,7 +145,7 @@ def test_memory_monitor_metrics_and_nothing_on_cpu():
 def test_speed_monitor_rates_window_and_no_mfu_on_cpu(monkeypatch):
     clock = iter([0.0, 0.5, 1.0, 2.0, 3.0, 3.5])  # batches of 0.5 s, 1.0 s, 0.5 s
     monkeypatch.setattr(speed_module.time, "perf_counter", lambda: next(clock))
-    state, cb = make_state(world_size=2), SpeedMonitor(window=2)
+    state, cb = make_state(world_size=2), SpeedMonitor(window=2, skip_first=0)
     cb.run_event(Event.FIT_START, state, HUB)
     seen = [train_step(state, [cb], seed=i) for i in range(3)]
     # tokens the model processed, 4 samples x 8 per step, masked labels included (loss tokens
@@ -161,9 +161,28 @@ def test_speed_monitor_rates_window_and_no_mfu_on_cpu(monkeypatch):
     assert "throughput/device/mfu" not in seen[2]
 
 
+def test_speed_monitor_keeps_each_fits_first_batch_out_of_the_window(monkeypatch):
+    """The first batch compiles (60 s here); the rates are those of the batches after it."""
+    clock = iter([0.0, 60.0, 60.5, 61.5, 91.5, 92.5])
+    monkeypatch.setattr(speed_module.time, "perf_counter", lambda: next(clock))
+    state, cb = make_state(), SpeedMonitor(window=20)
+    cb.run_event(Event.FIT_START, state, HUB)
+    seen = [train_step(state, [cb], seed=i) for i in range(3)]
+    assert seen[0]["time/batch_seconds"] == 60 and "throughput/tokens_per_sec" not in seen[0]
+    assert seen[1]["throughput/tokens_per_sec"] == pytest.approx(32 / 0.5)
+    assert seen[2]["throughput/tokens_per_sec"] == pytest.approx(64 / 1.5)
+    cb.run_event(Event.FIT_START, state, HUB)  # a second fit (a resume) compiles again
+    again = [train_step(state, [cb], seed=i) for i in range(2)]
+    assert again[0]["time/batch_seconds"] == 30 and "throughput/tokens_per_sec" not in again[0]
+    assert again[1]["throughput/tokens_per_sec"] == pytest.approx(32 / 1.0)
+    with pytest.raises(ValueError, match="skip_first must be an int >= 0"):
+        SpeedMonitor(skip_first=-1)
+
+
 def test_speed_monitor_mfu_against_the_table_and_unknown_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
-    state, cb = make_state(device=torch.device("cuda")), SpeedMonitor(synchronize=False)
+    state = make_state(device=torch.device("cuda"))
+    cb = SpeedMonitor(synchronize=False, skip_first=0)
     cb.fit_start(state, HUB)
     state.step = step_result(tokens=1000, samples=2, seq_len=8)
     cb.batch_start(state, HUB)

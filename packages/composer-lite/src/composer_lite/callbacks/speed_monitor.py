@@ -2,7 +2,10 @@
 
 Each batch is timed from BATCH_START to BATCH_END (forward, backward, optimizer step; not the
 wait for data, evaluation or checkpoints), and the rates are totals over the last `window`
-batches divided by their time, so one slow batch does not swing them. Samples are the global
+batches divided by their time, so one slow batch does not swing them. The first `skip_first`
+batches of each fit (default 1: the step that compiles the model, autotunes kernels and fills
+the allocator's cache, which can take a minute where later steps take half a second) report only
+`time/batch_seconds`: in the window they would understate the rate for `window` batches. Samples are the global
 count the Trainer puts in `state.step.samples`; tokens are the tokens the model processed,
 samples x sequence length (`state.step.seq_len`), as composer and llm-foundry count them, or the
 Trainer's count of tokens read (`state.step.tokens`) when the batch has no (B, T) input_ids.
@@ -42,6 +45,7 @@ class SpeedMonitor(Callback):
 
     window:      batches in the sliding window (>= 1).
     peak_flops:  FLOP/s of one device to measure MFU against, for hardware the table lacks.
+    skip_first:  batches at the start of each fit kept out of the window (>= 0).
     synchronize: wait for CUDA work at BATCH_END (off by default: that wait would leave the GPU
                  idle while the host prepares the next step). A batch's time runs from the end
                  of the one before (data loading and logging included); the host never runs more
@@ -49,13 +53,22 @@ class SpeedMonitor(Callback):
     """
 
     def __init__(
-        self, *, window: int = 20, peak_flops: float | None = None, synchronize: bool = False
+        self,
+        *,
+        window: int = 20,
+        peak_flops: float | None = None,
+        skip_first: int = 1,
+        synchronize: bool = False,
     ) -> None:
         if not (isinstance(window, int) and window >= 1):
             raise ValueError(f"SpeedMonitor window must be a positive int, got {window!r}")
+        if not (isinstance(skip_first, int) and skip_first >= 0):
+            raise ValueError(f"SpeedMonitor skip_first must be an int >= 0, got {skip_first!r}")
         if peak_flops is not None and not peak_flops > 0:
             raise ValueError(f"peak_flops must be positive FLOP/s, got {peak_flops!r}")
         self.window, self.peak_flops, self.synchronize = window, peak_flops, synchronize
+        self.skip_first = skip_first
+        self._to_skip = skip_first  # batches of this fit still to keep out of the window
         # One entry per batch: (seconds, samples, tokens, model FLOPs or None), all ranks.
         self._batches: deque[tuple[float, int, int, float | None]] = deque(maxlen=window)
         self._started: float | None = None
@@ -63,6 +76,7 @@ class SpeedMonitor(Callback):
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self._batches.clear()
+        self._to_skip = self.skip_first
         self._peak = None
         if state.device.type == "cuda" and callable(_flops_fn(state)):
             self._peak = self.peak_flops or peak_flops_for(torch.cuda.get_device_name(state.device))
@@ -87,6 +101,10 @@ class SpeedMonitor(Callback):
         self._started = None
 
     def _end_of_batch(self, state: State, seconds: float) -> None:
+        state.metrics["time/batch_seconds"] = seconds
+        if self._to_skip > 0:
+            self._to_skip -= 1
+            return
         step = state.step or _NO_STEP
         samples, seq_len, flops_per_token = step.samples, step.seq_len, _flops_fn(state)
         tokens = samples * seq_len if seq_len else step.tokens
@@ -97,7 +115,6 @@ class SpeedMonitor(Callback):
         )
         self._batches.append((seconds, samples, tokens, flops))
         state.metrics.update(self._rates(state.world_size, state.device.type))
-        state.metrics["time/batch_seconds"] = seconds
 
     def _rates(self, world_size: int, device_type: str) -> dict[str, float]:
         seconds = sum(b[0] for b in self._batches)
