@@ -4,7 +4,7 @@ partitioned over nodes, ranks and dataloader workers, resumable mid-epoch.
 With torch installed it is a `torch.utils.data.IterableDataset`; without, it is still iterable and
 indexable (`dataset[i]` is sample i of the streams concatenated in order).
 
-One pass (epoch) in one worker:
+One pass (epoch) in one worker (`streaming.reading`):
 
     epoch, start = which pass this is (shared by all workers; a resumed run starts mid-epoch)
     sequence     = epoch_sequence(...)             # same in every process: mix, shuffle, interleave
@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from streaming import members
 from streaming.array import Array
-from streaming.format import ShardInfo
 from streaming.iteration import PassCounter
 from streaming.layout import load_layout
+from streaming.members import DatasetMembers
 from streaming.mixing import epoch_counts, resolved_weights
 from streaming.options import (
     check_cache_limit,
@@ -40,8 +39,8 @@ from streaming.options import (
     parse_validate_hash,
     usage_warnings,
 )
-from streaming.partition import padded_end, rank_worker_positions
 from streaming.plan import PlanConfig, epoch_sequence
+from streaming.reading import pass_reads, read_pass
 from streaming.resumption import make_state, read_state
 from streaming.shardcache import ShardCache
 from streaming.sizes import parse_bytes
@@ -60,8 +59,10 @@ __all__ = ["StreamingDataset"]
 log = logging.getLogger(__name__)
 
 
-class StreamingDataset(*_BASES):
-    """Stream samples from one or more MDS datasets. See the module docstring for the pass.
+class StreamingDataset(DatasetMembers, *_BASES):
+    """Stream samples from one or more MDS datasets. See the module docstring for the pass;
+    mosaicml-streaming's members beyond iterating (`shards`, `evict_shard`, `cache_usage`, ...)
+    come from `streaming.members.DatasetMembers`.
 
     Give either `streams=[Stream(...), ...]` or a single `remote=`/`local=` (+ `split=`,
     `cache_dir=`: see `Stream`).
@@ -249,43 +250,7 @@ class StreamingDataset(*_BASES):
         world = World.detect()
         return world if self.replication is None else world.replicate(self.replication)
 
-    # -- shards, as mosaicml-streaming exposes them ---------------------------------------------
-    @property
-    def shards(self) -> list[ShardInfo]:
-        """Each shard's index entry (samples, files, columns), in stream order. mosaicml-streaming
-        gives its shard readers here; read samples through the dataset (`get_item`)."""
-        return [info for _, info in self._shards]
-
-    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
-        """Fetch, check and decompress a shard now (`blocking=False`: in the background)."""
-        members.prepare_shard(self._cache, shard_id, blocking)
-
-    def evict_shard(self, shard_id: int) -> None:
-        """Delete a shard's cached files (never a local dataset's own: `streaming.members`)."""
-        members.evict_shard(self._cache, shard_id)
-
-    def evict_coldest_shard(self) -> None:
-        """Evict the shard used least recently; ValueError if no shard has cached files."""
-        members.evict_shard(self._cache, members.coldest_shard(self._cache))
-
-    @property
-    def cache_usage(self) -> int:
-        """Bytes of cached shard files and remote index.json files now on disk."""
-        return members.cache_usage(self._cache)
-
-    def resample_streams(
-        self, epoch: int, stream_id: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(runs from one shard, sample ids) drawn for `epoch` before shuffling."""
-        return members.resample_streams(
-            self._shard_sizes, self._counts, self._plan, epoch, stream_id
-        )
-
-    @property
-    def size(self) -> int:
-        """Samples in the streams (mosaicml-streaming's name for `num_samples`)."""
-        return self.num_samples
-
+    # -- samples ------------------------------------------------------------------------------
     def get_item(self, sample_id: int, retry: int = 7) -> dict[str, Any]:
         """Sample `sample_id` of the streams concatenated in order (its shard fetched, checked
         and opened if need be; a shard file gone from a cache is fetched again). `retry` is
@@ -327,16 +292,6 @@ class StreamingDataset(*_BASES):
         """The block size in use (derived from the canonical nodes when not given)."""
         return self._plan.shuffle_block_size
 
-    @property
-    def initial_physical_nodes(self) -> int:
-        """Nodes of the run's first start (mosaicml-streaming's; kept in `state_dict`)."""
-        return self._initial_nodes
-
-    @property
-    def length(self) -> int:
-        """mosaicml-streaming's name for `len(dataset)`."""
-        return len(self)
-
     def epoch_sequence(self, epoch: int) -> np.ndarray:
         """Global sample ids of one epoch in global reading order (the same in every process)."""
         if self._sequence_cache is None or self._sequence_cache[0] != epoch:
@@ -364,52 +319,33 @@ class StreamingDataset(*_BASES):
         return (epoch, start) if n == 0 else (epoch + n, 0)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """This worker's samples of its pass (`streaming.reading`)."""
         world = self._world()
         n = self._passes.claim(world.worker)
         epoch, start = self._pass_to_epoch(n)
-        sequence = self.epoch_sequence(epoch)
-        positions = rank_worker_positions(
-            start=start,
-            end=padded_end(len(sequence), self.num_canonical_nodes, world.num_ranks, start),
-            global_batch=self.batch_size * world.num_ranks,
-            rank=world.rank,
-            num_ranks=world.num_ranks,
-            worker=world.worker,
-            num_workers=world.num_workers,
+        reads = pass_reads(
+            self.epoch_sequence(epoch),
+            start,
+            self._shard_ends,
+            batch_size=self.batch_size,
+            num_canonical_nodes=self.num_canonical_nodes,
+            world=world,
         )
-        ids = sequence[positions % len(sequence)] if len(sequence) else positions
-        shard_of = np.searchsorted(self._shard_ends, ids, side="right")
-        # How far into its shard each sample lies (a fraction), to prefetch just what is needed.
-        starts = np.concatenate([[0], self._shard_ends[:-1]])
-        depth = (ids - starts[shard_of] + 1) / (self._shard_ends[shard_of] - starts[shard_of])
         if world.worker > 0:  # worker 0 makes the pass's first batch with the whole machine
             self._passes.wait_first_batch(n, timeout=10.0)
         try:
-            yield from self._read(
-                ids, shard_of, depth, first_batch_of=n if world.worker == 0 else None
+            yield from read_pass(
+                reads,
+                get_item=self.get_item,
+                cache=self._cache,
+                batch_size=self.batch_size,
+                predownload=self.predownload,
+                passes=self._passes,
+                first_batch_of=n if world.worker == 0 else None,
             )
         finally:
             if world.worker == 0:
                 self._passes.first_batch_done(n)
-
-    def _read(
-        self, ids: np.ndarray, shard_of: np.ndarray, depth: np.ndarray, first_batch_of: int | None
-    ) -> Iterator[dict[str, Any]]:
-        ahead = 0  # samples [i, ahead) have had their shards asked for in advance
-        asked: dict[int, float] = {}
-        for i, sample_id in enumerate(ids):
-            if i == self.batch_size and first_batch_of is not None:
-                self._passes.first_batch_done(first_batch_of)
-            # The window grows from one batch to `predownload` samples, so that the first batch
-            # is not held up by work for later ones.
-            window = min(self.predownload, max(self.batch_size, i))
-            while ahead < len(ids) and ahead <= i + window:
-                shard_id, need = int(shard_of[ahead]), float(depth[ahead])
-                if need > asked.get(shard_id, 0.0):
-                    asked[shard_id] = need
-                    self._cache.prefetch(shard_id, need)
-                ahead += 1
-            yield self.get_item(sample_id)
 
     # -- resumption ---------------------------------------------------------------------------
     def state_dict(self, num_samples: int, from_beginning: bool) -> dict[str, Any]:

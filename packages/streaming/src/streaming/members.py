@@ -6,6 +6,10 @@ and an epoch's draw of samples before shuffling (`resample_streams`).
 Eviction deletes only files the cache made (a remote stream's downloads and raw copies, a local
 dataset's raw copies kept outside it), never a dataset's own; a shard evicted is fetched or
 decompressed again when it is next read.
+
+`DatasetMembers` gives `StreamingDataset` these as its methods and properties (it is one of the
+dataset's base classes), with mosaicml-streaming's other names for what the dataset knows
+(`size`, `length`, `initial_physical_nodes`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from streaming.format import INDEX_NAME
+from streaming.format import INDEX_NAME, ShardInfo
 from streaming.mixing import epoch_entries
 from streaming.plan import PlanConfig, entry_spans
 from streaming.shardcache import ShardCache
 
-__all__ = ["cache_usage", "coldest_shard", "evict_shard", "prepare_shard", "resample_streams"]
+__all__ = [
+    "DatasetMembers",
+    "cache_usage",
+    "coldest_shard",
+    "evict_shard",
+    "prepare_shard",
+    "resample_streams",
+]
 
 
 def prepare_shard(cache: ShardCache, shard_id: int, blocking: bool = True) -> None:
@@ -106,3 +117,60 @@ def resample_streams(
         np.concatenate(units).astype(np.int64) if units else empty,
         np.concatenate(ids).astype(np.int64) if ids else empty,
     )
+
+
+class DatasetMembers:
+    """mosaicml-streaming's members of `StreamingDataset` beyond iterating, through the functions
+    above. A base class of `StreamingDataset`, whose state they read (declared here)."""
+
+    num_samples: int
+    _cache: ShardCache
+    _shards: list[tuple[int, ShardInfo]]
+    _shard_sizes: list[np.ndarray]
+    _counts: np.ndarray
+    _plan: PlanConfig
+    _initial_nodes: int
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        """Each shard's index entry (samples, files, columns), in stream order. mosaicml-streaming
+        gives its shard readers here; read samples through the dataset (`get_item`)."""
+        return [info for _, info in self._shards]
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        """Fetch, check and decompress a shard now (`blocking=False`: in the background)."""
+        prepare_shard(self._cache, shard_id, blocking)
+
+    def evict_shard(self, shard_id: int) -> None:
+        """Delete a shard's cached files (never a local dataset's own: see the module docstring)."""
+        evict_shard(self._cache, shard_id)
+
+    def evict_coldest_shard(self) -> None:
+        """Evict the shard used least recently; ValueError if no shard has cached files."""
+        evict_shard(self._cache, coldest_shard(self._cache))
+
+    @property
+    def cache_usage(self) -> int:
+        """Bytes of cached shard files and remote index.json files now on disk."""
+        return cache_usage(self._cache)
+
+    def resample_streams(
+        self, epoch: int, stream_id: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(runs from one shard, sample ids) drawn for `epoch` before shuffling."""
+        return resample_streams(self._shard_sizes, self._counts, self._plan, epoch, stream_id)
+
+    @property
+    def size(self) -> int:
+        """Samples in the streams (mosaicml-streaming's name for `num_samples`)."""
+        return self.num_samples
+
+    @property
+    def initial_physical_nodes(self) -> int:
+        """Nodes of the run's first start (mosaicml-streaming's; kept in `state_dict`)."""
+        return self._initial_nodes
+
+    @property
+    def length(self) -> int:
+        """mosaicml-streaming's name for `len(dataset)`."""
+        return len(self)

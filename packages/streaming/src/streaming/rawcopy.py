@@ -15,7 +15,7 @@ made it, so each process checks it the first time it opens it, against, in this 
 With `validate_hash` off, no digest is computed: only the size, the origin (when kept) and the
 layout (see `Shard.open`) are checked. A copy that fails its check raises `HashMismatchError` or
 `ShardTruncatedError`/`ShardCorruptError` naming the file; the cache then makes it again from the
-compressed file (`streaming.rawfill`), or fetches the shard again (`streaming.shardcache`).
+compressed file (`streaming.rawfill`), or fetches the shard again (`streaming.shardopen`).
 """
 
 from __future__ import annotations

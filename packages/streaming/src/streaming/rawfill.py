@@ -1,6 +1,6 @@
 """Making the raw copy of a compressed shard: once per node, in a thread, readers starting on it.
 
-`streaming.shardcache` asks for a shard; when only the compressed file is there, a `RawFill`
+`streaming.shardopen` makes a shard ready; when only the compressed file is there, a `RawFill`
 makes the decompressed copy that every later open on the node reads (`streaming.rawcopy` says
 how such a copy is trusted later). In the fill's own thread:
 
