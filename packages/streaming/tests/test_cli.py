@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -13,9 +15,26 @@ from streaming import StreamingDataset
 from streaming.cli import main
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    """`python -m streaming ...` in a fresh interpreter: the entry point and its exit status."""
     return subprocess.run(
         [sys.executable, "-m", "streaming", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """What `python -m streaming ...` does (`sys.exit(main())`), run in this process: its exit
+    status (argparse's SystemExit included), stdout and stderr. A fresh interpreter per call cost
+    an import of torch each; `run_module` runs the real entry point once."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:
+            code = e.code
+    code = 0 if code is None else code
+    return subprocess.CompletedProcess(
+        ["-m", "streaming", *args], code, out.getvalue(), err.getvalue()
     )
 
 
@@ -82,7 +101,7 @@ def test_convert_text_files_one_sample_per_line(tmp_path):
 
 
 def test_cli_errors_are_clear(tmp_path, jsonl):
-    result = run_cli("inspect", str(tmp_path / "nowhere"))
+    result = run_module("inspect", str(tmp_path / "nowhere"))  # the entry point itself
     assert result.returncode == 2 and f"no MDS dataset at {tmp_path / 'nowhere'}" in result.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{not json\n')
