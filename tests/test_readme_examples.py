@@ -4,8 +4,9 @@ Each example runs in a process of its own, in an empty folder, the way `python -
 fresh `__main__` module, `sys.argv == ["-c"]`, its exit status and its stderr checked, atexit
 handlers and non-daemon threads finished before it exits. The processes are forked from one
 runner that has imported torch, which every example imports (directly or through our packages):
-its import is paid once, not once per example. Whatever the runner prints while importing torch
-counts as part of every example's stderr.
+its import is paid once, not once per example. The examples' processes run side by side, one per
+CPU (each in its own folder; each mostly imports, on one core). Whatever the runner prints while
+importing torch counts as part of every example's stderr.
 """
 
 from __future__ import annotations
@@ -28,8 +29,18 @@ import torch  # noqa: F401 (the import every example shares)
 jobs = json.loads(sys.stdin.read())
 sys.stdout.flush()
 sys.stderr.flush()
-status = {}
+status, running = {}, {}
+width = max(1, len(os.sched_getaffinity(0)))  # examples at once: one per CPU
+
+
+def reap():
+    pid, wait_status = os.wait()
+    status[running.pop(pid)] = os.waitstatus_to_exitcode(wait_status)
+
+
 for name, code, folder, out, err in jobs:
+    while len(running) >= width:
+        reap()
     pid = os.fork()
     if pid == 0:
         signal.alarm(600)  # a hung example is killed (and fails) after 10 minutes
@@ -58,7 +69,9 @@ for name, code, folder, out, err in jobs:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(rc)
-    status[name] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    running[pid] = name
+while running:
+    reap()
 print(json.dumps(status))
 """
 
