@@ -62,7 +62,7 @@ def _hardware(name: str = "cpu", **changes) -> HardwareConfig:
 
 
 def _train(*overrides: str) -> TrainCommand:
-    base = [*TINY, "data.sources.main.local=x", "max_duration=1ba"]
+    base = [*TINY, "data.sources.main.local=x", "max_duration=2ba"]
     return compose_config("train", [*base, *overrides]).build(TrainCommand)
 
 
@@ -181,6 +181,64 @@ def test_launches_that_cannot_be_written_or_submitted_say_why(tmp_path, capsys, 
     assert main(["train", *CLUSTER, *submit]) == 1
     err = capsys.readouterr().err
     assert f"sbatch is not on PATH here: submit {tmp_path / 'run' / SLURM_SCRIPT}" in err
+
+
+def test_a_cluster_run_without_its_data_gets_the_plan_and_a_draft(tmp_path, capsys, monkeypatch):
+    """On a login node, before the data and the budget are chosen: the literal command plans."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "model=mpt_30b", "hardware=512xh100", "launch.submit=true"]) == 2
+    out, err = capsys.readouterr()
+    assert "plan: mpt_30b on 512 x H100-SXM" in out and "29,957,200,896" in out
+    assert "max_duration not set: days and cost are for 20 tokens per parameter" in out
+    assert "global_train_batch_size 32 does not divide the 512 ranks" in out
+    draft = tmp_path / "foundry_launch" / "launch_slurm.draft.sh"
+    assert f"Slurm:    {draft}" in err and "a DRAFT of the launch is written" in err
+    needs = "data.sources.main.local=..., max_duration=..., global_train_batch_size=..."
+    assert needs in err and "not submitted (a draft cannot train)" in err
+    assert sorted(p.name for p in draft.parent.iterdir()) == [
+        "launch_slurm.draft.sh",
+        "launch_torchrun.draft.sh",
+    ]
+    for path in draft.parent.iterdir():  # each stops before it starts anything
+        stopped = subprocess.run(["bash", str(path)], capture_output=True, text=True, env={})
+        assert stopped.returncode == 2 and needs in stopped.stderr
+        assert "# parameters   29,957,200,896" in path.read_text()
+
+    # given what it needs, the same command writes the real launch beside nothing of the draft's
+    run = tmp_path / "run"
+    assert main(["train", *CLUSTER, f"save_folder={run}"]) == 1
+    assert sorted(p.name for p in run.iterdir()) == [SLURM_SCRIPT, TORCHRUN_SCRIPT]
+    capsys.readouterr()
+
+    # not a draft: a job's rank, this machine's hardware, or another problem too
+    assert main(["train", "model=mpt_30b", "hardware=cpu"]) == 2
+    assert "required, but not set" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "512")
+    assert main(["train", "model=mpt_30b", "hardware=512xh100"]) == 2
+    monkeypatch.delenv("RANK")
+    assert main(["train", "model=mpt_30b", "hardware=512xh100", "seed=x"]) == 2
+    err = capsys.readouterr().err
+    assert "seed: expected int" in err and "max_duration: required, but not set" in err
+    assert not (tmp_path / "foundry_launch" / "slurm-%j.out").exists()
+
+
+def test_a_run_that_cannot_start_is_not_launched(tmp_path, capfd, monkeypatch):
+    """Its warm-up is longer than the run: refused before torchrun (which would retry it)."""
+    monkeypatch.chdir(tmp_path)
+    local = [*TINY, "hardware.gpus_per_node=2", "data.sources.main.local=x", "max_duration=1ba"]
+    assert main(["train", *local]) == 1
+    err = capfd.readouterr().err
+    assert "scheduler.warmup 2ba (2 steps) is longer than the schedule" in err
+    assert "max_duration 1ba: 1 steps" in err and "starting" not in err  # no torchrun
+    assert main(["train", *CLUSTER, "save_folder=run", "scheduler.warmup=2Ttok"]) == 1
+    err = capfd.readouterr().err  # tokens count in steps of 1024 x 8192 tokens
+    assert "warmup 2Ttok (238419 steps) is longer than the schedule (max_duration 1Ttok:" in err
+    assert not (tmp_path / "run").exists()  # no launch written for it
+    assert main(["train", *local, "eval_interval=5 batches"]) == 1
+    assert "eval_interval='5 batches': unknown time unit 'batches'" in capfd.readouterr().err
+    assert main(["train", *CLUSTER, "save_folder=run", "scheduler.warmup=200Btok"]) == 1
+    assert (tmp_path / "run" / SLURM_SCRIPT).exists()  # 23842 of 119210 steps: fine
 
 
 def test_world_checks_inside_a_job(monkeypatch):

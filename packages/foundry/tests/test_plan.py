@@ -159,6 +159,29 @@ def test_memory_plan_is_within_10_percent_of_the_peak_measured_on_gpus(
     assert (row.micro_batch, row.peak_gib, row.setup) == (micro_batch, peak_gib, setup)
 
 
+# `foundry train ... hardware=1xh200` with its defaults (RESULTS.md, session 23): (model,
+# micro-batch, whether gradients accumulate over several micro-batches a step, peak GiB).
+FOUNDRY_PEAKS = [("mpt_1b", 16, False, 72.0), ("mpt_7b", 3, True, 124.8)]
+
+
+@pytest.mark.parametrize(("model", "micro_batch", "accumulating", "peak_gib"), FOUNDRY_PEAKS)
+def test_memory_plan_is_within_10_percent_of_foundry_trains_peak_on_the_h200(
+    model, micro_batch, accumulating, peak_gib
+):
+    from foundry.planning.measured import FOUNDRY_ONE_GPU
+
+    memory = memory_per_gpu(
+        preset(model),
+        FOUNDRY_ONE_GPU,
+        micro_batch=micro_batch,
+        seq_len=2048,
+        accumulating=accumulating,
+    )
+    assert memory.total / GIB == pytest.approx(peak_gib, rel=0.10)
+    row = next(m for m in MEASURED if m.model == model and m.gpu == "H200" and m.mfu > 0.6)
+    assert (row.micro_batch, row.peak_gib, row.setup) == (micro_batch, peak_gib, FOUNDRY_ONE_GPU)
+
+
 class LiveTensorBytes(TorchDispatchMode):
     """The peak bytes of tensor storage alive while it is active (every op's outputs counted
     once per storage until the storage is freed), from the tensors `hold` registers first."""

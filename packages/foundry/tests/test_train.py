@@ -192,3 +192,82 @@ def test_fsdp2_param_dtype_auto_is_bf16_on_gpus_and_none_on_cpus():
             TrainCommand
         )
         assert param_dtype(cfg, "cuda") == expected
+
+
+def test_the_recipe_auto_picks_on_each_machine():
+    from foundry.recipe import resolve_compile, resolve_precision
+
+    one_gpu = dict(on_gpu=True, world=1)
+    assert resolve_precision("auto", **one_gpu, optimizer="decoupled_adamw") == "bf16_master"
+    assert resolve_precision("auto", **one_gpu, optimizer="adamw") == "bf16_master"
+    assert resolve_precision("auto", **one_gpu, optimizer="lion") == "amp_bf16"  # no masters
+    assert resolve_precision("auto", on_gpu=True, world=8, optimizer="adamw") == "amp_bf16"
+    assert resolve_precision("auto", on_gpu=False, world=1, optimizer="adamw") == "fp32"
+    assert resolve_precision("amp_bf16", **one_gpu, optimizer="adamw") == "amp_bf16"
+    assert (resolve_compile("auto", on_gpu=True), resolve_compile("auto", on_gpu=False)) == (
+        True,
+        False,
+    )
+    base = ["data.sources.main.local=x", "max_duration=1ba", "precision=bf16_master"]
+    with pytest.raises(ValueError, match="one-GPU recipe, but hardware has 8 ranks"):
+        compose_config("train", [*base, "hardware=8xh100"]).build(TrainCommand)
+    with pytest.raises(ValueError, match="but optimizer is lion: use precision=amp_bf16"):
+        compose_config("train", [*base, "optimizer=lion"]).build(TrainCommand)
+
+
+def test_on_a_gpu_the_micro_batch_is_the_largest_the_plan_fits():
+    import torch
+
+    from foundry.train import _micro_batch
+
+    base = ["data.sources.main.local=x", "max_duration=1ba", "model=mpt_7b", "hardware=1xh200"]
+    seven = compose_config("train", [*base, "global_train_batch_size=24"]).build(TrainCommand)
+    gpu = torch.device("cuda")  # only its type is read: no GPU needed
+    assert _micro_batch(seven, 24, gpu) == 3  # the plan's: 126 of 127 GiB usable
+    assert _micro_batch(seven, 24, torch.device("cpu")) is None  # the whole device batch
+    small = compose_config("train", [*base, "global_train_batch_size=2"]).build(TrainCommand)
+    assert _micro_batch(small, 2, gpu) is None  # the device batch fits: one micro-batch
+    given = compose_config(
+        "train", [*base, "global_train_batch_size=24", "device_train_microbatch_size=6"]
+    ).build(TrainCommand)
+    assert _micro_batch(given, 24, gpu) == 6  # as configured
+
+
+def test_bf16_weights_with_fp32_masters_train_on_the_cpu(data, tmp_path, capsys):
+    """precision=bf16_master (auto's pick on one GPU) asked for on the CPU: bf16 weights, the
+    update in MasterWeightAdamW, decoupled weight decay carried over as wd / lr."""
+    import torch
+
+    from composer_lite import MasterWeightAdamW
+    from foundry.train import _placement, build_run, save_config
+
+    composed = compose_config(
+        "train",
+        [
+            *TINY,
+            f"data.sources.main.local={data}",
+            "max_duration=6ba",
+            "precision=bf16_master",
+            "optimizer.lr=0.01",
+            "optimizer.weight_decay=0.0001",
+            f"save_folder={tmp_path / 'run'}",
+            "save_interval=100ba",
+        ],
+    )
+    cfg = composed.build(TrainCommand)
+    save_config(cfg, composed.to_yaml(), _placement(cfg))
+    run = build_run(cfg, _placement(cfg))
+    optimizer = run.trainer.state.optimizer
+    assert isinstance(optimizer, MasterWeightAdamW)
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.0001 / 0.01)
+    assert {p.dtype for p in run.trainer.state.model.parameters()} == {torch.bfloat16}
+    run.trainer.fit()
+    steps = list(losses(tmp_path / "run" / "metrics.jsonl").values())
+    assert len(steps) == 6 and steps[-1] < steps[0]
+    state = optimizer.state[next(iter(run.trainer.state.model.parameters()))]
+    assert state["master"].dtype == torch.float32
+    from foundry.checkpoints import load_model  # eval, generate and convert read it as fp32
+
+    loaded = load_model(str(tmp_path / "run")).model.state_dict()
+    for name, trained in run.trainer.state.model.model.state_dict().items():
+        assert torch.equal(loaded[name], trained.float()), name

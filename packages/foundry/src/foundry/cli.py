@@ -31,6 +31,7 @@ from foundry import (
     evaluation,
     finetune,
     generate_command,
+    launch_draft,
     plan,
     report,
     schema,
@@ -38,7 +39,9 @@ from foundry import (
     tokenizer,
     train,
 )
+from foundry.compose import Composed
 from foundry.data import finetune_prep, mix, prep
+from foundry.validate import ConfigError
 
 __all__ = ["COMMANDS", "Command", "main"]
 
@@ -53,6 +56,9 @@ class Command:
     schema: type
     run: Callable[[Any, str], int]
     positional: str | None = None  # the list key that bare words after the name fill, if any
+    # what the command makes of a config its schema refuses: an exit status, or None to report
+    # the problems (train: the plan and a draft launch when only run settings are unset)
+    incomplete: Callable[[Composed, ConfigError], int | None] | None = None
 
 
 COMMANDS: dict[str, Command] = {
@@ -85,6 +91,7 @@ COMMANDS: dict[str, Command] = {
             config="train",
             schema=schema.TrainCommand,
             run=train.run_command,
+            incomplete=launch_draft.draft_launch,
         ),
         Command(
             name="eval",
@@ -295,7 +302,13 @@ def run(command: Command, overrides: list[str]) -> int:
     _setup_logging()
 
     composed = compose_config(command.config, overrides)
-    cfg = composed.build(command.schema)
+    try:
+        cfg = composed.build(command.schema)
+    except ConfigError as err:
+        status = command.incomplete(composed, err) if command.incomplete else None
+        if status is None:
+            raise
+        return status
     text = composed.to_yaml()
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, once
         print(text, flush=True)
@@ -304,8 +317,6 @@ def run(command: Command, overrides: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point; returns the exit status."""
-    from foundry.validate import ConfigError
-
     words, rest, wants_help = _split(list(sys.argv[1:] if argv is None else argv))
     if not words:
         print(_usage(), file=sys.stdout if wants_help else sys.stderr)

@@ -43,6 +43,7 @@ from foundry.finetune_model import (
     read_start,
     target_config,
 )
+from foundry.recipe import PrecisionChoice
 from foundry.schema import (
     DataConfig,
     HardwareConfig,
@@ -108,9 +109,7 @@ class FinetuneCommand:
     device_train_microbatch_size: int | Literal["auto"] | None = opt(
         None, "rows per forward/backward; 'auto' halves on OOM; null: the whole device batch"
     )
-    precision: Literal["auto", "fp32", "amp_bf16", "amp_fp16"] = opt(
-        "auto", "auto: amp_bf16 on GPUs, fp32 on CPUs"
-    )
+    precision: PrecisionChoice = opt("auto", "as foundry train (foundry.recipe)")
     attn_impl: str = opt("auto", "attention backend; auto: triton on GPUs, sdpa on CPUs")
     seed: int = opt(17, "RNG seed")
     eval_data: SourceConfig | None = opt(None, "held-out finetuning MDS for the eval loss")

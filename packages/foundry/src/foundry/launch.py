@@ -50,11 +50,13 @@ if TYPE_CHECKING:
 __all__ = [
     "LaunchConfig",
     "LaunchError",
+    "Draft",
     "Machine",
     "child_overrides",
     "choose_launch",
     "gpu_family",
     "in_job",
+    "job_overrides",
     "launch_dir",
     "machine_matches",
     "run_local",
@@ -209,6 +211,13 @@ def choose_launch(
 # ----------------------------------------------------------------------------- the job's command
 
 
+def job_overrides(given: list[str] | tuple[str, ...]) -> list[str]:
+    """The overrides the job's `foundry train` gets: those given, less `launch.*`, plus
+    `launch.launcher=none` (a rank trains; it launches nothing)."""
+    overrides = [o for o in given if not o.startswith(("launch.", "launch="))]
+    return [*overrides, "launch.launcher=none"]
+
+
 def child_overrides(cfg: TrainCommand, config_text: str) -> list[str]:
     """This run's overrides for the job: the command line's (from the resolved config's header)
     less `launch.*`, plus `launch.launcher=none`; checked to rebuild this very config."""
@@ -223,8 +232,7 @@ def child_overrides(cfg: TrainCommand, config_text: str) -> list[str]:
         )
     given = header[0].removeprefix("# overrides:").split()
     given = [] if given == ["(none)"] else given
-    overrides = [o for o in given if not o.startswith(("launch.", "launch="))]
-    overrides.append("launch.launcher=none")
+    overrides = job_overrides(given)
     try:
         rebuilt = compose_config("train", overrides).build(TrainCommand)
         same = replace(rebuilt, launch=cfg.launch) == cfg
@@ -239,6 +247,23 @@ def child_overrides(cfg: TrainCommand, config_text: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- doing it
+
+
+@dataclass(frozen=True, kw_only=True)
+class Draft:
+    """A launch written before the run is fully described (`foundry.launch_draft`): the keys it
+    still needs and the overrides that were given."""
+
+    needs: tuple[str, ...]
+    overrides: tuple[str, ...]
+
+    def reason(self) -> str:
+        """What the run needs, as the scripts and the message say it."""
+        keys = ", ".join(f"{k}=..." for k in self.needs)
+        return f"the run needs {keys}: rerun foundry train with them to write the launch"
+
+
+DRAFT_DIR = "foundry_launch"  # a draft's folder without launch.out_dir or a local save_folder
 
 
 def launch_dir(cfg: TrainCommand) -> str:
@@ -277,14 +302,26 @@ def write_script(path: str, text: str, *, overwrite: bool) -> None:
     atomic_write(path, write)
 
 
-def _how_to_start(cfg: TrainCommand, written: list[tuple[str, str]]) -> str:
+def _how_to_start(
+    cfg: TrainCommand, written: list[tuple[str, str]], draft: Draft | None = None
+) -> str:
     """What the user reads: why nothing trained here, the written files and how to start them."""
     hw, launcher = cfg.hardware, cfg.launch.launcher
     why = "not this machine" if launcher == "auto" else f"launch.launcher={launcher}"
-    lines = [
+    head = (
         f"foundry train: hardware is {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu} ({why}):"
-        " nothing was trained here; the launch is written:"
-    ]
+        " nothing was trained here; "
+    )
+    if draft is not None:
+        lines = [head + "a DRAFT of the launch is written (it stops at once if started):"]
+        lines += [f"  {kind + ':':<10}{path}" for kind, path in written]
+        lines.append("  " + draft.reason())
+        if cfg.save_folder is None:
+            lines.append("  and set save_folder=..., so that restarts resume from checkpoints")
+        if cfg.launch.submit:
+            lines.append("  launch.submit=true: not submitted (a draft cannot train)")
+        return "\n".join(lines)
+    lines = [head + "the launch is written:"]
     for kind, path in written:
         how = f"sbatch {path}" if kind == "Slurm" else f"HEAD=<first node> bash {path}  (each node)"
         lines.append(f"  {kind + ':':<10}{how}")
@@ -297,25 +334,36 @@ def _how_to_start(cfg: TrainCommand, written: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def write_launch(cfg: TrainCommand, config_text: str, *, plan: str | None) -> int:
+def write_launch(
+    cfg: TrainCommand, config_text: str, *, plan: str | None, draft: Draft | None = None
+) -> int:
     """Write the launch for the cluster and say how to start it: exit status 1, as nothing was
-    trained; with `launch.submit`, sbatch's exit status."""
+    trained; with `launch.submit`, sbatch's exit status. A `draft` is written as `*.draft.sh`
+    (scripts that say what the run needs and exit 2), never submitted, and returns 2."""
     launch = cfg.launch
-    overrides = child_overrides(cfg, config_text)
-    out_dir, workdir = launch_dir(cfg), os.getcwd()
+    if draft is None:
+        overrides, out_dir = child_overrides(cfg, config_text), launch_dir(cfg)
+    else:
+        overrides = job_overrides(draft.overrides)
+        out_dir = _draft_dir(cfg)
+    workdir, reason = os.getcwd(), draft and draft.reason()
     scripts = []
     if launch.launcher in ("auto", "slurm"):
-        text = slurm_script(cfg, overrides, workdir=workdir, out_dir=out_dir, plan=plan)
-        scripts.append(("Slurm", os.path.join(out_dir, SLURM_SCRIPT), text))
+        text = slurm_script(
+            cfg, overrides, workdir=workdir, out_dir=out_dir, plan=plan, draft=reason
+        )
+        scripts.append(("Slurm", os.path.join(out_dir, _named(SLURM_SCRIPT, draft)), text))
     if launch.launcher in ("auto", "torchrun"):
-        text = torchrun_script(cfg, overrides, workdir=workdir, plan=plan)
-        scripts.append(("torchrun", os.path.join(out_dir, TORCHRUN_SCRIPT), text))
-    for _, path, text in scripts:
-        write_script(path, text, overwrite=cfg.save_overwrite)
+        text = torchrun_script(cfg, overrides, workdir=workdir, plan=plan, draft=reason)
+        scripts.append(("torchrun", os.path.join(out_dir, _named(TORCHRUN_SCRIPT, draft)), text))
+    for _, path, text in scripts:  # a draft replaces a draft: its names are only drafts'
+        write_script(path, text, overwrite=cfg.save_overwrite or draft is not None)
     if plan:
         print(plan, flush=True)
     written = [(kind, path) for kind, path, _ in scripts]
-    print(_how_to_start(cfg, written), file=sys.stderr, flush=True)
+    print(_how_to_start(cfg, written, draft), file=sys.stderr, flush=True)
+    if draft is not None:
+        return 2
     if not launch.submit:
         return 1
     sbatch = shutil.which("sbatch")
@@ -325,6 +373,19 @@ def write_launch(cfg: TrainCommand, config_text: str, *, plan: str | None) -> in
             " machine of the Slurm cluster"
         )
     return subprocess.run([sbatch, written[0][1]], check=False).returncode
+
+
+def _named(script: str, draft: Draft | None) -> str:
+    """A script's file name: `launch_slurm.sh`, or `launch_slurm.draft.sh` for a draft."""
+    return script if draft is None else script.removesuffix(".sh") + ".draft.sh"
+
+
+def _draft_dir(cfg: TrainCommand) -> str:
+    """A draft's folder: launch.out_dir or a local save folder, else ./foundry_launch."""
+    try:
+        return launch_dir(cfg)
+    except LaunchError:
+        return os.path.abspath(DRAFT_DIR)
 
 
 def run_local(cfg: TrainCommand, config_text: str) -> int:

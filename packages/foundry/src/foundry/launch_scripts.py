@@ -58,15 +58,24 @@ def _command_lines(torchrun: list[str], overrides: list[str]) -> str:
     return " \\\n    ".join(words)
 
 
-def _header(cfg: TrainCommand, plan: str | None) -> list[str]:
+def _header(cfg: TrainCommand, plan: str | None, draft: str | None) -> list[str]:
     hw = cfg.hardware
     lines = [
         f"# Written by `foundry train`: {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu}",
         f"# (world size {hw.world_size}); runs from the folder foundry was started in.",
     ]
+    if draft:
+        lines += [f"# DRAFT: {draft}"]
     if plan:
         lines += ["#", *(f"# {line}".rstrip() for line in plan.splitlines())]
     return lines
+
+
+def _guard(draft: str | None) -> list[str]:
+    """A draft's first commands: say what it lacks and stop, before any rendezvous or node."""
+    if not draft:
+        return []
+    return [f"echo {shlex.quote('this launch is a draft: ' + draft)} >&2", "exit 2"]
 
 
 def job_name(cfg: TrainCommand) -> str:
@@ -78,9 +87,16 @@ def job_name(cfg: TrainCommand) -> str:
 
 
 def slurm_script(
-    cfg: TrainCommand, overrides: list[str], *, workdir: str, out_dir: str, plan: str | None
+    cfg: TrainCommand,
+    overrides: list[str],
+    *,
+    workdir: str,
+    out_dir: str,
+    plan: str | None,
+    draft: str | None = None,
 ) -> str:
-    """The Slurm batch script: one torchrun agent per node, c10d rendezvous on the first node."""
+    """The Slurm batch script: one torchrun agent per node, c10d rendezvous on the first node.
+    `draft`: what the run still lacks; the script then says so and exits 2 before it starts."""
     launch, hw = cfg.launch, cfg.hardware
     sbatch = {
         "job-name": job_name(cfg),
@@ -104,8 +120,9 @@ def slurm_script(
     lines = [
         "#!/bin/bash",
         *(f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in sbatch.items() if v is not None),
-        *_header(cfg, plan),
+        *_header(cfg, plan, draft),
         "set -euo pipefail",
+        *_guard(draft),
         "# the first node of the job hosts torchrun's c10d rendezvous",
         'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         *_EXPORTS,
@@ -115,9 +132,15 @@ def slurm_script(
 
 
 def torchrun_script(
-    cfg: TrainCommand, overrides: list[str], *, workdir: str, plan: str | None
+    cfg: TrainCommand,
+    overrides: list[str],
+    *,
+    workdir: str,
+    plan: str | None,
+    draft: str | None = None,
 ) -> str:
-    """The torchrun each node runs (no scheduler): `HEAD=<first node> bash launch_torchrun.sh`."""
+    """The torchrun each node runs (no scheduler): `HEAD=<first node> bash launch_torchrun.sh`.
+    `draft`: as for `slurm_script`."""
     launch, hw = cfg.launch, cfg.hardware
     torchrun = _torchrun(
         hw,
@@ -133,8 +156,9 @@ def torchrun_script(
         "#!/bin/bash",
         f"# Run on each of the {hw.nodes} node(s), at about the same time, with HEAD set to one",
         "# node's address (it hosts the rendezvous):  HEAD=node-0 bash launch_torchrun.sh",
-        *_header(cfg, plan),
+        *_header(cfg, plan, draft),
         "set -euo pipefail",
+        *_guard(draft),
         ': "${HEAD:?set HEAD to the address of the node that hosts the rendezvous}"',
         f"cd {shlex.quote(workdir)}",
         *_EXPORTS,

@@ -25,6 +25,7 @@ from foundry.planning.memory import GIB, Memory, Setup
 from foundry.planning.render import render_plan
 from foundry.planning.setups import Option, model_name, option, options, run_memory, setup_of
 from foundry.planning.throughput import Duration, Throughput, duration, throughput
+from foundry.recipe import PrecisionChoice
 from foundry.schema import (
     HardwareConfig,
     OptimizerConfig,
@@ -40,9 +41,12 @@ __all__ = [
     "MEMORY_RESERVE",
     "Plan",
     "PlanCommand",
+    "StandIns",
+    "TOKENS_PER_PARAM",
     "make_plan",
     "plan_for_command",
     "plan_for_train",
+    "plan_picks_micro_batch",
     "run_command",
 ]
 
@@ -70,7 +74,7 @@ class PlanCommand:
     global_batch_size: int | None = opt(
         None, "sequences per optimizer step, all GPUs; null: unknown (gradients accumulate)"
     )
-    precision: Literal["auto", "fp32", "amp_bf16", "amp_fp16"] = opt(
+    precision: PrecisionChoice = opt(
         "auto", "as foundry train: auto is amp_bf16 on GPUs, fp32 on CPUs"
     )
     attn_impl: str = opt("auto", "attention backend; auto: triton on GPUs, sdpa on CPUs")
@@ -227,15 +231,54 @@ def _train_tokens(cfg: TrainCommand) -> tuple[int | None, tuple[str, ...]]:
     return count * per[found[2]], ()
 
 
-def plan_for_train(cfg: TrainCommand) -> Plan:
+@dataclass(frozen=True, kw_only=True)
+class StandIns:
+    """Which values of a train config stand in for ones the user has not given yet (a draft
+    launch, `foundry.launch_draft`): the plan then says what it assumed instead of using them."""
+
+    max_duration: bool = False  # days and cost for TOKENS_PER_PARAM tokens per parameter
+    # the global batch given, which does not divide the ranks: the per-GPU batch is unknown,
+    # and the plan takes the largest micro-batch that fits
+    global_train_batch_size: int | None = None
+
+
+# Tokens per parameter of a compute-optimal run (Hoffmann et al. 2022, "Training
+# Compute-Optimal Large Language Models": about 20); the budget a draft plan assumes.
+TOKENS_PER_PARAM = 20
+
+
+def plan_picks_micro_batch(cfg: TrainCommand) -> bool:
+    """Whether the plan picks the run's micro-batch (foundry train then runs it): none is
+    configured, and the run is on GPUs of a stated memory."""
+    hw = cfg.hardware
+    return cfg.device_train_microbatch_size is None and hw.gpu != "cpu" and bool(hw.gpu_memory_gb)
+
+
+def plan_for_train(cfg: TrainCommand, *, stand_ins: StandIns = StandIns()) -> Plan:
     """The plan of a `foundry train` config: its model, hardware, parallelism, precision,
-    optimizer, attention, micro-batch (the configured one; 'auto': the largest that fits) and
-    the tokens of its max_duration, at the data's sequence length."""
-    tokens, notes = _train_tokens(cfg)
-    per_rank = cfg.global_train_batch_size // cfg.hardware.world_size
-    micro = cfg.device_train_microbatch_size
-    if micro is None:
-        micro = per_rank
+    optimizer, attention, micro-batch (the configured one; 'auto', or none on GPUs: the largest
+    that fits, as train runs it) and the tokens of its max_duration, at the data's sequence
+    length."""
+    if stand_ins.max_duration:
+        tokens = TOKENS_PER_PARAM * cfg.model.num_params()
+        notes: tuple[str, ...] = (
+            f"max_duration not set: days and cost are for {TOKENS_PER_PARAM} tokens per"
+            " parameter (compute-optimal, Hoffmann et al. 2022)",
+        )
+    else:
+        tokens, notes = _train_tokens(cfg)
+    if stand_ins.global_train_batch_size is not None:
+        per_rank, micro = None, None
+        notes += (
+            f"global_train_batch_size {stand_ins.global_train_batch_size} does not divide the"
+            f" {cfg.hardware.world_size} ranks: set a multiple of {cfg.hardware.world_size}"
+            " (ranks x the micro-batch below x accumulation)",
+        )
+    else:
+        per_rank = cfg.global_train_batch_size // cfg.hardware.world_size
+        micro = cfg.device_train_microbatch_size
+        micro = per_rank if micro is None else (None if micro == "auto" else max(int(micro), 1))
+        micro = None if plan_picks_micro_batch(cfg) else micro
     return make_plan(
         model=cfg.model,
         hardware=cfg.hardware,
@@ -245,7 +288,7 @@ def plan_for_train(cfg: TrainCommand) -> Plan:
         attn_impl=cfg.attn_impl,
         seq_len=cfg.data.max_seq_len,
         tokens=tokens,
-        micro_batch=None if micro == "auto" else max(int(micro), 1),
+        micro_batch=micro,
         per_gpu_batch=per_rank,
         notes=notes,
     )

@@ -15,6 +15,7 @@ from typing import Literal
 from foundry.data.dedup import DedupConfig
 from foundry.data.filters import FilterConfig
 from foundry.launch import LaunchConfig
+from foundry.recipe import CompileChoice, PrecisionChoice, master_weight_problem
 from foundry.validate import need, opt
 from mpt.config import MPTConfig
 
@@ -246,7 +247,9 @@ class ParallelismConfig:
         " auto: bf16 on GPUs (no bf16 copy of every weight kept for backward), none on CPUs",
     )
     activation_checkpointing: bool = opt(False, "recompute each block's activations in backward")
-    compile: bool = opt(False, "torch.compile each block")
+    compile: CompileChoice = opt(
+        "auto", "torch.compile; auto: on GPUs (one GPU: the whole model; FSDP2: each block)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,8 +285,10 @@ class TrainCommand:
     device_train_microbatch_size: int | Literal["auto"] | None = opt(
         None, "samples per forward/backward; 'auto' halves on OOM; null: the whole device batch"
     )
-    precision: Literal["auto", "fp32", "amp_bf16", "amp_fp16"] = opt(
-        "auto", "auto: amp_bf16 on GPUs, fp32 on CPUs"
+    precision: PrecisionChoice = opt(
+        "auto",
+        "auto: bf16_master on one GPU (bf16 weights, fp32 masters; Adam), amp_bf16 on several"
+        " GPUs or with Lion, fp32 on CPUs (foundry.recipe)",
     )
     attn_impl: str = opt("auto", "attention backend; auto: triton on GPUs, sdpa on CPUs")
     tokenizer: str | None = opt(None, "the data's tokenizer: checked against the model's vocab")
@@ -321,6 +326,11 @@ class TrainCommand:
                 f" {self.hardware.world_size} ranks of hardware ({self.hardware.nodes} node(s) x"
                 f" {self.hardware.gpus_per_node})"
             )
+        problem = master_weight_problem(
+            self.precision, world=self.hardware.world_size, optimizer=self.optimizer.name
+        )
+        if problem:
+            raise ValueError(problem)
         if self.icl_tasks is not None and self.tokenizer is None:
             raise ValueError("icl_tasks needs the tokenizer of the data: set tokenizer=...")
         if self.data.max_seq_len > self.model.max_seq_len and not self.model.alibi_extrapolate:

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from foundry.recipe import PrecisionChoice
 from foundry.schema import (
     DataConfig,
     HardwareConfig,
@@ -106,7 +107,7 @@ class SweepCommand:
     eval_batches: int | None = opt(None, "eval batches per point; null: all of eval_data")
     save_interval: str = opt("1dur", "checkpoint within a point every ...; 1dur: at its end")
     seed: int = opt(17, "the seed of every point")
-    precision: Literal["auto", "fp32", "amp_bf16", "amp_fp16"] = opt("auto", "as foundry train")
+    precision: PrecisionChoice = opt("auto", "as foundry train")
     attn_impl: str = opt("auto", "as foundry train")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "as foundry train")
     console_every: int = opt(50, "print a point's metrics every N batches")

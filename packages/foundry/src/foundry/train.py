@@ -34,6 +34,8 @@ import torch
 from foundry.data.loader import LoaderSettings, build_loader
 from foundry.launch import choose_launch, run_local, this_machine, write_launch
 from foundry.model import MPTTrainable, choose_attention
+from foundry.plan import plan_for_train, plan_picks_micro_batch
+from foundry.recipe import resolve_compile, resolve_precision
 from foundry.schema import DataConfig, TrainCommand, parse_count
 from foundry.tokenizer import check_vocab_fits, load_tokenizer
 
@@ -44,6 +46,7 @@ __all__ = [
     "build_run",
     "check_row_length",
     "check_run",
+    "check_schedule",
     "optimizer_classes",
     "run_command",
     "save_config",
@@ -169,8 +172,43 @@ def _check_world(cfg: TrainCommand, place: Placement, env: dict[str, str]) -> No
         )
 
 
+def check_schedule(cfg: TrainCommand) -> None:
+    """The run's times read as times, and the LR warmup fits in the schedule where both count in
+    batches, samples or tokens (epochs and fractions wait for the data's length): a `TrainError`
+    before anything is launched, so that torchrun does not restart a run that cannot start."""
+    from composer_lite import Time, Timestamp, TimeUnit
+
+    s = cfg.scheduler
+    given = {"max_duration": cfg.max_duration, "scheduler.warmup": s.warmup}
+    given |= {"eval_interval": cfg.eval_interval, "save_interval": cfg.save_interval}
+    if s.t_max is not None:
+        given["scheduler.t_max"] = s.t_max
+    times = {}
+    for key, value in given.items():
+        try:
+            times[key] = Time.coerce(to_time(value, key=key))
+        except ValueError as err:
+            raise TrainError(f"{key}={value!r}: {err}") from err
+    warmup, total = times["scheduler.warmup"], times.get("scheduler.t_max", times["max_duration"])
+    if {warmup.unit, total.unit} & {TimeUnit.EPOCH, TimeUnit.DURATION}:
+        return
+    tokens = cfg.global_train_batch_size * cfg.data.max_seq_len
+    steps = [
+        Timestamp().to_steps(t, total, None, cfg.global_train_batch_size, tokens)
+        for t in (warmup, total)
+    ]
+    if steps[0] > steps[1]:
+        length = "scheduler.t_max" if s.t_max is not None else "max_duration"
+        raise TrainError(
+            f"scheduler.warmup {s.warmup} ({steps[0]} steps) is longer than the schedule"
+            f" ({length} {given[length]}: {steps[1]} steps of {cfg.global_train_batch_size}"
+            f" sequences): shorten scheduler.warmup or lengthen {length}"
+        )
+
+
 def check_run(cfg: TrainCommand, place: Placement) -> None:
     """Everything that can be known wrong before any long work, each a `TrainError`."""
+    check_schedule(cfg)
     _check_world(cfg, place, dict(os.environ))
     if cfg.tokenizer is not None:
         check_vocab_fits(load_tokenizer(cfg.tokenizer), cfg.model.vocab_size)
@@ -205,10 +243,11 @@ def check_row_length(dataset: Any, expected: int, *, what: str) -> None:
         )
 
 
-def _precision(cfg: TrainCommand, device: torch.device) -> str:
-    if cfg.precision != "auto":
-        return cfg.precision
-    return "amp_bf16" if device.type == "cuda" else "fp32"
+def precision_of(cfg: TrainCommand, device: torch.device, world: int) -> str:
+    """The run's precision on this device (`foundry.recipe`: auto is bf16_master on one GPU)."""
+    return resolve_precision(
+        cfg.precision, on_gpu=device.type == "cuda", world=world, optimizer=cfg.optimizer.name
+    )
 
 
 def param_dtype(cfg: TrainCommand, device_type: str) -> str | None:
@@ -231,7 +270,7 @@ def _parallel_config(cfg: TrainCommand, device: torch.device) -> Any:
         shard_group_size=p.shard_group_size,
         param_dtype=param_dtype(cfg, device.type),
         activation_checkpointing=p.activation_checkpointing,
-        compile=p.compile,
+        compile=resolve_compile(p.compile, on_gpu=device.type == "cuda"),
     )
 
 
@@ -248,10 +287,31 @@ def _schedule(cfg: TrainCommand) -> Any:
     )
 
 
-def _optimizer(cfg: TrainCommand, model: torch.nn.Module) -> torch.optim.Optimizer:
+def _optimizer(cfg: TrainCommand, model: torch.nn.Module, precision: str) -> torch.optim.Optimizer:
+    """The optimizer group's optimizer; for bf16_master its AdamW with fp32 masters, where
+    decoupled_adamw's weight decay (scaled by lr / initial lr) is AdamW's (scaled by lr) divided
+    by the initial lr: the same decay at every step."""
     options = {k: v for k, v in vars(cfg.optimizer).items() if k != "name"}
     options["betas"] = tuple(options["betas"])
-    return optimizer_classes()[cfg.optimizer.name](model.parameters(), **options)
+    if precision != "bf16_master":
+        return optimizer_classes()[cfg.optimizer.name](model.parameters(), **options)
+    from composer_lite import MasterWeightAdamW
+
+    if cfg.optimizer.name == "decoupled_adamw" and options["lr"] > 0:
+        options["weight_decay"] = options["weight_decay"] / options["lr"]
+    return MasterWeightAdamW(model.parameters(), **options)
+
+
+def _micro_batch(cfg: TrainCommand, per_rank: int, device: torch.device) -> int | str | None:
+    """device_train_microbatch_size; null on a GPU: the whole device batch if the plan says it
+    fits, else the plan's largest micro-batch that does (`foundry.plan`)."""
+    if device.type != "cuda" or not plan_picks_micro_batch(cfg):
+        return cfg.device_train_microbatch_size
+    largest = plan_for_train(cfg).micro_batch
+    if largest < per_rank:
+        log.info(f"micro-batch {largest} (the largest the plan fits), {per_rank} per device step")
+        return largest
+    return None
 
 
 def _log_dir(cfg: TrainCommand) -> str | None:
@@ -351,7 +411,7 @@ def build_run(
     `model`: start from these weights (`foundry finetune`; config `cfg.model`, on the device
     where this function would build it) instead of a freshly initialised `cfg.model`."""
     from composer_lite import Trainer, TrainerConfig
-    from composer_lite.callbacks import GradClip
+    from composer_lite.callbacks import GradClip, MemoryMonitor
     from mpt import MPTForCausalLM
 
     per_rank = cfg.global_train_batch_size // place.world
@@ -361,6 +421,13 @@ def build_run(
         build_on = place.device if place.world == 1 else torch.device("cpu")
         model = MPTTrainable(MPTForCausalLM(model_config, device=build_on))
     model_config = model.config
+    precision = precision_of(cfg, place.device, place.world)
+    if precision == "bf16_master":  # the optimizer keeps the fp32 masters
+        model = model.to(torch.bfloat16)
+    if place.world == 1 and resolve_compile(
+        cfg.parallelism.compile, on_gpu=place.device.type == "cuda"
+    ):
+        model.model.compile()  # the whole model (FSDP2 compiles each block: ParallelConfig)
     loader = build_loader(
         cfg.data,
         LoaderSettings(
@@ -381,8 +448,9 @@ def build_run(
             else "1dur"
         ),
         eval_subset_num_batches=cfg.eval_subset_num_batches,
-        device_train_microbatch_size=cfg.device_train_microbatch_size,
-        precision=_precision(cfg, place.device),
+        device_train_microbatch_size=_micro_batch(cfg, per_rank, place.device),
+        # bf16_master: bf16 weights, no autocast
+        precision="fp32" if precision == "bf16_master" else precision,
         parallelism=_parallel_config(cfg, place.device) if place.world > 1 else None,
         save_folder=cfg.save_folder,
         save_interval=to_time(cfg.save_interval, key="save_interval"),
@@ -395,10 +463,12 @@ def build_run(
         run_name=cfg.run_name or _default_run_name(cfg),
     )
     extra = [GradClip(cfg.grad_clip_norm)] if cfg.grad_clip_norm is not None else []
+    if place.device.type == "cuda":  # memory/peak_allocated ... as often as the console
+        extra.append(MemoryMonitor(interval=cfg.log.console_every))
     trainer = Trainer(
         model,
         loader,
-        _optimizer(cfg, model),
+        _optimizer(cfg, model, precision),
         eval_dataloader=_eval_loader(cfg, per_rank),
         evaluators=_icl_evaluators(cfg),
         callbacks=[*extra, *callbacks],
@@ -458,8 +528,7 @@ def run_command(cfg: TrainCommand, config_text: str) -> int:
     """`foundry train`: first where it runs (`foundry.launch`, before any model is built: torchrun
     started here, or the launch written for the cluster, with the plan); in this process: check,
     print the plan, build, train, summarize (rank 0 prints)."""
-    from foundry.plan import plan_for_train
-
+    check_schedule(cfg)  # a run that cannot start is not launched (nor restarted by torchrun)
     where = choose_launch(cfg.launch, cfg.hardware, env=os.environ, machine=this_machine)
     if where == "local":
         return run_local(cfg, config_text)  # its rank 0 prints the plan

@@ -53,8 +53,11 @@ class Locator(Protocol):
 class ConfigError(ValueError):
     """Every problem of one config, one per line, each naming its dotted key."""
 
-    def __init__(self, problems: list[str], *, what: str = "the config") -> None:
+    def __init__(
+        self, problems: list[str], *, what: str = "the config", missing: tuple[str, ...] = ()
+    ) -> None:
         self.problems = list(problems)
+        self.missing = missing  # the dotted keys among the problems that are required but unset
         n = len(problems)
         lines = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"{n} problem{'s' if n != 1 else ''} in {what}:\n{lines}")
@@ -71,6 +74,7 @@ _FAILED = _Failed()
 class _Walk:
     problems: list[str]
     locator: Locator | None
+    missing: list[str] = dataclasses.field(default_factory=list)
 
     def add(self, key: str, message: str) -> _Failed:
         where = self.locator.locate(key) if self.locator and key else None
@@ -86,7 +90,7 @@ def build(
     walk = _Walk(problems=[], locator=locator)
     value = _value(schema, data, "", walk)
     if walk.problems:
-        raise ConfigError(walk.problems, what=what)
+        raise ConfigError(walk.problems, what=what, missing=tuple(walk.missing))
     assert not isinstance(value, _Failed)
     return value
 
@@ -121,6 +125,7 @@ def _type_name(tp: Any) -> str:
 
 def _value(tp: Any, value: Any, key: str, walk: _Walk) -> Any:
     if isinstance(value, str) and value == MISSING_VALUE and tp is not Any:
+        walk.missing.append(key)
         return walk.add(key, f"required, but not set (give it on the command line: {key}=...)")
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _dataclass(tp, value, key, walk)
@@ -264,6 +269,7 @@ def _dataclass(cls: type, value: Any, key: str, walk: _Walk) -> Any:
         if name in value:
             kwargs[name] = _value(hints[name], value[name], _join(key, name), walk)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            walk.missing.append(_join(key, name))
             walk.add(_join(key, name), f"required, but not set (give it: {_join(key, name)}=...)")
     if len(walk.problems) > before:
         return _FAILED

@@ -12,13 +12,20 @@ from dataclasses import dataclass
 
 from foundry.planning.memory import Setup
 
-__all__ = ["BENCH_SETUP", "MEASURED", "Measurement", "find_measurement"]
+__all__ = ["BENCH_SETUP", "FOUNDRY_ONE_GPU", "MEASURED", "Measurement", "find_measurement"]
 
 # tools/bench/model_bench.py's `mp-compile-model` mode on one GPU: bf16 weights with fp32
 # masters and moments in MasterWeightAdamW, the whole model under torch.compile, the full-logits
 # loss (`return_logits=True`), our Triton attention.
 BENCH_SETUP = Setup(
     precision="bf16_master", optimizer="adamw", attention="triton", loss="logits_compiled"
+)
+
+
+# `foundry train` on one GPU with its defaults (foundry.recipe): bf16 weights with fp32 masters
+# (decoupled weight decay), the whole model compiled, the chunked LM-head loss, Triton attention.
+FOUNDRY_ONE_GPU = Setup(
+    precision="bf16_master", optimizer="decoupled_adamw", attention="triton", loss="chunked"
 )
 
 
@@ -78,6 +85,26 @@ MEASURED: tuple[Measurement, ...] = (
         peak_gib=20.0,
         setup=BENCH_SETUP,
         where=f"{_RESULTS}, benchmarks trimmed (issue 12), H200 check",
+    ),
+    Measurement(
+        model="mpt_1b",
+        gpu="H200",
+        seq_len=2048,
+        micro_batch=16,
+        mfu=0.617,
+        peak_gib=72.0,
+        setup=FOUNDRY_ONE_GPU,
+        where=f"{_RESULTS}, 2026-12-02 (session 23), foundry train, call 1",
+    ),
+    Measurement(
+        model="mpt_7b",
+        gpu="H200",
+        seq_len=2048,
+        micro_batch=3,  # 8 micro-batches a step (global batch 24): the update's cost amortized
+        mfu=0.638,
+        peak_gib=124.8,
+        setup=FOUNDRY_ONE_GPU,
+        where=f"{_RESULTS}, 2026-12-02 (session 23), foundry train, call 1",
     ),
 )
 

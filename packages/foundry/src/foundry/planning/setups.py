@@ -19,6 +19,7 @@ from foundry.planning.memory import (
     memory_per_gpu,
 )
 from foundry.planning.throughput import Throughput, throughput
+from foundry.recipe import resolve_precision
 from foundry.schema import HardwareConfig, ParallelismConfig
 from mpt.config import MPTConfig
 
@@ -59,21 +60,23 @@ def setup_of(
     activation_checkpointing: bool | None = None,
 ) -> Setup:
     """The `Setup` foundry train runs with these settings (as train.py and composer-lite
-    choose): precision auto -> amp_bf16 on GPUs, fp32 on CPUs; FSDP2 when there is more than one
-    rank (param_dtype bf16/fp16, or auto on GPUs -> bf16 all-gathers, else autocast over fp32
-    weights); attention
-    auto -> triton on GPUs, sdpa on CPUs. `sharding` and `activation_checkpointing` override."""
+    choose): precision as `foundry.recipe` resolves it (auto: bf16_master on one GPU with Adam,
+    amp_bf16 on several or with Lion, fp32 on CPUs); FSDP2 when there is more than one rank
+    (param_dtype bf16/fp16, or auto on GPUs -> bf16 all-gathers, else autocast over fp32
+    weights); attention auto -> triton on GPUs, sdpa on CPUs. `sharding` and
+    `activation_checkpointing` override."""
     on_gpu = hw.gpu != "cpu"
-    if precision == "auto":
-        precision = "amp_bf16" if on_gpu else "fp32"
     world = hw.world_size
+    precision = resolve_precision(precision, on_gpu=on_gpu, world=world, optimizer=optimizer)
     sharded = p.fsdp and world > 1
     shards = _shard_group(hw, p, sharding or p.sharding) if sharded else 1
     chosen = p.param_dtype if p.param_dtype != "auto" else ("bf16" if on_gpu else None)
     if sharded and chosen is not None:
         kind = "fsdp_bf16"
+    elif precision in ("fp32", "bf16_master"):
+        kind = precision
     else:
-        kind = "fp32" if precision == "fp32" else "amp_bf16"
+        kind = "amp_bf16"
     attention = attn_impl if attn_impl != "auto" else ("triton" if on_gpu else "sdpa")
     if attention not in ATTENTION_MEMORY:
         raise ValueError(
