@@ -3,6 +3,7 @@ against 1 GPU, in one launch each (run under torchrun; `--nproc-per-node` is N).
 
     torchrun --nproc-per-node=1 tools/bench/fsdp_scaling.py --out $OUT/n1.json
     torchrun --nproc-per-node=2 tools/bench/fsdp_scaling.py --out $OUT/n2.json
+    torchrun --nproc-per-node=1 tools/bench/fsdp_scaling.py --fsdp-on-one --out $OUT/n1f.json
     python tools/bench/fsdp_scaling.py --report $OUT/n1.json $OUT/n2.json
 
 The model (d_model 1024, 24 layers, 16 heads, vocab 50,432, sequence 2,048, causal SDPA attention,
@@ -99,6 +100,23 @@ class RandomTokens:
             }
 
 
+def shard_on_one(model: nn.Module, device: torch.device, args: argparse.Namespace) -> None:
+    """FSDP2 over a mesh of one GPU, as ParallelConfig shards over several: each block, then the
+    root (the last block kept gathered after forward); no traffic, only FSDP2's own work."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh("cuda", (1,))
+    dtype = torch.bfloat16 if args.param_dtype == "bf16" else None
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    model.to(device)
+    blocks = list(model.blocks())
+    for i, block in enumerate(blocks):
+        keep = i == len(blocks) - 1 or args.no_reshard
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=not keep)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=not args.no_reshard)
+
+
 def run(args: argparse.Namespace) -> dict:
     from composer_lite import Callback, ParallelConfig, Trainer
 
@@ -119,6 +137,8 @@ def run(args: argparse.Namespace) -> dict:
         if world > 1
         else None
     )
+    if world == 1 and args.fsdp_on_one:  # composer-lite shards only over several ranks
+        shard_on_one(model, device, args)
     data = RandomTokens(args.batch, args.seq, 50432, args.steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     trainer = Trainer(
@@ -147,6 +167,7 @@ def run(args: argparse.Namespace) -> dict:
         "seq": args.seq,
         "precision": args.precision,
         "param_dtype": args.param_dtype,
+        "fsdp": world > 1 or args.fsdp_on_one,
         "reshard_after_forward": not args.no_reshard,
         "step_s": step,
         "tokens_per_s_per_gpu": tokens_per_gpu,
@@ -157,18 +178,20 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _order(r: dict) -> tuple:
-    return r["gpus"], str(r["param_dtype"]), r.get("reshard_after_forward", True)
+    fsdp = r.get("fsdp", r["gpus"] > 1)
+    return r["gpus"], fsdp, str(r["param_dtype"]), r.get("reshard_after_forward", True)
 
 
 def report(paths: list[str]) -> None:
     rows = [json.load(open(p)) for p in paths]
-    base = next(r for r in rows if r["gpus"] == 1)
-    head = f"{'gpus':>4s} {'reshard':>7s} {'param dtype':>11s} {'step s':>8s} {'tokens/s/GPU':>13s}"
+    base = next(r for r in rows if r["gpus"] == 1 and not r.get("fsdp", False))
+    head = f"{'gpus':>4s} {'fsdp':>5s} {'reshard':>7s} {'param dtype':>11s} {'step s':>8s} {'tokens/s/GPU':>13s}"
     print(head + f" {'MFU':>6s} {'peak GiB':>9s} {'scaling':>8s}")
     for r in sorted(rows, key=_order):
         eff = r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
         reshard, dtype = str(r.get("reshard_after_forward", True)), str(r["param_dtype"])
-        line = f"{r['gpus']:4d} {reshard:>7s} {dtype:>11s} {r['step_s']:8.3f}"
+        fsdp = str(r.get("fsdp", r["gpus"] > 1))
+        line = f"{r['gpus']:4d} {fsdp:>5s} {reshard:>7s} {dtype:>11s} {r['step_s']:8.3f}"
         line += f" {r['tokens_per_s_per_gpu']:13,.0f} {100 * r['mfu']:5.1f}%"
         print(line + f" {r['peak_memory_gib']:9.1f} {100 * eff:7.1f}%")
     shape = f"seq {base['seq']}, per-GPU batch {base['per_gpu_batch']}"
@@ -191,6 +214,11 @@ def main() -> int:
         "--no-reshard",
         action="store_true",
         help="keep gathered params from forward to backward (fewer all-gathers, more memory)",
+    )
+    parser.add_argument(
+        "--fsdp-on-one",
+        action="store_true",
+        help="shard with FSDP2 on one GPU too (a mesh of one: FSDP2's own costs, no traffic)",
     )
     parser.add_argument("--out", help="write this run's JSON here (rank 0)")
     parser.add_argument("--report", nargs="+", help="print the table from earlier runs' JSON files")
