@@ -248,9 +248,10 @@ def _loop_bounds(q, k, v, do, slopes, skip_bits, q_seq_id=None, k_seq_id=None):
 
 @pytest.mark.parametrize("with_seq", [False, True])
 def test_alibi_skip_changes_nothing_but_rounding(with_seq):
-    # Steep slopes (8 heads, 2^3 .. 2^-4) so that whole 16-key blocks are skipped at T = 80.
-    B, Tq, Tk, H, Hkv, D = 1, 64, 80, 8, 2, 16
-    slopes = torch.tensor([2.0 ** (3 - h) for h in range(H)])
+    # Steep slopes (2^3, 2^2) so that whole 16-key blocks are skipped at T = 80, a middle one
+    # (2^0) and MPT's gentlest of 8 heads (2^-4), which needs every key: 4 heads, 2 per KV head.
+    B, Tq, Tk, H, Hkv, D = 1, 64, 80, 4, 2, 16
+    slopes = torch.tensor([2.0**3, 2.0**2, 2.0**0, 2.0**-4])
     q, k, v, do = make_inputs(B, Tq, Tk, H, Hkv, D, torch.float32, seed=5)
     ids = torch.tensor([[0] * 9 + [1] * 71]) if with_seq else None
     q_ids = ids[:, -Tq:] if with_seq else None
@@ -394,9 +395,10 @@ def test_decode_takes_a_key_norm_bound_from_the_caller():
 
 def test_rounding_threshold_skips_more_and_stays_within_fp32_rounding():
     # skip_bits="rounding" = 25 + ceil(log2(Tk)) = 32 bits at Tk = 80: the skipped weights of a row
-    # sum to < 2^-25 of its row sum, so results move by fp32 rounding only.
-    B, Tq, Tk, H, Hkv, D = 1, 64, 80, 8, 2, 16
-    slopes = torch.tensor([2.0 ** (3 - h) for h in range(H)])
+    # sum to < 2^-25 of its row sum, so results move by fp32 rounding only. Slopes as in
+    # test_alibi_skip_changes_nothing_but_rounding (steep, middle, gentlest).
+    B, Tq, Tk, H, Hkv, D = 1, 64, 80, 4, 2, 16
+    slopes = torch.tensor([2.0**3, 2.0**2, 2.0**0, 2.0**-4])
     q, k, v, do = make_inputs(B, Tq, Tk, H, Hkv, D, torch.float32, seed=8)
     exact, dbg_exact = _loop_bounds(q, k, v, do, slopes, 150.0)
     rounded, dbg_rounded = _loop_bounds(q, k, v, do, slopes, 32.0)

@@ -66,12 +66,16 @@ def test_document_bounds_are_computed_once_per_forward(tiny_mpt, monkeypatch, qk
     monkeypatch.setattr(flash_alibi, "_doc_bounds", counting)
     # Row 0's second document starts at key 16: its query block skips key block 0 (forward and
     # dq) and key block 0's programs stop after query block 0 (dk/dv), so the bounds are used.
+    # Two heads of 16: what is counted and compared does not depend on the heads (their handling
+    # in the kernels is the test above's and test_flash_alibi.py's), and the interpreter runs
+    # half the programs.
     ids = torch.randint(0, 101, (2, 24))
     seq = torch.tensor([[0] * 16 + [1] * 8, [0] * 5 + [1] * 19])
+    shape = dict(d_model=32, n_heads=2, n_layers=2)
 
     def run():
         calls.clear()
-        model = tiny_mpt(attn_impl="triton", attn_fallback=None, n_layers=2, qk_ln=qk_ln).train()
+        model = tiny_mpt(attn_impl="triton", attn_fallback=None, qk_ln=qk_ln, **shape).train()
         out = model(ids, sequence_id=seq, labels=ids)
         out.loss.backward()
         return len(calls), out.logits.detach(), [p.grad for p in model.parameters()]
@@ -106,13 +110,16 @@ def test_whole_model_with_packed_documents_compiles_into_one_graph(tiny_mpt, qk_
     """torch.compile(model, fullgraph=True) with sequence ids: the document bounds prepared once
     per forward, the custom ops and their backward trace without a graph break, same numbers."""
     torch._dynamo.reset()
-    # One 16-row block with a masked tail: what is compiled does not depend on the length, and
-    # the kernels' multi-block paths are tested eagerly above and in test_flash_alibi.py.
+    # One 16-row block with a masked tail and two heads of 16: what is compiled does not depend
+    # on the length or the heads, and the kernels' multi-block and multi-head paths are tested
+    # eagerly above and in test_flash_alibi.py.
     ids = torch.randint(0, 101, (2, 13))
     seq = torch.tensor([[0] * 6 + [1] * 7, [0] * 13])
     grads = {}
     for compiled in (False, True):
-        model = tiny_mpt(attn_impl="triton", attn_fallback=None, qk_ln=qk_ln).train()
+        model = tiny_mpt(
+            attn_impl="triton", attn_fallback=None, qk_ln=qk_ln, d_model=32, n_heads=2
+        ).train()
         run = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
         out = run(ids, sequence_id=seq, labels=ids)
         out.loss.backward()
