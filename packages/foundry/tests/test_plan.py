@@ -136,6 +136,9 @@ def test_measured_mfu_is_used_where_we_have_it_else_an_assumption_is_stated():
     assert other_seq.mfu == ASSUMED_MFU and "assumed" in other_seq.render()
     given = _plan("mpt_1b", "1xh100", 26 * 10**9, mfu=0.3)
     assert given.mfu == 0.3 and "given" in given.mfu_source
+    assert "FSDP2's own cost" not in measured.mfu_source  # measured on one GPU, planned for one
+    sharded = _plan("mpt_1b", "8xh100", 26 * 10**9)  # the one-GPU figure, said to be one
+    assert sharded.mfu == 0.595 and "on 1 GPU, not 8: FSDP2's own cost" in sharded.mfu_source
 
 
 # The GPU peaks of tools/bench/RESULTS.md, `mp-compile-model` (bf16 weights, fp32 masters in

@@ -158,6 +158,11 @@ def make_plan(
             f"measured: {found.model}, micro-batch {found.micro_batch},"
             f" {found.setup.precision} recipe, {found.where}"
         )
+        if found.gpus != hw.world_size:
+            source += (
+                f"; on {found.gpus} GPU, not {hw.world_size}: FSDP2's own cost is not in it"
+                " (on a one-GPU mesh it took 26% of a 356M GPT's eager step, RESULTS.md)"
+            )
     else:
         mfu = ASSUMED_MFU
         source = (

@@ -41,6 +41,7 @@ class Measurement:
     peak_gib: float  # torch.cuda.max_memory_allocated() / 2**30
     setup: Setup
     where: str
+    gpus: int = 1  # GPUs of the measured run (every row so far: one, unsharded)
 
 
 _RESULTS = "tools/bench/RESULTS.md"
