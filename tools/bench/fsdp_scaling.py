@@ -4,6 +4,7 @@ against 1 GPU, in one launch each (run under torchrun; `--nproc-per-node` is N).
     torchrun --nproc-per-node=1 tools/bench/fsdp_scaling.py --out $OUT/n1.json
     torchrun --nproc-per-node=2 tools/bench/fsdp_scaling.py --out $OUT/n2.json
     torchrun --nproc-per-node=1 tools/bench/fsdp_scaling.py --fsdp-on-one --out $OUT/n1f.json
+    ... --compile   # each block under torch.compile (not yet run on a GPU)
     python tools/bench/fsdp_scaling.py --report $OUT/n1.json $OUT/n2.json
 
 The model (d_model 1024, 24 layers, 16 heads, vocab 50,432, sequence 2,048, causal SDPA attention,
@@ -133,10 +134,17 @@ def run(args: argparse.Namespace) -> dict:
             stamps.append(time.perf_counter())
 
     parallelism = (
-        ParallelConfig(param_dtype=args.param_dtype, reshard_after_forward=not args.no_reshard)
+        ParallelConfig(
+            param_dtype=args.param_dtype,
+            reshard_after_forward=not args.no_reshard,
+            compile=args.compile,
+        )
         if world > 1
         else None
     )
+    if world == 1 and args.compile:  # each block, as ParallelConfig(compile=True) does
+        for block in model.blocks():
+            block.compile()
     if world == 1 and args.fsdp_on_one:  # composer-lite shards only over several ranks
         shard_on_one(model, device, args)
     data = RandomTokens(args.batch, args.seq, 50432, args.steps)
@@ -168,6 +176,7 @@ def run(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "param_dtype": args.param_dtype,
         "fsdp": world > 1 or args.fsdp_on_one,
+        "compile": args.compile,
         "reshard_after_forward": not args.no_reshard,
         "step_s": step,
         "tokens_per_s_per_gpu": tokens_per_gpu,
@@ -179,19 +188,21 @@ def run(args: argparse.Namespace) -> dict:
 
 def _order(r: dict) -> tuple:
     fsdp = r.get("fsdp", r["gpus"] > 1)
-    return r["gpus"], fsdp, str(r["param_dtype"]), r.get("reshard_after_forward", True)
+    reshard = r.get("reshard_after_forward", True)
+    return r["gpus"], r.get("compile", False), fsdp, str(r["param_dtype"]), reshard
 
 
 def report(paths: list[str]) -> None:
     rows = [json.load(open(p)) for p in paths]
     base = next(r for r in rows if r["gpus"] == 1 and not r.get("fsdp", False))
-    head = f"{'gpus':>4s} {'fsdp':>5s} {'reshard':>7s} {'param dtype':>11s} {'step s':>8s} {'tokens/s/GPU':>13s}"
+    head = f"{'gpus':>4s} {'compile':>7s} {'fsdp':>5s} {'reshard':>7s} {'param dtype':>11s} {'step s':>8s} {'tokens/s/GPU':>13s}"
     print(head + f" {'MFU':>6s} {'peak GiB':>9s} {'scaling':>8s}")
     for r in sorted(rows, key=_order):
         eff = r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
         reshard, dtype = str(r.get("reshard_after_forward", True)), str(r["param_dtype"])
         fsdp = str(r.get("fsdp", r["gpus"] > 1))
-        line = f"{r['gpus']:4d} {fsdp:>5s} {reshard:>7s} {dtype:>11s} {r['step_s']:8.3f}"
+        comp = str(r.get("compile", False))
+        line = f"{r['gpus']:4d} {comp:>7s} {fsdp:>5s} {reshard:>7s} {dtype:>11s} {r['step_s']:8.3f}"
         line += f" {r['tokens_per_s_per_gpu']:13,.0f} {100 * r['mfu']:5.1f}%"
         print(line + f" {r['peak_memory_gib']:9.1f} {100 * eff:7.1f}%")
     shape = f"seq {base['seq']}, per-GPU batch {base['per_gpu_batch']}"
@@ -220,6 +231,7 @@ def main() -> int:
         action="store_true",
         help="shard with FSDP2 on one GPU too (a mesh of one: FSDP2's own costs, no traffic)",
     )
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block")
     parser.add_argument("--out", help="write this run's JSON here (rank 0)")
     parser.add_argument("--report", nargs="+", help="print the table from earlier runs' JSON files")
     args = parser.parse_args()
