@@ -7,9 +7,9 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -117,16 +117,50 @@ def test_output_is_byte_identical_whatever_the_process_count(tmp_path, tiny_toke
     assert outputs[0] == outputs[1]
 
 
-def run_prep_cli(settings: dict, **popen) -> subprocess.Popen:
-    args = [f"{k}={v}" for k, v in settings.items()]
-    return subprocess.Popen(
-        [sys.executable, "-m", "foundry", "data", "prep", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        **popen,
-    )
+class ForkedPrep:
+    """`foundry data prep k=v ...` (the command's `main`) in a process forked from this one, the
+    leader of a session of its own as `start_new_session=True` made it: `os.killpg` reaches it
+    and the workers it spawns. Forked, not a fresh interpreter: torch and foundry are not imported
+    again before the run starts. Its stdout and stderr go to `log`."""
+
+    def __init__(self, settings: dict, log: Path):
+        argv = ["data", "prep", *(f"{k}={v}" for k, v in settings.items())]
+        self.log, self.returncode = log, None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.setsid()
+                stream = open(log, "w", buffering=1)
+                os.dup2(stream.fileno(), 1)
+                os.dup2(stream.fileno(), 2)
+                sys.stdout = sys.stderr = stream
+                from foundry.cli import main
+
+                try:
+                    code = main(argv)
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                os._exit(code or 0)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +180,12 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_output(resume_setup, kill_whe
     out = root / f"killed-{kill_when}"
     settings = {**settings, "out": out}
     watched = Path(f"{out}.work/units") if kill_when == "units" else out
-    proc = run_prep_cli(settings)
+    proc = ForkedPrep(settings, root / f"killed-{kill_when}.log")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if watched.is_dir() and sum(1 for p in watched.glob("*") if ".tmp" not in p.name) >= 3:
             break
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.output()}"
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
