@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -251,19 +250,17 @@ def test_a_message_too_long_for_the_window_is_not_sent_and_the_history_stays(mod
     assert "it was not sent" in capsys.readouterr().err
 
 
-def test_chat_command_reads_piped_stdin_until_eof(hf_dir, model, tok):
-    command = [sys.executable, "-m", "foundry", "generate", f"load_path={hf_dir}", "chat=true"]
-    command += ["max_new_tokens=6"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        command,
-        input="w1 w2\n/reset\nw1 w2\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_chat_command_reads_piped_stdin_until_eof(hf_dir, model, tok, monkeypatch, capsys):
+    """The command (its main, in this process) with stdin a pipe whose writer has closed."""
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as writer:
+        writer.write("w1 w2\n/reset\nw1 w2\n")
+    with os.fdopen(read) as piped:
+        assert not piped.isatty()
+        monkeypatch.setattr(sys, "stdin", piped)
+        code = main(["generate", f"load_path={hf_dir}", "chat=true", "max_new_tokens=6"])
+    done = capsys.readouterr()
+    assert code == 0, done.err[-2000:]
     reply = _reply(model, tok, [{"role": "user", "content": "w1 w2"}], 6)
-    assert done.stdout.endswith(f"{reply}\n{reply}\n")  # after the config; reset: the same again
-    assert "(conversation reset)" in done.stderr
+    assert done.out.endswith(f"{reply}\n{reply}\n")  # after the config; reset: the same again
+    assert "(conversation reset)" in done.err
