@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -293,6 +294,11 @@ def test_the_dataloader_without_torch_says_to_install_the_torch_extra(tmp_path, 
     assert result.stdout.splitlines()[1] == "False"
 
 
+def _read_ids(remote: str, cache: str, out: Path) -> None:
+    ds = StreamingDataset(remote=remote, local=cache, shuffle=True, batch_size=8)
+    out.write_text(json.dumps(sorted(s["id"] for s in ds)))
+
+
 def test_two_processes_share_one_remote_cache(tmp_path, s3_bucket):
     remote = f"{s3_bucket}/ds"
     write_dataset(tmp_path / "src", range(40), compression="zstd", size_limit=150)
@@ -304,26 +310,18 @@ def test_two_processes_share_one_remote_cache(tmp_path, s3_bucket):
     up.wait()
     up.close()
     cache = tmp_path / "cache"
-    code = (
-        "import sys, json\nfrom streaming import StreamingDataset\n"
-        f"ds = StreamingDataset(remote={remote!r}, local={str(cache)!r}, shuffle=True, batch_size=8)\n"
-        "print(json.dumps(sorted(s['id'] for s in ds)))\n"
-    )
-    env = {**os.environ}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err
-        assert json.loads(out) == list(range(40))
+    # Two processes forked from this one, as a data loader forks its workers (nothing imported
+    # again); each makes its own client, and multiprocessing's exit waits for its raw fills.
+    fork = multiprocessing.get_context("fork")
+    outs = [tmp_path / f"ids{i}.json" for i in range(2)]
+    procs = [fork.Process(target=_read_ids, args=(remote, str(cache), out)) for out in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    for p, out in zip(procs, outs, strict=True):
+        assert p.exitcode == 0, p.exitcode
+        assert json.loads(out.read_text()) == list(range(40))
     leftovers = [n for n in os.listdir(cache) if not (n == "index.json" or n.startswith("shard."))]
     # lock files, the digests kept of the raw copies, the marker naming the remote: no temp file
     kept = (".lock", ".kept", ".streaming-cache")
