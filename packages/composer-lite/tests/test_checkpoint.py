@@ -455,3 +455,32 @@ def test_bad_paths_and_arguments_give_clear_errors(tmp_path):
             CheckpointManager(tmp_path, keep=keep)
     with pytest.raises(ValueError, match="expected an RNG state"):
         restore_rng({"torch": torch.get_rng_state(), "bogus": 1})
+
+
+def test_a_save_that_would_not_fit_the_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    from composer_lite.checkpoint import space
+
+    model, optimizer = _trained()
+    manager = CheckpointManager(tmp_path / "ckpt")
+    first = manager.save("ep0-ba1", model=model, optimizer=optimizer, objects={})
+    needed = space.tensor_bytes(get_state_dict(model, optimizer))
+    assert needed > 3 * sum(p.numel() * 4 for p in model.parameters())  # weights + 2 moments
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(space.shutil, "disk_usage", lambda path: usage(1 << 40, 0, 1 << 20))
+    with pytest.raises(CheckpointError, match=r"checkpoint ep0-ba2: its tensors need .* GiB in"):
+        manager.save("ep0-ba2", model=model, optimizer=optimizer, objects={})
+    assert manager.latest() == first and not any(".tmp-" in n for n in os.listdir(manager.folder))
+
+
+def test_free_space_adds_up_the_ranks_that_share_a_filesystem():
+    from composer_lite.checkpoint.space import SpaceNeed, check_space
+
+    gib = 1 << 30
+    two_on_one = [SpaceNeed("a", "/ckpt", 1, 30 * gib, 50 * gib) for _ in range(2)]
+    with pytest.raises(CheckpointError, match=r"need 60.0 GiB in /ckpt \(on a\), which has 50.0"):
+        check_space(two_on_one, name="ep1")
+    check_space(two_on_one[:1], name="ep1")  # one rank's 30 GiB fit
+    hosts = [SpaceNeed(h, "/ckpt", 1, 30 * gib, 50 * gib) for h in "ab"]
+    check_space(hosts, name="ep1")  # each host's own disk
+    disks = [SpaceNeed("a", f"/d{i}", i, 30 * gib, 50 * gib) for i in range(2)]
+    check_space(disks, name="ep1")

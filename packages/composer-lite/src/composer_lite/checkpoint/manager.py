@@ -61,6 +61,7 @@ from composer_lite.checkpoint.locations import (
     write_bytes_atomic,
     write_pointer,
 )
+from composer_lite.checkpoint.space import check_space, space_needed
 from composer_lite.checkpoint.state import load_state, save_state, to_bytes
 from composer_lite.checkpoint.verify import CheckedReader, hash_file, own_files, read_checked
 from composer_lite.dist import barrier, get_rank, get_world_size
@@ -172,6 +173,9 @@ class CheckpointManager:
             tmp = os.path.join(self.folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
             root = broadcast_from_zero(tmp if rank == 0 else None)
         try:
+            staging = self.cache_dir if self.remote else self.folder
+            needs = on_all_ranks("checking free space", lambda: space_needed(state, staging))
+            check_space(needs, name=name)
             with single_process_quiet():
                 dcp.save(state, storage_writer=dcp.FileSystemWriter(os.path.join(root, STATE_DIR)))
             written = on_all_ranks(
