@@ -1,12 +1,17 @@
 """`foundry finetune`: a tiny MPT pretrained here at T finetunes on response tokens (chat data,
 the embedding grown for the ChatML tokens), saves and resumes, runs at 4T, finetunes at 2T to a
-lower loss there, starts from a Hugging Face directory, and on two gloo ranks with FSDP2; bad
-finetunes are refused before any weights are read."""
+lower loss there, starts from a Hugging Face directory, and on two gloo ranks with FSDP2 under
+the torchrun foundry starts; for a cluster it writes the launch instead; bad finetunes are
+refused before any weights are read. Its run settings are `foundry train`'s, and stay so."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import random
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +24,11 @@ from foundry.compose import compose_config
 from foundry.data.finetune_prep import COLUMNS
 from foundry.finetune import FinetuneCommand, finetune, plan_finetune
 from foundry.finetune_model import FinetuneError, load_pretrained, target_config
+from foundry.launch_scripts import SLURM_SCRIPT, TORCHRUN_SCRIPT
+from foundry.schema import RunSettings, TrainCommand, run_settings
 from foundry.tokenizer import save_tokenizer, train_bpe
 from mpt import MPTConfig
 from streaming import MDSWriter
-from streaming.testing.distributed import run_distributed
 
 T, VOCAB = 32, 576
 TINY = [f"model.vocab_size={VOCAB}", f"model.max_seq_len={T}", "model.d_model=32"]
@@ -200,34 +206,77 @@ def test_finetune_from_a_hugging_face_mpt_directory(pretrained, tokenizer, tmp_p
     plan = plan_finetune(cfg)
     assert plan.start.source == "hf" and plan.tokenizer == str(hf)  # its tokenizer, beside it
     assert plan.train.model.max_seq_len == 64 and plan.train.model.vocab_size == VOCAB
+    assert run_settings(plan.train) == run_settings(cfg)  # the train form runs as configured
 
 
-def _finetune_rank(rank: int, world_size: int, cfg: FinetuneCommand) -> tuple:
-    from torch.distributed.tensor import DTensor
-
-    run = finetune(cfg)
-    weight = run.trainer.state.model.model.transformer.wte.weight
-    return (
-        run.trainer.state.timestamp.batch,
-        run.trainer.state.step.loss,
-        isinstance(weight, DTensor),
-    )
+def _names(schema: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(schema)}
 
 
-def test_two_gloo_ranks_finetune_with_fsdp2(pretrained, tmp_path):
-    data = sft_rows(tmp_path / "sft", 16, 2 * T, seed=5)
-    cfg = finetune_config(
-        f"load_path={pretrained}",
-        f"data.sources.main.local={data}",
-        "max_seq_len=64",
-        "hardware.gpus_per_node=2",
-        "max_duration=2ba",
-        f"save_folder={tmp_path / 'ft'}",
-        "save_interval=2ba",
-    )
-    ranks = run_distributed(_finetune_rank, world_size=2, args=(cfg,), timeout=240)
-    assert [(batch, sharded) for batch, _, sharded in ranks] == [(2, True), (2, True)]
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    """The dotted keys a composed config sets."""
+    out = set()
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        out |= _keys(value, key + ".") if isinstance(value, dict) else {key}
+    return out
+
+
+def test_train_and_finetune_share_one_set_of_run_settings():
+    """A setting added for one command is added for both, or this fails: each command holds
+    `RunSettings` and adds only its inputs, and both YAMLs set the same run-setting keys."""
+    shared = _names(RunSettings)
+    assert _names(TrainCommand) - shared == {"model", "data", "tokenizer"}
+    finetune_inputs = {"load_path", "model", "max_seq_len", "data", "tokenizer"}
+    assert _names(FinetuneCommand) - shared == finetune_inputs
+    configs = [compose_config(name).config for name in ("train", "finetune")]
+    train, tuned = ({k: v for k, v in c.items() if k in shared} for c in configs)
+    assert _keys(train) == _keys(tuned)
+
+
+@pytest.mark.distributed
+def test_finetune_starts_torchrun_when_the_hardware_is_this_machine(
+    pretrained, tmp_path, capfd, monkeypatch
+):
+    """hardware=cpu with 2 processes: foundry starts torchrun, whose 2 gloo ranks finetune with
+    FSDP2 from the pretrained weights."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data, ft = sft_rows(tmp_path / "sft", 16, 2 * T, seed=5), tmp_path / "ft"
+    args = [f"load_path={pretrained}", f"data.sources.main.local={data}", "max_seq_len=64"]
+    args += ["hardware.gpus_per_node=2", "max_duration=2ba", f"save_folder={ft}"]
+    assert main(["finetune", *RUN, *args, "save_interval=2ba"]) == 0
+    out, err = capfd.readouterr()
+    assert "torch.distributed.run --standalone --nproc-per-node=2" in err
+    assert "-m foundry finetune" in err and "launch.launcher=none" in err
+    assert "FSDP2 mesh" in err  # rank 0's log: the model was sharded over the two ranks
+    assert out.count(f"finetuned {pretrained} to batch 2") == 1  # rank 0 of the 2 workers
     # from the pretrained weights: far below the loss of a uniform guess over the vocabulary
-    assert all(loss < 0.6 * np.log(VOCAB) for _, loss, _ in ranks)
-    assert [p.name for p in (tmp_path / "ft").glob("ep*")] == ["ep0-ba2"]
-    assert load_model(str(tmp_path / "ft")).model.config.max_seq_len == 64
+    assert float(re.search(r"last step loss: (\S+)", out)[1]) < 0.6 * np.log(VOCAB)
+    assert [p.name for p in ft.glob("ep*")] == ["ep0-ba2"]
+    assert load_model(str(ft)).model.config.max_seq_len == 64
+
+
+def test_a_finetune_for_a_cluster_writes_its_launch_and_nothing_trains(
+    pretrained, tmp_path, capsys, monkeypatch
+):
+    """hardware=512xh100 is not this machine: the launch runs `-m foundry finetune` with the
+    overrides given (launch.* aside), there is no plan to print, and nothing trains here."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "ft"
+    given = [f"load_path={pretrained}", "data.sources.main.local=/cluster/sft", "max_seq_len=64"]
+    given += ["hardware=512xh100", "global_train_batch_size=512", "max_duration=100ba"]
+    given += [f"save_folder={run}"]
+    assert main(["finetune", *given, "launch.partition=gpu"]) == 1
+    out, err = capsys.readouterr()
+    head = "foundry finetune: hardware is 64 node(s) x 8 H100-SXM (not this machine): nothing"
+    assert head in err and f"sbatch {run / SLURM_SCRIPT}" in err
+    script = (run / SLURM_SCRIPT).read_text()
+    for line in ("#SBATCH --nodes=64", "#SBATCH --partition=gpu", "#SBATCH --job-name=ft"):
+        assert line in script, line
+    command = script.split("-m foundry finetune \\\n    ")[1].split(" \\\n    ")
+    assert [word.strip() for word in command] == [*given, "launch.launcher=none"]
+    assert "plan" not in out + err + script  # foundry finetune has none to print
+    for path in (run / SLURM_SCRIPT, run / TORCHRUN_SCRIPT):
+        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0  # valid bash
+        assert os.access(path, os.X_OK)
+    assert sorted(p.name for p in run.iterdir()) == [SLURM_SCRIPT, TORCHRUN_SCRIPT]

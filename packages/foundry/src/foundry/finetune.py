@@ -1,12 +1,18 @@
 """`foundry finetune`: continue a pretrained MPT on finetuning MDS data (`foundry data finetune`).
 
     foundry finetune load_path=runs/tiny data.sources.main.local=sft-mds max_duration=200ba
-    torchrun --nproc-per-node=8 -m foundry finetune hardware=8xh100 load_path=hf/mpt-7b ...
+    foundry finetune hardware=8xh100 load_path=hf/mpt-7b ...  # on an 8-GPU box: starts torchrun
+    foundry finetune hardware=512xh100 load_path=...          # elsewhere: writes the launch
 
 The loss covers the response tokens only (the data's labels are -100 elsewhere; packed rows keep
-attention and loss inside each example through `sequence_id`). In order, every check before the
-weights are read:
+attention and loss inside each example through `sequence_id`). The run settings (hardware,
+batch, precision, checkpoints, `launch.*`, ...) are `foundry train`'s (`schema.RunSettings`). In
+order, every check before the weights are read:
 
+0. Where it runs, as `foundry train` (`foundry.launch.choose_launch`, after its times are
+   checked): outside a job, torchrun started here when the hardware is this machine, or the
+   launch for the cluster written (`python -m foundry finetune` with this run's overrides) and
+   exit 1; otherwise on.
 1. `plan_finetune`: the checkpoint's config (`foundry.finetune_model.read_start`: ours or a
    Hugging Face MPT directory), the data (it exists; its rows fit the window), the tokenizer
    (`tokenizer=`, else the one `foundry data finetune` saved beside the data, else the
@@ -32,7 +38,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -43,18 +49,9 @@ from foundry.finetune_model import (
     read_start,
     target_config,
 )
-from foundry.recipe import PrecisionChoice
-from foundry.schema import (
-    DataConfig,
-    HardwareConfig,
-    LogConfig,
-    OptimizerConfig,
-    ParallelismConfig,
-    SchedulerConfig,
-    SourceConfig,
-    TrainCommand,
-)
-from foundry.train import Placement
+from foundry.launch import Job, choose_launch, run_local, this_machine, write_launch
+from foundry.schema import DataConfig, RunSettings, SourceConfig, TrainCommand, run_settings
+from foundry.train import Placement, check_schedule
 from foundry.validate import need, opt
 from mpt.config import MPTConfig
 
@@ -92,44 +89,24 @@ class FinetuneData:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneCommand:
-    """`foundry finetune`: continue a pretrained MPT on finetuning MDS data."""
+class FinetuneInputs:
+    """What `foundry finetune` trains: a pretrained model, the window, and the finetuning data."""
 
     load_path: str = need("the pretrained model: a save folder or checkpoint, or an HF MPT dir")
     model: MPTConfig | None = opt(None, "null: the checkpoint's; given: its shape is checked")
     max_seq_len: int | None = opt(None, "the finetuning window; null: the model's (ALiBi: longer)")
-    hardware: HardwareConfig = need("the machines (pick one: hardware=<option>)")
     data: FinetuneData = need("the finetuning data (data.sources.main.local=...)")
-    optimizer: OptimizerConfig = need("the optimizer (pick one: optimizer=<option>)")
-    scheduler: SchedulerConfig = need("the LR schedule (pick one: scheduler=<option>)")
     tokenizer: str | None = opt(None, "the data's tokenizer; null: the one beside the data")
-    run_name: str | None = opt(None, "the run's name (default: the save folder's name)")
-    max_duration: str = need("how long to train: '1000ba', '2ep', '10Mtok'")
-    global_train_batch_size: int = opt(32, "rows per optimizer step, over all ranks")
-    device_train_microbatch_size: int | Literal["auto"] | None = opt(
-        None, "rows per forward/backward; 'auto' halves on OOM; null: the whole device batch"
-    )
-    precision: PrecisionChoice = opt("auto", "as foundry train (foundry.recipe)")
-    attn_impl: str = opt("auto", "attention backend; auto: triton on GPUs, sdpa on CPUs")
-    seed: int = opt(17, "RNG seed")
-    eval_data: SourceConfig | None = opt(None, "held-out finetuning MDS for the eval loss")
-    icl_tasks: str | None = opt(None, "evalkit task YAML run at each evaluation")
-    icl_data_root: str | None = opt(None, "folder of the tasks' dataset_uri")
-    icl_limit: int | None = opt(None, "examples per ICL task (null: all)")
-    eval_interval: str = opt("500ba", "evaluate every ... ('500ba', '1ep')")
-    eval_subset_num_batches: int | None = opt(None, "eval batches per evaluation; null: all")
-    save_folder: str | None = opt(None, "checkpoints go here (a path or s3://); null: no saving")
-    save_interval: str = opt("1000ba", "save every ... ('1000ba', '1ep')")
-    save_num_checkpoints_to_keep: int = opt(-1, "keep the newest N checkpoints; -1: all")
-    save_overwrite: bool = opt(False, "start afresh in a save_folder that holds another run")
-    autoresume: bool = opt(True, "continue from the newest checkpoint in save_folder, if any")
-    grad_clip_norm: float | None = opt(1.0, "clip the gradient norm to this; null: no clipping")
-    parallelism: ParallelismConfig = opt(ParallelismConfig, "FSDP2 and friends")
-    log: LogConfig = opt(LogConfig, "console, JSONL and TensorBoard logging")
-    num_workers: int = opt(0, "dataloader worker processes per rank")
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: cuda when there is a GPU")
+
+
+# as `TrainCommand`: the inputs first, then the run settings (the last base's fields come first)
+@dataclass(frozen=True, kw_only=True)
+class FinetuneCommand(RunSettings, FinetuneInputs):
+    """`foundry finetune`: continue a pretrained MPT on finetuning MDS data; the run settings
+    are `foundry train`'s (`RunSettings`)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_seq_len is not None and self.max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1 (or null), got {self.max_seq_len}")
 
@@ -213,12 +190,8 @@ def _check_rows(cfg: FinetuneCommand, window: int) -> None:
 
 
 def _train_form(cfg: FinetuneCommand, model: MPTConfig, tokenizer: str) -> TrainCommand:
-    """The run as a `TrainCommand` (what `build_run` takes and the save folder records)."""
-    shared = {
-        f.name: getattr(cfg, f.name)
-        for f in dataclasses.fields(TrainCommand)
-        if hasattr(cfg, f.name) and f.name not in ("model", "data", "tokenizer")
-    }
+    """The run as a `TrainCommand` (what `build_run` takes and the save folder records): this
+    command's run settings, the model finetuned, and the data at its window."""
     d = cfg.data
     data = DataConfig(
         sources=d.sources,
@@ -229,7 +202,7 @@ def _train_form(cfg: FinetuneCommand, model: MPTConfig, tokenizer: str) -> Train
         shuffle_seed=d.shuffle_seed,
         epoch_size=d.epoch_size,
     )
-    return TrainCommand(model=model, data=data, tokenizer=tokenizer, **shared)
+    return TrainCommand(model=model, data=data, tokenizer=tokenizer, **run_settings(cfg))
 
 
 def plan_finetune(cfg: FinetuneCommand) -> FinetunePlan:
@@ -339,6 +312,15 @@ def _summary(run: Any, plan: FinetunePlan) -> str:
 
 
 def run_command(cfg: FinetuneCommand, config_text: str) -> int:
-    """The `foundry finetune` command."""
+    """`foundry finetune`: first where it runs, as `foundry train` (`foundry.launch`: torchrun
+    started here, or the launch written for the cluster; a finetune has no plan to print with
+    it); in this process: check, load, train, summarize."""
+    # a finetune that cannot start is not launched (tokens wait for the window: the checkpoint's)
+    check_schedule(cfg, max_seq_len=cfg.max_seq_len)
+    where = choose_launch(cfg.launch, cfg.hardware, env=os.environ, machine=this_machine)
+    if where == "local":
+        return run_local(Job.of("finetune", cfg, config_text))
+    if where == "write":
+        return write_launch(Job.of("finetune", cfg, config_text), plan=None)
     finetune(cfg, config_text)
     return 0

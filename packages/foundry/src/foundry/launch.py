@@ -1,9 +1,11 @@
-"""Where `foundry train` runs: in this process, under a torchrun that foundry starts here, or on
-the cluster its `hardware` names, through a launch that foundry writes.
+"""Where a run of `foundry train` or `foundry finetune` runs: in this process, under a torchrun
+that foundry starts here, or on the cluster its `hardware` names, through a launch that foundry
+writes.
 
     foundry train hardware=cpu hardware.gpus_per_node=2 ...   # torchrun here, 2 gloo processes
     foundry train model=mpt_30b hardware=512xh100 ...         # writes the launch, exits 1
     foundry train ... launch.launcher=slurm launch.submit=true  # writes it and calls sbatch
+    foundry finetune load_path=... hardware=8xh100 ...        # the same, for a finetune
 
 `choose_launch` decides (`launch.launcher`):
 
@@ -14,9 +16,11 @@ the cluster its `hardware` names, through a launch that foundry writes.
 - `local`: torchrun here, even for one process; refused when the hardware is not this machine.
 - `slurm` / `torchrun`: write that one launch.  `none`: train in this process as it is.
 
-The written launch (`foundry.launch_scripts`: a Slurm batch script, and the torchrun each node
-runs without Slurm) goes into `launch.out_dir`, default the save folder if it is local. It runs
-`foundry train` with this run's own overrides (those that do not set `launch.*`) plus
+What a launch needs of a run is a `Job`: the command (`train`, `finetune`), the run's
+`RunSettings` (hardware, `launch.*`, save folder, run name) and the overrides its ranks get. The
+written launch (`foundry.launch_scripts`: a Slurm batch script, and the torchrun each node runs
+without Slurm) goes into `launch.out_dir`, default the save folder if it is local. It runs
+`foundry <command>` with this run's own overrides (those that do not set `launch.*`) plus
 `launch.launcher=none`, from the folder foundry was started in, so the job trains exactly the
 config printed here; a written script replaces another run's only with `save_overwrite=true`.
 Restarts (torchrun `--max-restarts`, after a worker fails) rerun the same command, and
@@ -45,12 +49,13 @@ from foundry.launch_scripts import (
 from foundry.validate import opt
 
 if TYPE_CHECKING:
-    from foundry.schema import HardwareConfig, TrainCommand
+    from foundry.schema import HardwareConfig, RunSettings
 
 __all__ = [
     "LaunchConfig",
     "LaunchError",
     "Draft",
+    "Job",
     "Machine",
     "child_overrides",
     "choose_launch",
@@ -66,6 +71,7 @@ __all__ = [
 ]
 
 Launcher = Literal["auto", "local", "slurm", "torchrun", "none"]
+JobCommand = Literal["train", "finetune"]  # foundry commands that launch (configs/<command>.yaml)
 Where = Literal["here", "local", "write"]  # train in this process | torchrun here | write it
 
 _SLURM_TIME = re.compile(r"^\d+(-\d{1,2}(:\d{2}){0,2}|(:\d{2}){0,2})$")  # sbatch --time forms
@@ -78,7 +84,8 @@ class LaunchError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class LaunchConfig:
-    """How `foundry train` gets onto the processes its `hardware` describes."""
+    """How a run (`foundry train`, `foundry finetune`) gets onto the processes its `hardware`
+    describes."""
 
     launcher: Launcher = opt(
         "auto", "auto: train/torchrun here when the hardware is this machine, else write the launch"
@@ -212,30 +219,30 @@ def choose_launch(
 
 
 def job_overrides(given: list[str] | tuple[str, ...]) -> list[str]:
-    """The overrides the job's `foundry train` gets: those given, less `launch.*`, plus
+    """The overrides the job's command gets: those given, less `launch.*`, plus
     `launch.launcher=none` (a rank trains; it launches nothing)."""
     overrides = [o for o in given if not o.startswith(("launch.", "launch="))]
     return [*overrides, "launch.launcher=none"]
 
 
-def child_overrides(cfg: TrainCommand, config_text: str) -> list[str]:
+def child_overrides(command: JobCommand, run: RunSettings, config_text: str) -> list[str]:
     """This run's overrides for the job: the command line's (from the resolved config's header)
-    less `launch.*`, plus `launch.launcher=none`; checked to rebuild this very config."""
+    less `launch.*`, plus `launch.launcher=none`; checked to rebuild this very config (`run`, a
+    `foundry <command>` config) from `configs/<command>.yaml`."""
     from foundry.compose import compose_config
-    from foundry.schema import TrainCommand
 
     header = [line for line in config_text.splitlines() if line.startswith("# overrides:")]
     if not header:
         raise LaunchError(
             "cannot launch: the config text does not say its overrides (no '# overrides:' line);"
-            " run foundry train from the command line"
+            f" run foundry {command} from the command line"
         )
     given = header[0].removeprefix("# overrides:").split()
     given = [] if given == ["(none)"] else given
     overrides = job_overrides(given)
     try:
-        rebuilt = compose_config("train", overrides).build(TrainCommand)
-        same = replace(rebuilt, launch=cfg.launch) == cfg
+        rebuilt = compose_config(command, overrides).build(type(run))
+        same = replace(rebuilt, launch=run.launch) == run
     except ValueError:  # a ConfigError too: the words split apart are not the overrides given
         same = False
     if not same:
@@ -246,16 +253,32 @@ def child_overrides(cfg: TrainCommand, config_text: str) -> list[str]:
     return overrides
 
 
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """A run as its launch sees it: the `foundry` command each rank runs, the run's settings
+    (hardware, `launch.*`, save folder, run name) and the overrides the ranks get, which end in
+    `launch.launcher=none`."""
+
+    command: JobCommand
+    run: RunSettings
+    overrides: tuple[str, ...]
+
+    @classmethod
+    def of(cls, command: JobCommand, run: RunSettings, config_text: str) -> Job:
+        """The job of a run given on the command line (`child_overrides`: they rebuild it)."""
+        overrides = child_overrides(command, run, config_text)
+        return cls(command=command, run=run, overrides=tuple(overrides))
+
+
 # ----------------------------------------------------------------------------- doing it
 
 
 @dataclass(frozen=True, kw_only=True)
 class Draft:
     """A launch written before the run is fully described (`foundry.launch_draft`): the keys it
-    still needs and the overrides that were given."""
+    still needs."""
 
     needs: tuple[str, ...]
-    overrides: tuple[str, ...]
 
     def reason(self) -> str:
         """What the run needs, as the scripts and the message say it."""
@@ -266,15 +289,15 @@ class Draft:
 DRAFT_DIR = "foundry_launch"  # a draft's folder without launch.out_dir or a local save_folder
 
 
-def launch_dir(cfg: TrainCommand) -> str:
+def launch_dir(run: RunSettings) -> str:
     """Where the launch is written: launch.out_dir, else a local save folder (absolute)."""
     from streaming.storage import is_remote
 
-    if cfg.launch.out_dir is not None:
-        return os.path.abspath(cfg.launch.out_dir)
-    if cfg.save_folder is not None and not is_remote(cfg.save_folder):
-        return os.path.abspath(cfg.save_folder)
-    where = "a remote save_folder" if cfg.save_folder else "no save_folder"
+    if run.launch.out_dir is not None:
+        return os.path.abspath(run.launch.out_dir)
+    if run.save_folder is not None and not is_remote(run.save_folder):
+        return os.path.abspath(run.save_folder)
+    where = "a remote save_folder" if run.save_folder else "no save_folder"
     raise LaunchError(
         f"the launch is written beside the run's checkpoints, but this run has {where}: set"
         " launch.out_dir=<a local folder> (and save_folder, so that restarts resume)"
@@ -302,66 +325,58 @@ def write_script(path: str, text: str, *, overwrite: bool) -> None:
     atomic_write(path, write)
 
 
-def _how_to_start(
-    cfg: TrainCommand, written: list[tuple[str, str]], draft: Draft | None = None
-) -> str:
+def _how_to_start(job: Job, written: list[tuple[str, str]], draft: Draft | None = None) -> str:
     """What the user reads: why nothing trained here, the written files and how to start them."""
-    hw, launcher = cfg.hardware, cfg.launch.launcher
+    run = job.run
+    hw, launcher = run.hardware, run.launch.launcher
     why = "not this machine" if launcher == "auto" else f"launch.launcher={launcher}"
     head = (
-        f"foundry train: hardware is {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu} ({why}):"
-        " nothing was trained here; "
+        f"foundry {job.command}: hardware is {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu}"
+        f" ({why}): nothing was trained here; "
     )
     if draft is not None:
         lines = [head + "a DRAFT of the launch is written (it stops at once if started):"]
         lines += [f"  {kind + ':':<10}{path}" for kind, path in written]
         lines.append("  " + draft.reason())
-        if cfg.save_folder is None:
+        if run.save_folder is None:
             lines.append("  and set save_folder=..., so that restarts resume from checkpoints")
-        if cfg.launch.submit:
+        if run.launch.submit:
             lines.append("  launch.submit=true: not submitted (a draft cannot train)")
         return "\n".join(lines)
     lines = [head + "the launch is written:"]
     for kind, path in written:
         how = f"sbatch {path}" if kind == "Slurm" else f"HEAD=<first node> bash {path}  (each node)"
         lines.append(f"  {kind + ':':<10}{how}")
-    if any(kind == "Slurm" for kind, _ in written) and not cfg.launch.submit:
+    if any(kind == "Slurm" for kind, _ in written) and not run.launch.submit:
         lines.append("  or, on a Slurm login node, the same command with launch.submit=true")
-    if cfg.save_folder is None or not cfg.autoresume:
+    if run.save_folder is None or not run.autoresume:
         lines.append("  note: without save_folder and autoresume, a restart trains from the start")
-    elif cfg.save_overwrite:
+    elif run.save_overwrite:
         lines.append("  note: with save_overwrite=true, each restart starts afresh too")
     return "\n".join(lines)
 
 
-def write_launch(
-    cfg: TrainCommand, config_text: str, *, plan: str | None, draft: Draft | None = None
-) -> int:
-    """Write the launch for the cluster and say how to start it: exit status 1, as nothing was
-    trained; with `launch.submit`, sbatch's exit status. A `draft` is written as `*.draft.sh`
-    (scripts that say what the run needs and exit 2), never submitted, and returns 2."""
-    launch = cfg.launch
-    if draft is None:
-        overrides, out_dir = child_overrides(cfg, config_text), launch_dir(cfg)
-    else:
-        overrides = job_overrides(draft.overrides)
-        out_dir = _draft_dir(cfg)
+def write_launch(job: Job, *, plan: str | None, draft: Draft | None = None) -> int:
+    """Write the launch for the cluster and say how to start it (and print the plan, if the
+    command has one): exit status 1, as nothing was trained; with `launch.submit`, sbatch's exit
+    status. A `draft` is written as `*.draft.sh` (scripts that say what the run needs and exit
+    2), never submitted, and returns 2."""
+    launch = job.run.launch
+    out_dir = launch_dir(job.run) if draft is None else _draft_dir(job.run)
     workdir, reason = os.getcwd(), draft and draft.reason()
     scripts = []
     if launch.launcher in ("auto", "slurm"):
-        text = slurm_script(
-            cfg, overrides, workdir=workdir, out_dir=out_dir, plan=plan, draft=reason
-        )
+        text = slurm_script(job, workdir=workdir, out_dir=out_dir, plan=plan, draft=reason)
         scripts.append(("Slurm", os.path.join(out_dir, _named(SLURM_SCRIPT, draft)), text))
     if launch.launcher in ("auto", "torchrun"):
-        text = torchrun_script(cfg, overrides, workdir=workdir, plan=plan, draft=reason)
+        text = torchrun_script(job, workdir=workdir, plan=plan, draft=reason)
         scripts.append(("torchrun", os.path.join(out_dir, _named(TORCHRUN_SCRIPT, draft)), text))
     for _, path, text in scripts:  # a draft replaces a draft: its names are only drafts'
-        write_script(path, text, overwrite=cfg.save_overwrite or draft is not None)
+        write_script(path, text, overwrite=job.run.save_overwrite or draft is not None)
     if plan:
         print(plan, flush=True)
     written = [(kind, path) for kind, path, _ in scripts]
-    print(_how_to_start(cfg, written, draft), file=sys.stderr, flush=True)
+    print(_how_to_start(job, written, draft), file=sys.stderr, flush=True)
     if draft is not None:
         return 2
     if not launch.submit:
@@ -380,28 +395,27 @@ def _named(script: str, draft: Draft | None) -> str:
     return script if draft is None else script.removesuffix(".sh") + ".draft.sh"
 
 
-def _draft_dir(cfg: TrainCommand) -> str:
+def _draft_dir(run: RunSettings) -> str:
     """A draft's folder: launch.out_dir or a local save folder, else ./foundry_launch."""
     try:
-        return launch_dir(cfg)
+        return launch_dir(run)
     except LaunchError:
         return os.path.abspath(DRAFT_DIR)
 
 
-def run_local(cfg: TrainCommand, config_text: str) -> int:
+def run_local(job: Job) -> int:
     """Start torchrun on this machine for the hardware's processes; its exit status."""
-    hw = cfg.hardware
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",  # one node: c10d rendezvous on a free port of localhost
-        f"--nproc-per-node={hw.gpus_per_node}",
-        f"--max-restarts={cfg.launch.max_restarts}",
+        f"--nproc-per-node={job.run.hardware.gpus_per_node}",
+        f"--max-restarts={job.run.launch.max_restarts}",
         "-m",
         "foundry",
-        "train",
-        *child_overrides(cfg, config_text),
+        job.command,
+        *job.overrides,
     ]
-    print(f"foundry train: starting {shlex.join(command)}", file=sys.stderr, flush=True)
+    print(f"foundry {job.command}: starting {shlex.join(command)}", file=sys.stderr, flush=True)
     return subprocess.run(command, env={**os.environ, **RESTART_ENV}, check=False).returncode

@@ -32,7 +32,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from foundry.compose import Composed
-from foundry.launch import Draft, Machine, choose_launch, in_job, this_machine, write_launch
+from foundry.launch import (
+    Draft,
+    Job,
+    Machine,
+    choose_launch,
+    in_job,
+    job_overrides,
+    this_machine,
+    write_launch,
+)
 from foundry.plan import StandIns, plan_for_train
 from foundry.schema import TrainCommand
 from foundry.validate import ConfigError, build
@@ -101,5 +110,5 @@ def draft_launch(
     needs = err.missing
     if stand_ins.global_train_batch_size is not None:
         needs += ("global_train_batch_size",)
-    draft = Draft(needs=needs, overrides=composed.overrides)
-    return write_launch(cfg, composed.to_yaml(), plan=plan, draft=draft)
+    job = Job(command="train", run=cfg, overrides=tuple(job_overrides(composed.overrides)))
+    return write_launch(job, plan=plan, draft=Draft(needs=needs))

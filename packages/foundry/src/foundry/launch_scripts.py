@@ -1,4 +1,5 @@
-"""The text of the launch `foundry train` writes for a cluster (`foundry.launch` decides when):
+"""The text of the launch `foundry train` and `foundry finetune` write for a cluster
+(`foundry.launch` decides when):
 
 - `launch_slurm.sh`, a Slurm batch script: one task per node, each a torchrun agent
   (`--nnodes=$SLURM_NNODES`, c10d rendezvous hosted on the job's first node, the job id as the
@@ -6,8 +7,8 @@
 - `launch_torchrun.sh`, the same torchrun for clusters without Slurm, run on every node with
   `HEAD=<the address of the node that hosts the rendezvous>`.
 
-Each runs `python -m foundry train` with the overrides it is given (`launch.child_overrides`),
-and starts with the run's plan as comments.
+Each runs `python -m foundry <command>` with the job's overrides (`foundry.launch.Job`), and
+starts with the run's plan as comments, when the command has one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from foundry.schema import HardwareConfig, TrainCommand
+    from foundry.launch import Job
+    from foundry.schema import HardwareConfig
 
 __all__ = [
     "RESTART_ENV",
@@ -52,16 +54,16 @@ def _torchrun(hw: HardwareConfig, *, python: str, nnodes: str, endpoint: str) ->
     ]
 
 
-def _command_lines(torchrun: list[str], overrides: list[str]) -> str:
+def _command_lines(torchrun: list[str], job: Job) -> str:
     """The job's command, one option or override a line."""
-    words = [*torchrun, "-m foundry train", *map(shlex.quote, overrides)]
+    words = [*torchrun, f"-m foundry {job.command}", *map(shlex.quote, job.overrides)]
     return " \\\n    ".join(words)
 
 
-def _header(cfg: TrainCommand, plan: str | None, draft: str | None) -> list[str]:
-    hw = cfg.hardware
+def _header(job: Job, plan: str | None, draft: str | None) -> list[str]:
+    hw = job.run.hardware
     lines = [
-        f"# Written by `foundry train`: {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu}",
+        f"# Written by `foundry {job.command}`: {hw.nodes} node(s) x {hw.gpus_per_node} {hw.gpu}",
         f"# (world size {hw.world_size}); runs from the folder foundry was started in.",
     ]
     if draft:
@@ -78,17 +80,17 @@ def _guard(draft: str | None) -> list[str]:
     return [f"echo {shlex.quote('this launch is a draft: ' + draft)} >&2", "exit 2"]
 
 
-def job_name(cfg: TrainCommand) -> str:
+def job_name(job: Job) -> str:
     """launch.job_name, else the run's name or its save folder's last part, else
-    'foundry-train'; as one shell word (other characters become '_')."""
-    base = os.path.basename((cfg.save_folder or "").rstrip("/"))
-    name = cfg.launch.job_name or cfg.run_name or base or "foundry-train"
+    'foundry-<command>'; as one shell word (other characters become '_')."""
+    run = job.run
+    base = os.path.basename((run.save_folder or "").rstrip("/"))
+    name = run.launch.job_name or run.run_name or base or f"foundry-{job.command}"
     return re.sub(r"[^\w.+,-]", "_", name)
 
 
 def slurm_script(
-    cfg: TrainCommand,
-    overrides: list[str],
+    job: Job,
     *,
     workdir: str,
     out_dir: str,
@@ -97,9 +99,9 @@ def slurm_script(
 ) -> str:
     """The Slurm batch script: one torchrun agent per node, c10d rendezvous on the first node.
     `draft`: what the run still lacks; the script then says so and exits 2 before it starts."""
-    launch, hw = cfg.launch, cfg.hardware
+    launch, hw = job.run.launch, job.run.hardware
     sbatch = {
-        "job-name": job_name(cfg),
+        "job-name": job_name(job),
         "nodes": hw.nodes,
         "ntasks-per-node": 1,  # one torchrun agent per node; it starts the node's processes
         "gpus-per-node": hw.gpus_per_node if hw.gpu != "cpu" else None,
@@ -120,20 +122,19 @@ def slurm_script(
     lines = [
         "#!/bin/bash",
         *(f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in sbatch.items() if v is not None),
-        *_header(cfg, plan, draft),
+        *_header(job, plan, draft),
         "set -euo pipefail",
         *_guard(draft),
         "# the first node of the job hosts torchrun's c10d rendezvous",
         'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         *_EXPORTS,
-        "srun --kill-on-bad-exit=1 " + _command_lines(torchrun, overrides),
+        "srun --kill-on-bad-exit=1 " + _command_lines(torchrun, job),
     ]
     return "\n".join(lines) + "\n"
 
 
 def torchrun_script(
-    cfg: TrainCommand,
-    overrides: list[str],
+    job: Job,
     *,
     workdir: str,
     plan: str | None,
@@ -141,7 +142,7 @@ def torchrun_script(
 ) -> str:
     """The torchrun each node runs (no scheduler): `HEAD=<first node> bash launch_torchrun.sh`.
     `draft`: as for `slurm_script`."""
-    launch, hw = cfg.launch, cfg.hardware
+    launch, hw = job.run.launch, job.run.hardware
     torchrun = _torchrun(
         hw,
         python=launch.python or sys.executable,
@@ -149,19 +150,19 @@ def torchrun_script(
         endpoint=f'"$HEAD":{launch.rdzv_port}',
     )
     torchrun += [
-        f'--rdzv-id="${{RDZV_ID:-{job_name(cfg)}}}"',
+        f'--rdzv-id="${{RDZV_ID:-{job_name(job)}}}"',
         f"--max-restarts={launch.max_restarts}",
     ]
     lines = [
         "#!/bin/bash",
         f"# Run on each of the {hw.nodes} node(s), at about the same time, with HEAD set to one",
         "# node's address (it hosts the rendezvous):  HEAD=node-0 bash launch_torchrun.sh",
-        *_header(cfg, plan, draft),
+        *_header(job, plan, draft),
         "set -euo pipefail",
         *_guard(draft),
         ': "${HEAD:?set HEAD to the address of the node that hosts the rendezvous}"',
         f"cd {shlex.quote(workdir)}",
         *_EXPORTS,
-        "exec " + _command_lines(torchrun, overrides),
+        "exec " + _command_lines(torchrun, job),
     ]
     return "\n".join(lines) + "\n"

@@ -9,8 +9,8 @@ reports every unknown or mistyped key at once. Each field's `help` metadata is w
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 from foundry.data.dedup import DedupConfig
 from foundry.data.filters import FilterConfig
@@ -32,9 +32,12 @@ __all__ = [
     "SourceConfig",
     "LogConfig",
     "ParallelismConfig",
+    "RunSettings",
     "TokenizerTrainCommand",
     "TrainCommand",
+    "TrainInputs",
     "parse_count",
+    "run_settings",
 ]
 
 
@@ -236,7 +239,7 @@ class DataMixCommand:
 
 @dataclass(frozen=True, kw_only=True)
 class ParallelismConfig:
-    """How `foundry train` spreads the model over the ranks (composer_lite.ParallelConfig)."""
+    """How a run spreads the model over the ranks (composer_lite.ParallelConfig)."""
 
     fsdp: bool = opt(True, "shard with FSDP2 when there is more than one rank")
     sharding: Literal["full", "hybrid"] = opt("full", "full: over all ranks; hybrid: HSDP")
@@ -271,12 +274,13 @@ class LogConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainCommand:
-    """`foundry train`: pretrain an MPT on prepared MDS data with composer-lite's Trainer."""
+class RunSettings:
+    """How a training run goes, whatever it trains: the settings `foundry train` and `foundry
+    finetune` share (the same keys, defaults and checks). A finetune runs as a `TrainCommand`
+    that holds its own `RunSettings` unchanged (`foundry.finetune`), and a launch reads them
+    (`foundry.launch.Job`)."""
 
-    model: MPTConfig = need("the model (pick one: model=<option>)")
     hardware: HardwareConfig = need("the machines (pick one: hardware=<option>)")
-    data: DataConfig = need("the training data mix (pick one: data=<option>)")
     optimizer: OptimizerConfig = need("the optimizer (pick one: optimizer=<option>)")
     scheduler: SchedulerConfig = need("the LR schedule (pick one: scheduler=<option>)")
     run_name: str | None = opt(None, "the run's name (default: the save folder's name, else 'run')")
@@ -291,10 +295,13 @@ class TrainCommand:
         " GPUs or with Lion, fp32 on CPUs (foundry.recipe)",
     )
     attn_impl: str = opt("auto", "attention backend; auto: triton on GPUs, sdpa on CPUs")
-    tokenizer: str | None = opt(None, "the data's tokenizer: checked against the model's vocab")
     seed: int = opt(17, "RNG seed (each rank derives its own)")
-    eval_data: SourceConfig | None = opt(None, "held-out MDS data for the eval loss; null: none")
-    icl_tasks: str | None = opt(None, "evalkit task YAML run at each evaluation; needs tokenizer")
+    eval_data: SourceConfig | None = opt(
+        None, "held-out MDS data, prepared as the training data, for the eval loss; null: none"
+    )
+    icl_tasks: str | None = opt(
+        None, "evalkit task YAML run at each evaluation, with the data's tokenizer"
+    )
     icl_data_root: str | None = opt(None, "folder of the tasks' dataset_uri (default: the YAML's)")
     icl_limit: int | None = opt(None, "examples per ICL task (null: all)")
     eval_interval: str = opt("500ba", "evaluate every ... ('500ba', '1ep')")
@@ -331,6 +338,25 @@ class TrainCommand:
         )
         if problem:
             raise ValueError(problem)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainInputs:
+    """What `foundry train` trains: a fresh model and its pretraining data."""
+
+    model: MPTConfig = need("the model (pick one: model=<option>)")
+    data: DataConfig = need("the training data mix (pick one: data=<option>)")
+    tokenizer: str | None = opt(None, "the data's tokenizer: checked against the model's vocab")
+
+
+# A dataclass orders the fields of its last base first: a command's inputs, then its run settings
+# (in --help, in the list of a config's problems and in the saved config).
+@dataclass(frozen=True, kw_only=True)
+class TrainCommand(RunSettings, TrainInputs):
+    """`foundry train`: pretrain an MPT on prepared MDS data with composer-lite's Trainer."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.icl_tasks is not None and self.tokenizer is None:
             raise ValueError("icl_tasks needs the tokenizer of the data: set tokenizer=...")
         if self.data.max_seq_len > self.model.max_seq_len and not self.model.alibi_extrapolate:
@@ -339,3 +365,9 @@ class TrainCommand:
                 f" {self.model.max_seq_len}: prepare the data with max_seq_len <="
                 f" {self.model.max_seq_len}, or set model.max_seq_len={self.data.max_seq_len}"
             )
+
+
+def run_settings(cfg: RunSettings) -> dict[str, Any]:
+    """A command's `RunSettings` fields by name: the keywords that give another command the same
+    run settings (`foundry.finetune`'s train form)."""
+    return {f.name: getattr(cfg, f.name) for f in fields(RunSettings)}

@@ -32,11 +32,11 @@ from typing import Any
 import torch
 
 from foundry.data.loader import LoaderSettings, build_loader
-from foundry.launch import choose_launch, run_local, this_machine, write_launch
+from foundry.launch import Job, choose_launch, run_local, this_machine, write_launch
 from foundry.model import MPTTrainable, choose_attention
 from foundry.plan import plan_for_train, plan_picks_micro_batch
 from foundry.recipe import resolve_compile, resolve_precision
-from foundry.schema import DataConfig, TrainCommand, parse_count
+from foundry.schema import DataConfig, RunSettings, TrainCommand, parse_count
 from foundry.tokenizer import check_vocab_fits, load_tokenizer
 
 __all__ = [
@@ -172,10 +172,12 @@ def _check_world(cfg: TrainCommand, place: Placement, env: dict[str, str]) -> No
         )
 
 
-def check_schedule(cfg: TrainCommand) -> None:
+def check_schedule(cfg: RunSettings, *, max_seq_len: int | None) -> None:
     """The run's times read as times, and the LR warmup fits in the schedule where both count in
-    batches, samples or tokens (epochs and fractions wait for the data's length): a `TrainError`
-    before anything is launched, so that torchrun does not restart a run that cannot start."""
+    batches, samples or tokens (epochs and fractions wait for the data's length; tokens wait for
+    `max_seq_len`, the rows' length, when it is not known yet: a finetune's window before its
+    checkpoint is read): a `TrainError` before anything is launched, so that torchrun does not
+    restart a run that cannot start."""
     from composer_lite import Time, Timestamp, TimeUnit
 
     s = cfg.scheduler
@@ -190,9 +192,12 @@ def check_schedule(cfg: TrainCommand) -> None:
         except ValueError as err:
             raise TrainError(f"{key}={value!r}: {err}") from err
     warmup, total = times["scheduler.warmup"], times.get("scheduler.t_max", times["max_duration"])
-    if {warmup.unit, total.unit} & {TimeUnit.EPOCH, TimeUnit.DURATION}:
+    units = {warmup.unit, total.unit}
+    if units & {TimeUnit.EPOCH, TimeUnit.DURATION}:
         return
-    tokens = cfg.global_train_batch_size * cfg.data.max_seq_len
+    if max_seq_len is None and TimeUnit.TOKEN in units:
+        return
+    tokens = None if max_seq_len is None else cfg.global_train_batch_size * max_seq_len
     steps = [
         Timestamp().to_steps(t, total, None, cfg.global_train_batch_size, tokens)
         for t in (warmup, total)
@@ -208,7 +213,7 @@ def check_schedule(cfg: TrainCommand) -> None:
 
 def check_run(cfg: TrainCommand, place: Placement) -> None:
     """Everything that can be known wrong before any long work, each a `TrainError`."""
-    check_schedule(cfg)
+    check_schedule(cfg, max_seq_len=cfg.data.max_seq_len)
     _check_world(cfg, place, dict(os.environ))
     if cfg.tokenizer is not None:
         check_vocab_fits(load_tokenizer(cfg.tokenizer), cfg.model.vocab_size)
@@ -407,7 +412,8 @@ def build_run(
     callbacks: list[Any] = (),
     model: MPTTrainable | None = None,
 ) -> Run:
-    """The Trainer of this run (model, optimizer, schedule, loaders, loggers, checkpoints).
+    """The Trainer of this run (model, optimizer, schedule, loaders, loggers, checkpoints); the
+    FSDP2 mesh it sharded the model over is logged.
     `model`: start from these weights (`foundry finetune`; config `cfg.model`, on the device
     where this function would build it) instead of a freshly initialised `cfg.model`."""
     from composer_lite import Trainer, TrainerConfig
@@ -475,6 +481,9 @@ def build_run(
         loggers=_loggers(cfg, place),
         config=config,
     )
+    mesh = _mesh_line(trainer.state.model)
+    if mesh is not None:  # hybrid: ('replicate', 'shard') = (nodes, ranks per node)
+        log.info(mesh)
     return Run(trainer=trainer, placement=place, attn_impl=model_config.attn_impl)
 
 
@@ -528,20 +537,18 @@ def run_command(cfg: TrainCommand, config_text: str) -> int:
     """`foundry train`: first where it runs (`foundry.launch`, before any model is built: torchrun
     started here, or the launch written for the cluster, with the plan); in this process: check,
     print the plan, build, train, summarize (rank 0 prints)."""
-    check_schedule(cfg)  # a run that cannot start is not launched (nor restarted by torchrun)
+    # a run that cannot start is not launched (nor restarted by torchrun)
+    check_schedule(cfg, max_seq_len=cfg.data.max_seq_len)
     where = choose_launch(cfg.launch, cfg.hardware, env=os.environ, machine=this_machine)
     if where == "local":
-        return run_local(cfg, config_text)  # its rank 0 prints the plan
+        return run_local(Job.of("train", cfg, config_text))  # its rank 0 prints the plan
     if where == "write":
-        return write_launch(cfg, config_text, plan=plan_for_train(cfg).render())
+        return write_launch(Job.of("train", cfg, config_text), plan=plan_for_train(cfg).render())
     place = _placement(cfg)
     check_run(cfg, place)
     if place.rank == 0:
         print(plan_for_train(cfg).render(), flush=True)
     run = build_run(cfg, place)  # the Trainer has resumed, or refused a folder of another run
-    mesh = _mesh_line(run.trainer.state.model)
-    if mesh is not None:  # hybrid: ('replicate', 'shard') = (nodes, ranks per node)
-        log.info(mesh)
     save_config(cfg, config_text, place)
     run.trainer.fit()
     if place.rank == 0:
