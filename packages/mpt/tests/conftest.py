@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
+
 import pytest
 import torch
 
@@ -66,3 +69,48 @@ def run_ranks(tmp_path):
         return [torch.load(f"{out}/{rank}.pt", weights_only=False) for rank in range(world)]
 
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _interpreter_finds_the_builtins_once():
+    """Speed only: under TRITON_INTERPRET=1, Triton's interpreter patches `triton.language` again
+    for every call of a `@triton.jit` helper from a kernel, running `inspect.getmembers` over four
+    namespaces each time: about a quarter of the interpreter's time at these sizes. Here the names
+    of their builtins are found once, before any kernel runs; every call still patches exactly the
+    members that are builtins at that moment, as Triton's `_patch_builtin` does (other namespaces
+    go to Triton's own). Without Triton, or with another interpreter layout, nothing changes."""
+    interpreter = sys.modules.get("triton.runtime.interpreter")
+    if interpreter is None or not hasattr(interpreter, "_patch_attr"):
+        yield
+        return
+    import triton.language as tl
+
+    is_builtin = tl.core.is_builtin
+    spaces = [
+        tl,
+        tl.core,
+        tl.core.tensor,
+        tl.math,
+        getattr(tl.core, "tensor_descriptor_base", None),
+    ]
+    names = {
+        id(space): [name for name, member in inspect.getmembers(space) if is_builtin(member)]
+        for space in spaces
+        if space is not None
+    }
+    real = interpreter._patch_builtin
+
+    def patch_builtin(pkg, builder, scope):
+        found = names.get(id(pkg))
+        if found is None:
+            return real(pkg, builder, scope)
+        for name in found:
+            member = getattr(pkg, name)
+            if is_builtin(member):
+                interpreter._patch_attr(pkg, name, member, builder, scope)
+
+    interpreter._patch_builtin = patch_builtin
+    try:
+        yield
+    finally:
+        interpreter._patch_builtin = real
