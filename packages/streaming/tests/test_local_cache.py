@@ -8,11 +8,12 @@ bits allow someone to write but not this process needs a process that is not roo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import pytest
 
 from streaming import MDSWriter, StreamingDataset
 from streaming.cache import CACHE_MARKER
+from streaming.cli import main
 from streaming.errors import HashMismatchError
 from streaming.rawfill import finish_fills
 from streaming.stream import Stream, is_read_only, raw_cache_dir
@@ -44,10 +46,17 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {name: (st.st_size, st.st_mtime_ns) for name, st in stats.items()}
 
 
-def verify(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`python -m streaming verify folder`, in a process of its own."""
-    command = [sys.executable, "-m", "streaming", "verify", str(folder)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+def verify(folder: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m streaming verify folder` (its `main`, in this process, in the environment the
+    test set): exit status, stdout, stderr. It reads every file afresh; the command's entry point
+    itself runs in test_cli.py."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["verify", str(folder)])
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(["verify"], code or 0, out.getvalue(), err.getvalue())
 
 
 def read_all(ds: StreamingDataset) -> list[int]:
@@ -166,12 +175,12 @@ def test_verify_checks_the_copies_a_reader_of_a_read_only_dataset_made(read_only
     data = bytearray(copy.read_bytes())
     data[-3] ^= 0x40
     copy.write_bytes(bytes(data))
-    env = {**os.environ, "XDG_CACHE_HOME": str(home_cache)}
-    result = verify(read_only, env)
+    assert os.environ["XDG_CACHE_HOME"] == str(home_cache)
+    result = verify(read_only)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{copy}: xxh64 of the decompressed copy" in result.stdout
     assert "a reader makes it again from shard.00000.mds.zstd" in result.stdout
-    result = verify(copies, env)
+    result = verify(copies)
     assert result.returncode == 2
     assert f"verify {os.path.realpath(read_only)} --cache {copies}" in result.stderr
 
