@@ -134,7 +134,7 @@ def test_matches_reference(B, Tq, Tk, H, Hkv, D, dtype):
 
 
 def test_packed_documents_and_empty_rows():
-    B, T, H, Hkv, D = 2, 50, 4, 2, 32
+    B, T, H, Hkv, D = 2, 50, 2, 1, 32  # grouped-query: 2 query heads per key/value head
     q, k, v, do = make_inputs(B, T, T, H, Hkv, D, torch.float32, seed=1)
     ids = torch.tensor([[0] * 13 + [1] * 20 + [2] * 17, [-1] * 7 + [0] * 43])
     q_ids = ids.clone()
