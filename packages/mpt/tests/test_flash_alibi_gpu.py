@@ -30,6 +30,7 @@ pytestmark = [
 triton = pytest.importorskip("triton", reason="triton is not installed (mpt[triton])")
 
 from mpt.kernels import (  # noqa: E402
+    _configs,
     flash_alibi_attention,
     flash_alibi_attention_packed,
     flash_alibi_decode,
@@ -113,6 +114,7 @@ def check(q, k, v, do, slopes, q_seq_id=None, k_seq_id=None):
         finite = torch.isfinite(r)
         assert torch.equal(torch.isfinite(x), finite), name
         assert rel(x[finite], r[finite]) < tol, (name, rel(x[finite], r[finite]))
+    return got
 
 
 @pytest.mark.parametrize(
@@ -240,9 +242,15 @@ def test_torch_compile_inductor():
 
 
 def test_autotuned_config_is_correct():
+    """The autotuner's pick is right, and the later calls, which launch that pick directly
+    (without the autotuner), give the same bits."""
     set_autotune(True)
     q, k, v, do = make_inputs(1, 1024, 1024, 8, 8, 64, seed=5)
-    check(q, k, v, do, alibi_slopes(8))
+    first = check(q, k, v, do, alibi_slopes(8))
+    assert {case[0] for case in _configs._PICKED} >= {"fwd", "dkdv", "dq"}
+    again = check(q, k, v, do, alibi_slopes(8))
+    for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), first, again, strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_peak_memory_stays_near_inputs_outputs_and_grads():

@@ -4,7 +4,8 @@ Each kernel ("fwd", "dkdv", "dq", "decode") launches with, in order of precedenc
 forced with `set_kernel_config`; under TRITON_INTERPRET=1 one small config; with autotuning off
 (`set_autotune(False)` or MPT_TRITON_AUTOTUNE=0) or for "decode", the per-head-dim default;
 otherwise the block sizes Triton's autotuner picks per (head dim, bucketed lengths, group, masks).
-`_launch` applies that choice; `autotuned_configs` reports what the autotuner picked. Also here:
+`_launch` applies that choice (the autotuner runs once per case; later launches of the case take
+its pick directly); `autotuned_configs` reports what the autotuner picked. Also here:
 the lazy import of the kernel modules (Triton is imported only when a kernel runs) and the small
 size helpers the launchers share.
 
@@ -150,12 +151,28 @@ def _fixed_config(kernel: str, block_d: int) -> dict[str, int] | None:
     return None
 
 
-def _launch(kernel: str, fn, grid, args: tuple, consts: dict, block_d: int) -> dict[str, int]:
-    """Launch `fn` with a fixed config, or its autotuned wrapper; `grid(block_m, block_n)`."""
+#: The autotuner's pick per launch (kernel, head-dim block, `key`, constexprs), as the keyword
+#: arguments it launches with: later launches take it directly, without the autotuner's per-call
+#: work (a key built from every argument, configs merged into dicts).
+_PICKED: dict[tuple, dict] = {}
+
+
+def _launch(
+    kernel: str, fn, grid, args: tuple, consts: dict, block_d: int, key: tuple = ()
+) -> dict[str, int]:
+    """Launch `fn` with a fixed config, or with what its autotuned wrapper picks;
+    `grid(block_m, block_n)`. `key`: what, beside `consts`, tells the autotuner's cases apart
+    (the bucketed lengths, the tensors' dtypes)."""
     cfg = _fixed_config(kernel, block_d)
     if cfg is None:
-        tuned = _autotuned(kernel, block_d)
-        tuned[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **consts)
+        picked = (kernel, block_d, key, *consts.items())
+        launch = _PICKED.get(picked)
+        if launch is None:
+            tuned = _autotuned(kernel, block_d)
+            tuned[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **consts)
+            _PICKED[picked] = tuned.best_config.all_kwargs()
+            return {}
+        fn[grid(launch["BLOCK_M"], launch["BLOCK_N"])](*args, **consts, **launch)
         return {}
     blocks = {"BLOCK_M": cfg["block_m"], "BLOCK_N": cfg["block_n"]}
     launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}

@@ -21,7 +21,15 @@ from torch import Tensor
 
 from ._configs import _block_d, _bucket, _cdiv, _fixed_config, _interpret, _kernels, _launch
 
-__all__ = ["ForwardOutputs", "KernelArgs", "_backward_impl", "_decode_impl", "_forward_impl"]
+__all__ = [
+    "ForwardOutputs",
+    "KernelArgs",
+    "_backward_impl",
+    "_decode_impl",
+    "_forward_impl",
+    "_packed_backward_impl",
+    "_split_qkv",
+]
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,22 @@ def _seq_ids(args: KernelArgs, dummy: Tensor) -> _SeqIds:
     return _SeqIds(args.q_seq_id, args.k_seq_id, strides)
 
 
+@functools.cache
+def _dummies(device: torch.device) -> tuple[Tensor, Tensor]:
+    """(int32, fp32) one-element zeros per device: the operands of features a launch leaves off
+    (the kernels never touch them then). Made once, so a call launches no fill kernels for them."""
+    return (
+        torch.zeros(1, device=device, dtype=torch.int32),
+        torch.zeros(1, device=device, dtype=torch.float32),
+    )
+
+
+def _tuning_case(q: Tensor, seq: _SeqIds, Tq: int, Tk: int) -> tuple:
+    """What tells the autotuner's cases apart beside the constexprs: the bucketed lengths and the
+    dtypes of the tensors that vary (the others are fixed: fp32 slopes and lse, int32 bounds)."""
+    return (_bucket(Tq), _bucket(Tk), q.dtype, seq.q_ids.dtype, seq.k_ids.dtype)
+
+
 def _operands(tensors: tuple, scalars: tuple, strides: tuple, sizes: tuple) -> tuple:
     """A kernel's positional operands, in the order the kernels declare them."""
     return (*tensors, *scalars, *strides, *sizes)
@@ -222,8 +246,7 @@ def _forward_impl(q: Tensor, k: Tensor, v: Tensor, args: KernelArgs, debug=None)
     _check_device(q)
     _fwd, _, _ = _kernels()
     q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
-    dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
-    dummy_f = torch.zeros(1, device=dev, dtype=torch.float32)
+    dummy_i, dummy_f = _dummies(dev)
     k_norm_max = _key_norm_max(k) if args.skip else dummy_f
     row_bound = torch.empty((B, H, Tq), device=dev, dtype=torch.float32) if args.skip else dummy_f
     block_d = _block_d(D)
@@ -238,7 +261,8 @@ def _forward_impl(q: Tensor, k: Tensor, v: Tensor, args: KernelArgs, debug=None)
     sizes = (H, Tq, Tk, _bucket(Tq), _bucket(Tk))
     operands = _operands(tensors, (args.softmax_scale, _skip_nats(args)), strides, sizes)
     consts = {**_flags(q, Hkv, args), "STORE_KV_START": store}
-    _launch("fwd", _fwd.fwd_kernel, _query_grid(Tq, B * H), operands, consts, block_d)
+    case = _tuning_case(q, seq, Tq, Tk)
+    _launch("fwd", _fwd.fwd_kernel, _query_grid(Tq, B * H), operands, consts, block_d, case)
     if store:
         debug["fwd_kv_start"] = kv_start
     if not args.skip:
@@ -287,8 +311,7 @@ def _backward_impl(
     q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
     dout = _lastdim_contiguous(dout)
     delta = _delta(fwd.out, dout)
-    dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
-    dummy_f = torch.zeros(1, device=dev, dtype=torch.float32)
+    dummy_i, dummy_f = _dummies(dev)
     seq = _seq_ids(args, dummy_i)
     first_key, last_row = args.doc_bounds() if args.has_seq else (dummy_i, dummy_i)
     block_d = _block_d(D)
@@ -304,18 +327,42 @@ def _backward_impl(
     tensors = (*inputs, last_row, col_bound, dk, dv, q_end)
     operands = _operands(tensors, scalars, (*strides, *_bth(dk), *seq.strides), sizes)
     consts = {**flags, "STORE_Q_END": store}
-    _launch("dkdv", _bwd.dkdv_kernel, _key_grid(Tk, B * Hkv), operands, consts, block_d)
+    case = _tuning_case(q, seq, Tq, Tk)
+    _launch("dkdv", _bwd.dkdv_kernel, _key_grid(Tk, B * Hkv), operands, consts, block_d, case)
 
     kv_start = _loop_bounds_buffer("dq", block_d, B * H, Tq, "block_m", dev) if store else dummy_i
     k_norm_max = fwd.k_norm_max if args.skip else dummy_f
     tensors = (*inputs, first_key, k_norm_max, dq, kv_start)
     operands = _operands(tensors, scalars, (*strides, *_bth(dq), *seq.strides), sizes)
     consts = {**flags, "STORE_KV_START": store}
-    _launch("dq", _bwd.dq_kernel, _query_grid(Tq, B * H), operands, consts, block_d)
+    _launch("dq", _bwd.dq_kernel, _query_grid(Tq, B * H), operands, consts, block_d, case)
     if store:
         debug["dkdv_q_end"] = q_end
         debug["dq_kv_start"] = kv_start
     return dq, dk, dv
+
+
+def _split_qkv(qkv: Tensor, n_heads: int, n_kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Views q (B, T, H, D), k and v (B, T, Hkv, D) of a fused projection's (B, T, (H+2Hkv) D)."""
+    B, T, width = qkv.shape
+    D = width // (n_heads + 2 * n_kv_heads)
+    q, k, v = qkv.split([n_heads * D, n_kv_heads * D, n_kv_heads * D], dim=-1)
+    return (
+        q.view(B, T, n_heads, D),
+        k.view(B, T, n_kv_heads, D),
+        v.view(B, T, n_kv_heads, D),
+    )
+
+
+def _packed_backward_impl(
+    dout: Tensor, qkv: Tensor, fwd: ForwardOutputs, heads: tuple[int, int], args: KernelArgs
+) -> Tensor:
+    """The gradient of a fused qkv (`heads`: (H, Hkv)) as one tensor, which the kernels write
+    through views of it (no copy of dq, dk, dv into it)."""
+    dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+    q, k, v = _split_qkv(qkv, *heads)
+    _backward_impl(dout, q, k, v, fwd, args, grads=_split_qkv(dqkv, *heads))
+    return dqkv
 
 
 @functools.cache
@@ -352,8 +399,7 @@ def _decode_impl(
     splits = max(1, min(splits, n_blocks, 64))
     split_len = _cdiv(n_blocks, splits) * block_n
     n_split = _cdiv(Tk, split_len)
-    dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
-    kmax = torch.zeros(1, device=dev, dtype=torch.float32)
+    dummy_i, kmax = _dummies(dev)
     if args.skip:  # a bound the caller keeps (a KV cache's running max) saves a pass over K
         kmax = k_norm_max if k_norm_max is not None else _key_norm_max(k)
     o_part = torch.empty((B, H, Tq, n_split, D), device=dev, dtype=torch.float32)

@@ -1,4 +1,5 @@
-"""The custom ops behind `flash_alibi.py`'s functions: one opaque node each for torch.compile.
+"""The custom ops behind `flash_alibi.py`'s functions: one opaque node each for torch.compile
+(eager calls take `_autograd.py`'s plain autograd.Functions instead, or the launchers directly).
 
 "mpt::flash_alibi_fwd" / "_bwd" take q, k, v; "mpt::flash_alibi_packed_fwd" / "_bwd" take the
 fused projection's qkv (B, T, (H + 2 Hkv) D) and give its gradient as one such tensor, written in
@@ -17,7 +18,16 @@ from dataclasses import fields
 import torch
 from torch import Tensor
 
-from ._launch import ForwardOutputs, KernelArgs, _backward_impl, _decode_impl, _forward_impl
+from ._autograd import _save_for_backward, _saved
+from ._launch import (
+    ForwardOutputs,
+    KernelArgs,
+    _backward_impl,
+    _decode_impl,
+    _forward_impl,
+    _packed_backward_impl,
+    _split_qkv,
+)
 
 __all__: list[str] = []  # registers the ops under torch.ops.mpt; nothing to import from here
 
@@ -35,21 +45,6 @@ def _empty_forward(like: Tensor, q_shape, n_kv_heads: int, args: KernelArgs) -> 
         k_norm_max=like.new_empty((B, n_kv_heads) if args.skip else (0,), dtype=f32),
         col_bound=like.new_empty((B, H) if args.skip else (0,), dtype=f32),
     )
-
-
-def _save_for_backward(ctx, tensors: tuple, args: KernelArgs) -> None:
-    """`tensors` and the tensors of `args` through save_for_backward, its numbers on ctx."""
-    ctx.save_for_backward(
-        *tensors, args.slopes, args.q_seq_id, args.k_seq_id, args.first_key, args.last_row
-    )
-    ctx.softmax_scale, ctx.skip_bits = args.softmax_scale, args.skip_bits
-
-
-def _saved(ctx) -> tuple[list[Tensor], KernelArgs]:
-    """What `_save_for_backward` saved: (tensors, args)."""
-    *tensors, slopes, q_seq_id, k_seq_id, first_key, last_row = ctx.saved_tensors
-    scale, skip_bits = ctx.softmax_scale, ctx.skip_bits
-    return tensors, KernelArgs(slopes, scale, q_seq_id, k_seq_id, skip_bits, first_key, last_row)
 
 
 # ---- q, k, v ---------------------------------------------------------------------------------
@@ -126,17 +121,6 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ---- the fused projection's qkv --------------------------------------------------------------
 
 
-def _split_qkv(qkv: Tensor, n_heads: int, n_kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    B, T, width = qkv.shape
-    D = width // (n_heads + 2 * n_kv_heads)
-    q, k, v = qkv.split([n_heads * D, n_kv_heads * D, n_kv_heads * D], dim=-1)
-    return (
-        q.view(B, T, n_heads, D),
-        k.view(B, T, n_kv_heads, D),
-        v.view(B, T, n_kv_heads, D),
-    )
-
-
 @torch.library.custom_op("mpt::flash_alibi_packed_fwd", mutates_args=())
 def _packed_fwd_op(
     qkv: Tensor,
@@ -180,12 +164,9 @@ def _packed_bwd_op(
     first_key: Tensor | None,
     last_row: Tensor | None,
 ) -> Tensor:
-    dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
-    q, k, v = _split_qkv(qkv, n_heads, n_kv_heads)
     fwd = ForwardOutputs(out, lse, k_norm_max, col_bound)
     args = KernelArgs(slopes, softmax_scale, q_seq_id, k_seq_id, skip_bits, first_key, last_row)
-    _backward_impl(dout, q, k, v, fwd, args, grads=_split_qkv(dqkv, n_heads, n_kv_heads))
-    return dqkv
+    return _packed_backward_impl(dout, qkv, fwd, (n_heads, n_kv_heads), args)
 
 
 @_packed_bwd_op.register_fake

@@ -17,10 +17,12 @@ Semantics (what the model and the other attention backends rely on):
   fp32 ulp of that sum, so the output changes by less than fp32 rounding does; far more blocks are
   skipped than at 150 (at Tk = 2048: 36 bits).
 
-The functions check their inputs, gather what every op takes beside the tensors into a
-`KernelArgs` and call the custom ops of `_ops.py` ("mpt::flash_alibi_fwd", "_bwd", "_packed_fwd",
-"_packed_bwd", "_decode"), so torch.compile sees each as one opaque op and does not break the
-graph. Triton is imported only when a kernel runs: `import mpt.kernels` works without it.
+The functions check their inputs and gather what every op takes beside the tensors into a
+`KernelArgs`. Under torch.compile they call the custom ops of `_ops.py` ("mpt::flash_alibi_fwd",
+"_bwd", "_packed_fwd", "_packed_bwd", "_decode"), so that torch.compile sees each as one opaque op
+and does not break the graph; in eager mode they run the same launchers through plain
+autograd.Functions (`_autograd.py`), which cost the host far less per call (`_eager`). Triton is
+imported only when a kernel runs: `import mpt.kernels` works without it.
 
 Knobs for timing variants: `set_autotune()`, `set_kernel_config()`, `reset_kernel_configs()`,
 and `autotuned_configs()` to record what the autotuner chose (launch configs live in
@@ -33,6 +35,8 @@ import math
 import torch
 from torch import Tensor
 
+from . import _ops  # noqa: F401  (registers the custom ops under torch.ops.mpt)
+from ._autograd import PackedAttention, QKVAttention
 from ._configs import (
     _interpret,
     autotuned_configs,
@@ -40,8 +44,7 @@ from ._configs import (
     set_autotune,
     set_kernel_config,
 )
-from ._launch import KernelArgs, _doc_bounds
-from ._ops import _split_qkv  # importing _ops registers the custom ops under torch.ops.mpt
+from ._launch import KernelArgs, _decode_impl, _doc_bounds, _forward_impl, _split_qkv
 
 __all__ = [
     "SUPPORTED_HEAD_DIMS",
@@ -80,6 +83,13 @@ def _triton_importable() -> bool:
 def kernels_available() -> bool:
     """Triton importable and something to run on: CUDA, or the CPU interpreter (TRITON_INTERPRET=1)."""
     return _triton_importable() and (torch.cuda.is_available() or _interpret())
+
+
+def _eager(t: Tensor) -> bool:
+    """Whether a call runs the launchers without the custom ops: outside torch.compile, on a plain
+    tensor with storage. Fake, meta and subclassed tensors take the custom ops, whose fake
+    implementations serve them."""
+    return not torch.compiler.is_compiling() and type(t) is Tensor and t.device.type != "meta"
 
 
 # ---- input checks ----------------------------------------------------------------------------
@@ -265,6 +275,8 @@ def flash_alibi_attention(
         skip_bits=skip_bits,
         doc_bounds=doc_bounds,
     )
+    if _eager(q):
+        return QKVAttention.apply(q, k, v, args)
     out, _, _, _ = torch.ops.mpt.flash_alibi_fwd(q, k, v, *args.flat())
     return out
 
@@ -312,6 +324,8 @@ def flash_alibi_attention_packed(
         skip_bits=skip_bits,
         doc_bounds=doc_bounds,
     )
+    if _eager(qkv):
+        return PackedAttention.apply(qkv, (n_heads, n_kv_heads), args)
     out, _, _, _ = torch.ops.mpt.flash_alibi_packed_fwd(qkv, n_heads, n_kv_heads, *args.flat())
     return out
 
@@ -341,7 +355,10 @@ def flash_alibi_forward(
         skip_bits=skip_bits,
     )
     with torch.no_grad():
-        out, lse, _, _ = torch.ops.mpt.flash_alibi_fwd(q, k, v, *args.flat())
+        if _eager(q):
+            out, lse, _, _ = _forward_impl(q, k, v, args)
+        else:
+            out, lse, _, _ = torch.ops.mpt.flash_alibi_fwd(q, k, v, *args.flat())
     return out, lse
 
 
@@ -390,4 +407,6 @@ def flash_alibi_decode(
             raise ValueError(f"{fn}: k_norm_max must be (B, Hkv) = {expected}, got {got}")
         k_norm_max = k_norm_max.to(k_cache.device, torch.float32).contiguous()
     with torch.no_grad():
+        if _eager(q):
+            return _decode_impl(q, k_cache, v_cache, args, k_norm_max)
         return torch.ops.mpt.flash_alibi_decode(q, k_cache, v_cache, k_norm_max, *args.flat())
