@@ -280,3 +280,16 @@ def test_a_finetune_for_a_cluster_writes_its_launch_and_nothing_trains(
         assert subprocess.run(["bash", "-n", str(path)]).returncode == 0  # valid bash
         assert os.access(path, os.X_OK)
     assert sorted(p.name for p in run.iterdir()) == [SLURM_SCRIPT, TORCHRUN_SCRIPT]
+
+
+def test_a_finetune_on_the_wrong_number_of_ranks_says_how_to_launch_a_finetune(
+    pretrained, tmp_path, capsys
+):
+    """One process of a run on 2 (launch.launcher=none: in this process, as it is)."""
+    data = sft_rows(tmp_path / "sft", 8, 2 * T, seed=7)
+    given = [f"load_path={pretrained}", f"data.sources.main.local={data}", "max_seq_len=64"]
+    given += ["hardware.gpus_per_node=2", "max_duration=2ba", "launch.launcher=none"]
+    assert main(["finetune", *RUN, *given]) == 1
+    err = capsys.readouterr().err
+    assert "hardware has 2 rank(s) (1 node(s) x 2), but this process is one of 1" in err
+    assert "launch with torchrun --nnodes=1 --nproc-per-node=2 -m foundry finetune ...," in err

@@ -246,12 +246,14 @@ def test_world_checks_inside_a_job(monkeypatch):
     cpu2 = Placement(rank=0, world=2, device=torch.device("cpu"))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun --nnodes=1 --nproc-per-node=2
     with pytest.raises(TrainError, match="1 process.* per node, but torchrun started 2 on this"):
-        check_run(hybrid, cpu2)
+        check_run(hybrid, cpu2, command="train")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    check_run(hybrid, cpu2)  # 2 nodes x 1: shard within a node, replicate across the two
+    check_run(
+        hybrid, cpu2, command="train"
+    )  # 2 nodes x 1: shard within a node, replicate across the two
     bad = replace(hybrid, parallelism=replace(hybrid.parallelism, shard_group_size=3))
     with pytest.raises(TrainError, match="groups of 3 rank.*does not divide the 2 ranks"):
-        check_run(bad, cpu2)
+        check_run(bad, cpu2, command="train")
 
 
 def _pretraining_data(out: Path) -> Path:

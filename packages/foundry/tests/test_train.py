@@ -129,14 +129,15 @@ def test_bad_runs_are_refused_before_any_work(data, tmp_path, tiny_tokenizer, ca
     # a tokenizer whose vocabulary is larger than the model's
     cfg = train_config(*base, f"tokenizer={tiny_tokenizer}")
     with pytest.raises(ValueError, match=f"has 600 tokens but model.vocab_size={VOCAB}"):
-        check_run(cfg, _place())
-    # hardware that this process is not
-    with pytest.raises(
-        TrainError, match="hardware has 8 rank.*torchrun --nnodes=1 --nproc-per-node=8"
-    ):
-        check_run(train_config(*base, "hardware=8xh100", "global_train_batch_size=8"), _place())
+        check_run(cfg, _place(), command="train")
+    # hardware that this process is not: the launch it needs runs this command
+    eight = ["hardware=8xh100", "global_train_batch_size=8", "launch.launcher=none"]
+    assert main(["train", *TINY, *base, *eight]) == 1
+    err = capsys.readouterr().err
+    assert "hardware has 8 rank(s) (1 node(s) x 8), but this process is one of 1" in err
+    assert "launch with torchrun --nnodes=1 --nproc-per-node=8 -m foundry train ...," in err
     with pytest.raises(TrainError, match="names H100-SXM GPUs but this machine has no CUDA"):
-        check_run(train_config(*base, "hardware=1xh100"), _place())
+        check_run(train_config(*base, "hardware=1xh100"), _place(), command="train")
 
 
 def test_a_save_folder_of_another_model_shape_is_refused(data, tmp_path, capsys):
@@ -239,7 +240,7 @@ def test_bf16_weights_with_fp32_masters_train_on_the_cpu(data, tmp_path, capsys)
     import torch
 
     from composer_lite import MasterWeightAdamW
-    from foundry.train import _placement, build_run, save_config
+    from foundry.train import build_run, placement, save_config
 
     composed = compose_config(
         "train",
@@ -255,8 +256,8 @@ def test_bf16_weights_with_fp32_masters_train_on_the_cpu(data, tmp_path, capsys)
         ],
     )
     cfg = composed.build(TrainCommand)
-    save_config(cfg, composed.to_yaml(), _placement(cfg))
-    run = build_run(cfg, _placement(cfg))
+    save_config(cfg, composed.to_yaml(), placement(cfg))
+    run = build_run(cfg, placement(cfg))
     optimizer = run.trainer.state.optimizer
     assert isinstance(optimizer, MasterWeightAdamW)
     assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.0001 / 0.01)

@@ -51,7 +51,7 @@ from foundry.finetune_model import (
 )
 from foundry.launch import Job, choose_launch, run_local, this_machine, write_launch
 from foundry.schema import DataConfig, RunSettings, SourceConfig, TrainCommand, run_settings
-from foundry.train import Placement, check_schedule
+from foundry.train import Placement, check_schedule, placement
 from foundry.validate import need, opt
 from mpt.config import MPTConfig
 
@@ -225,17 +225,6 @@ def plan_finetune(cfg: FinetuneCommand) -> FinetunePlan:
     return FinetunePlan(start=start, train=train, tokenizer=tokenizer, notes=tuple(notes))
 
 
-def _placement(device: str) -> Placement:
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    kind = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda":
-        where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    else:
-        where = torch.device("cpu")
-    return Placement(rank=rank, world=world, device=where)
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -281,11 +270,12 @@ def finetune(cfg: FinetuneCommand, config_text: str = "") -> Any:
     from foundry.model import MPTTrainable, choose_attention
     from foundry.train import build_run, check_run
 
-    place = _placement(cfg.device)
+    place = placement(cfg)
     plan = plan_finetune(cfg)
     for note in plan.notes:
         log.info("finetune: %s", note)
-    check_run(plan.train, place)  # hardware, ranks, vocabulary, a save folder of another shape
+    # hardware, ranks, vocabulary, a save folder of another shape
+    check_run(plan.train, place, command="finetune")
     target = choose_attention(plan.train.model, place.device, asked=cfg.attn_impl)
     on = place.device if place.world == 1 else torch.device("cpu")  # FSDP2 shards from CPU
     model = MPTTrainable(load_start(plan.start, target, device=on))

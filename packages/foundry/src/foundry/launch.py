@@ -56,6 +56,7 @@ __all__ = [
     "LaunchError",
     "Draft",
     "Job",
+    "JobCommand",
     "Machine",
     "child_overrides",
     "choose_launch",

@@ -319,7 +319,7 @@ def check_sweep(cfg: SweepCommand, runs: list[Point]) -> dict[str, PointResult]:
     place = _placement(cfg)
     for point in runs:
         train = point_command(cfg, point)
-        check_run(train, place)
+        check_run(train, place, command="train")  # each point is a train run
         digest = settings_digest(train)
         if point.name in done and done[point.name].settings != digest:
             where = f"{os.path.join(cfg.out, RESULTS_FILE)} holds {point.name}"

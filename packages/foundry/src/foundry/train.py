@@ -32,7 +32,14 @@ from typing import Any
 import torch
 
 from foundry.data.loader import LoaderSettings, build_loader
-from foundry.launch import Job, choose_launch, run_local, this_machine, write_launch
+from foundry.launch import (
+    Job,
+    JobCommand,
+    choose_launch,
+    run_local,
+    this_machine,
+    write_launch,
+)
 from foundry.model import MPTTrainable, choose_attention
 from foundry.plan import plan_for_train, plan_picks_micro_batch
 from foundry.recipe import resolve_compile, resolve_precision
@@ -41,6 +48,7 @@ from foundry.tokenizer import check_vocab_fits, load_tokenizer
 
 __all__ = [
     "CONFIG_FILE",
+    "Placement",
     "Run",
     "TrainError",
     "build_run",
@@ -48,6 +56,7 @@ __all__ = [
     "check_run",
     "check_schedule",
     "optimizer_classes",
+    "placement",
     "run_command",
     "save_config",
     "saved_config",
@@ -90,10 +99,13 @@ class Placement:
     device: torch.device
 
 
-def _placement(cfg: TrainCommand) -> Placement:
+def placement(run: RunSettings) -> Placement:
+    """This process's place in a run of `foundry train` or `foundry finetune`: its rank and the
+    world from torchrun's RANK and WORLD_SIZE (0 of 1 outside a job), and the device `run.device`
+    names (auto: cuda when there is a GPU), on CUDA the GPU of its LOCAL_RANK."""
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
-    kind = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    kind = run.device if run.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":
         return Placement(
             rank=rank,
@@ -141,15 +153,19 @@ _SHAPE = (
 )
 
 
-def _check_world(cfg: TrainCommand, place: Placement, env: dict[str, str]) -> None:
-    """The processes are the hardware's: ranks, ranks per node, GPUs, the hybrid shard groups."""
+def _check_world(
+    cfg: TrainCommand, place: Placement, env: dict[str, str], command: JobCommand
+) -> None:
+    """The processes are the hardware's: ranks, ranks per node, GPUs, the hybrid shard groups
+    (`command`: the `foundry` command these processes run, which the messages name)."""
     hw, parallel = cfg.hardware, cfg.parallelism
     if place.world != hw.world_size:
         raise TrainError(
             f"hardware has {hw.world_size} rank(s) ({hw.nodes} node(s) x {hw.gpus_per_node}), but"
             f" this process is one of {place.world}: launch with torchrun --nnodes={hw.nodes}"
-            f" --nproc-per-node={hw.gpus_per_node} -m foundry train ..., or let foundry launch it"
-            " (launch.launcher=auto), or pick the hardware of this machine (hardware=cpu, ...)"
+            f" --nproc-per-node={hw.gpus_per_node} -m foundry {command} ..., or let foundry"
+            " launch it (launch.launcher=auto), or pick the hardware of this machine"
+            " (hardware=cpu, ...)"
         )
     per_node = env.get("LOCAL_WORLD_SIZE")  # torchrun's --nproc-per-node
     if per_node is not None and int(per_node) != hw.gpus_per_node:
@@ -211,10 +227,12 @@ def check_schedule(cfg: RunSettings, *, max_seq_len: int | None) -> None:
         )
 
 
-def check_run(cfg: TrainCommand, place: Placement) -> None:
-    """Everything that can be known wrong before any long work, each a `TrainError`."""
+def check_run(cfg: TrainCommand, place: Placement, *, command: JobCommand) -> None:
+    """Everything that can be known wrong before any long work, each a `TrainError`; `command`:
+    the `foundry` command this process runs (a finetune is checked in its train form), named
+    where the message says how to launch it."""
     check_schedule(cfg, max_seq_len=cfg.data.max_seq_len)
-    _check_world(cfg, place, dict(os.environ))
+    _check_world(cfg, place, dict(os.environ), command)
     if cfg.tokenizer is not None:
         check_vocab_fits(load_tokenizer(cfg.tokenizer), cfg.model.vocab_size)
     if cfg.save_folder is None:
@@ -544,8 +562,8 @@ def run_command(cfg: TrainCommand, config_text: str) -> int:
         return run_local(Job.of("train", cfg, config_text))  # its rank 0 prints the plan
     if where == "write":
         return write_launch(Job.of("train", cfg, config_text), plan=plan_for_train(cfg).render())
-    place = _placement(cfg)
-    check_run(cfg, place)
+    place = placement(cfg)
+    check_run(cfg, place, command="train")
     if place.rank == 0:
         print(plan_for_train(cfg).render(), flush=True)
     run = build_run(cfg, place)  # the Trainer has resumed, or refused a folder of another run
