@@ -293,3 +293,41 @@ def test_a_finetune_on_the_wrong_number_of_ranks_says_how_to_launch_a_finetune(
     err = capsys.readouterr().err
     assert "hardware has 2 rank(s) (1 node(s) x 2), but this process is one of 1" in err
     assert "launch with torchrun --nnodes=1 --nproc-per-node=2 -m foundry finetune ...," in err
+
+
+def test_a_cluster_finetune_without_its_data_gets_a_draft(tmp_path, capsys, monkeypatch):
+    """As `foundry train`'s: given its checkpoint and its cluster only, a finetune writes a
+    draft launch that says what it needs and exits 2 if started, and exits 2 itself."""
+    monkeypatch.chdir(tmp_path)
+    given = ["load_path=/cluster/mpt-7b", "hardware=512xh100"]
+    assert main(["finetune", *given, "launch.submit=true"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no config printed, and a finetune has no plan
+    head = "foundry finetune: hardware is 64 node(s) x 8 H100-SXM (not this machine): nothing"
+    needs = "data.sources.main.local=..., max_duration=..., global_train_batch_size=..."
+    assert head in err and "a DRAFT of the launch is written" in err
+    assert f"the run needs {needs}: rerun foundry finetune with them" in err
+    assert "not submitted (a draft cannot train)" in err
+    drafts = tmp_path / "foundry_launch"
+    assert sorted(p.name for p in drafts.iterdir()) == [
+        "launch_slurm.draft.sh",
+        "launch_torchrun.draft.sh",
+    ]
+    for path in drafts.iterdir():  # each stops before it starts anything
+        stopped = subprocess.run(["bash", str(path)], capture_output=True, text=True, env={})
+        assert stopped.returncode == 2 and needs in stopped.stderr
+        text = path.read_text()
+        assert "-m foundry finetune" in text and "load_path=/cluster/mpt-7b" in text
+
+    # given what it needs, the same command writes the real launch
+    run = tmp_path / "run"
+    rest = ["data.sources.main.local=/cluster/sft", "max_duration=100ba", f"save_folder={run}"]
+    assert main(["finetune", *given, *rest, "global_train_batch_size=512"]) == 1
+    assert sorted(p.name for p in run.iterdir()) == [SLURM_SCRIPT, TORCHRUN_SCRIPT]
+    capsys.readouterr()
+
+    # not a draft: no load_path either, or this machine's hardware (a local run needs its data)
+    assert main(["finetune", "hardware=512xh100"]) == 2
+    assert "load_path: required, but not set" in capsys.readouterr().err
+    assert main(["finetune", "load_path=/cluster/mpt-7b"]) == 2
+    assert "data.sources.main.local: required, but not set" in capsys.readouterr().err

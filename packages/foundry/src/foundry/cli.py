@@ -57,7 +57,8 @@ class Command:
     run: Callable[[Any, str], int]
     positional: str | None = None  # the list key that bare words after the name fill, if any
     # what the command makes of a config its schema refuses: an exit status, or None to report
-    # the problems (train: the plan and a draft launch when only run settings are unset)
+    # the problems (train, finetune: a draft launch, and train's plan, when only run settings
+    # are unset)
     incomplete: Callable[[Composed, ConfigError], int | None] | None = None
 
 
@@ -121,6 +122,7 @@ COMMANDS: dict[str, Command] = {
             config="finetune",
             schema=finetune.FinetuneCommand,
             run=finetune.run_command,
+            incomplete=launch_draft.draft_finetune_launch,
         ),
         Command(
             name="generate",

@@ -281,10 +281,10 @@ class Draft:
 
     needs: tuple[str, ...]
 
-    def reason(self) -> str:
-        """What the run needs, as the scripts and the message say it."""
+    def reason(self, command: JobCommand) -> str:
+        """What the run needs, as the scripts and the message of `foundry <command>` say it."""
         keys = ", ".join(f"{k}=..." for k in self.needs)
-        return f"the run needs {keys}: rerun foundry train with them to write the launch"
+        return f"the run needs {keys}: rerun foundry {command} with them to write the launch"
 
 
 DRAFT_DIR = "foundry_launch"  # a draft's folder without launch.out_dir or a local save_folder
@@ -338,7 +338,7 @@ def _how_to_start(job: Job, written: list[tuple[str, str]], draft: Draft | None 
     if draft is not None:
         lines = [head + "a DRAFT of the launch is written (it stops at once if started):"]
         lines += [f"  {kind + ':':<10}{path}" for kind, path in written]
-        lines.append("  " + draft.reason())
+        lines.append("  " + draft.reason(job.command))
         if run.save_folder is None:
             lines.append("  and set save_folder=..., so that restarts resume from checkpoints")
         if run.launch.submit:
@@ -364,7 +364,7 @@ def write_launch(job: Job, *, plan: str | None, draft: Draft | None = None) -> i
     2), never submitted, and returns 2."""
     launch = job.run.launch
     out_dir = launch_dir(job.run) if draft is None else _draft_dir(job.run)
-    workdir, reason = os.getcwd(), draft and draft.reason()
+    workdir, reason = os.getcwd(), draft and draft.reason(job.command)
     scripts = []
     if launch.launcher in ("auto", "slurm"):
         text = slurm_script(job, workdir=workdir, out_dir=out_dir, plan=plan, draft=reason)

@@ -1,19 +1,24 @@
-"""`foundry train` for a cluster before the run is fully described: the plan and a draft launch.
+"""`foundry train` and `foundry finetune` for a cluster before the run is fully described: a
+draft launch (and, for train, the plan).
 
     foundry train model=mpt_30b hardware=512xh100
     # prints the plan, writes foundry_launch/launch_slurm.draft.sh (and the torchrun one), and
     # exits 2: the run still needs data.sources.main.local=..., max_duration=... and a
     # global_train_batch_size that divides its 512 ranks
+    foundry finetune load_path=/cluster/mpt-7b hardware=512xh100
+    # the same draft launch, of `foundry finetune` (a finetune has no plan to print)
 
 On a login node the first question is what a model costs on the cluster; the data and the token
-budget come later. When the only problems of a train config are run settings left unset
-(`max_duration`, keys under `data.`; nothing else wrong) and the launch would be written (no
-job's environment; the hardware is not this machine), `draft_launch` stands in for them, prints
-the plan and writes the launch as a draft, instead of listing the missing keys alone:
+budget come later. When the only problems of a train or finetune config are run settings left
+unset (`max_duration`, keys under `data.`; nothing else wrong: a finetune's `load_path` is
+given) and the launch would be written (no job's environment; the hardware is not this machine),
+`draft_launch` (train) or `draft_finetune_launch` stands in for them, prints the plan (train)
+and writes the launch as a draft, instead of listing the missing keys alone:
 
 - `max_duration`: the plan's days and cost are for `plan.TOKENS_PER_PARAM` tokens per parameter,
   and it says so; a global batch that does not divide the ranks leaves the per-GPU batch to the
-  plan (the largest micro-batch that fits), and it says so too;
+  plan (the largest micro-batch that fits), and it says so too; either command's draft then
+  needs `global_train_batch_size=...` as well;
 - the scripts are named `*.draft.sh` (never a real launch's names), carry the overrides given,
   and their first command says what the run needs and exits 2, so a submitted draft starts
   nothing; `launch.submit=true` does not submit it;
@@ -32,9 +37,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from foundry.compose import Composed
+from foundry.finetune import FinetuneCommand
 from foundry.launch import (
     Draft,
     Job,
+    JobCommand,
     Machine,
     choose_launch,
     in_job,
@@ -43,16 +50,23 @@ from foundry.launch import (
     write_launch,
 )
 from foundry.plan import StandIns, plan_for_train
-from foundry.schema import TrainCommand
+from foundry.schema import RunSettings, TrainCommand
 from foundry.validate import ConfigError, build
 
-__all__ = ["STAND_IN_DATA", "draft_launch", "draftable"]
+__all__ = ["STAND_IN_DATA", "draft_finetune_launch", "draft_launch", "draftable"]
 
 STAND_IN_DATA = "<unset>"  # what an unset data key holds while the draft is planned
 
 
+# the schema each command's config is built with, its stand-ins in place
+_SCHEMAS: dict[JobCommand, type[RunSettings]] = {
+    "train": TrainCommand,
+    "finetune": FinetuneCommand,
+}
+
+
 def draftable(err: ConfigError) -> bool:
-    """Whether every problem of a train config is an unset max_duration or data key."""
+    """Whether every problem of a train or finetune config is an unset max_duration or data key."""
     return (
         bool(err.missing)
         and len(err.missing) == len(err.problems)
@@ -67,8 +81,11 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[last] = value
 
 
-def _stand_in(composed: Composed, err: ConfigError) -> tuple[TrainCommand, StandIns] | None:
-    """The train config with stand-ins for its unset keys, or None if it has other problems."""
+def _stand_in(
+    composed: Composed, err: ConfigError, command: JobCommand
+) -> tuple[RunSettings, StandIns] | None:
+    """The command's config with stand-ins for its unset keys, or None if it has other
+    problems."""
     config = copy.deepcopy(composed.config)
     for key in err.missing:
         _set(config, key, "1ba" if key == "max_duration" else STAND_IN_DATA)
@@ -79,7 +96,7 @@ def _stand_in(composed: Composed, err: ConfigError) -> tuple[TrainCommand, Stand
     if odd_batch:
         config["global_train_batch_size"] = world  # the plan ignores it (StandIns)
     try:
-        cfg = build(TrainCommand, config, what="train config")
+        cfg = build(_SCHEMAS[command], config, what=f"{command} config")
     except ConfigError:
         return None
     stand_ins = StandIns(
@@ -98,17 +115,42 @@ def draft_launch(
 ) -> int | None:
     """The plan and a draft launch for a train config that lacks only run settings and would be
     launched elsewhere: exit status 2. None: not such a config (report `err` as usual)."""
+    return _draft("train", composed, err, env=env, machine=machine)
+
+
+def draft_finetune_launch(
+    composed: Composed,
+    err: ConfigError,
+    *,
+    env: Mapping[str, str] = os.environ,
+    machine: Callable[[], Machine] = this_machine,
+) -> int | None:
+    """A draft launch for a finetune config that lacks only run settings and would be launched
+    elsewhere (no plan: the model is the checkpoint's): exit status 2. None: not such a config."""
+    return _draft("finetune", composed, err, env=env, machine=machine)
+
+
+def _draft(
+    command: JobCommand,
+    composed: Composed,
+    err: ConfigError,
+    *,
+    env: Mapping[str, str],
+    machine: Callable[[], Machine],
+) -> int | None:
     if in_job(env) or not draftable(err):
         return None
-    found = _stand_in(composed, err)
+    found = _stand_in(composed, err, command)
     if found is None:
         return None
     cfg, stand_ins = found
     if choose_launch(cfg.launch, cfg.hardware, env=env, machine=machine) != "write":
         return None
-    plan = plan_for_train(cfg, stand_ins=stand_ins).render()
+    plan = None  # a finetune's model is the checkpoint's, read where its job runs
+    if isinstance(cfg, TrainCommand):
+        plan = plan_for_train(cfg, stand_ins=stand_ins).render()
     needs = err.missing
     if stand_ins.global_train_batch_size is not None:
         needs += ("global_train_batch_size",)
-    job = Job(command="train", run=cfg, overrides=tuple(job_overrides(composed.overrides)))
+    job = Job(command=command, run=cfg, overrides=tuple(job_overrides(composed.overrides)))
     return write_launch(job, plan=plan, draft=Draft(needs=needs))
