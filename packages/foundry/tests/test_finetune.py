@@ -1,8 +1,9 @@
 """`foundry finetune`: a tiny MPT pretrained here at T finetunes on response tokens (chat data,
 the embedding grown for the ChatML tokens), saves and resumes, runs at 4T, finetunes at 2T to a
 lower loss there, starts from a Hugging Face directory, and on two gloo ranks with FSDP2 under
-the torchrun foundry starts; for a cluster it writes the launch instead; bad finetunes are
-refused before any weights are read. Its run settings are `foundry train`'s, and stay so."""
+the torchrun foundry starts; for a cluster it writes the launch instead (a draft, when only its
+data and duration are missing); bad finetunes are refused before any weights are read, and before
+torchrun starts any rank. Its run settings are `foundry train`'s, and stay so."""
 
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ def test_bad_finetunes_are_refused_before_any_weights_are_read(pretrained, tmp_p
         plan_finetune(finetune_config(*base, pretraining))
     with pytest.raises(FinetuneError, match="load_path=/nowhere: not a Hugging Face MPT dir"):
         plan_finetune(finetune_config(*base, "load_path=/nowhere"))
-    with pytest.raises(ValueError, match="/absent holds no prepared dataset"):
+    with pytest.raises(FinetuneError, match="data.sources.main.local: /absent does not exist"):
         plan_finetune(finetune_config(*base, "data.sources.main.local=/absent", "max_seq_len=64"))
     learned = MPTConfig(
         d_model=32, n_heads=2, n_layers=2, max_seq_len=T, alibi=False, learned_pos_emb=True
@@ -293,6 +294,33 @@ def test_a_finetune_on_the_wrong_number_of_ranks_says_how_to_launch_a_finetune(
     err = capsys.readouterr().err
     assert "hardware has 2 rank(s) (1 node(s) x 2), but this process is one of 1" in err
     assert "launch with torchrun --nnodes=1 --nproc-per-node=2 -m foundry finetune ...," in err
+
+
+def test_a_finetune_that_cannot_start_starts_no_ranks(pretrained, tmp_path, capfd, monkeypatch):
+    """On this machine's 2 processes, a missing checkpoint or data folder, or a warm-up longer
+    than the run (its tokens counted at the window), is refused in this process before torchrun
+    starts any rank (which would retry it), the error naming the key and the path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    data = sft_rows(tmp_path / "sft", 8, 2 * T, seed=6)
+    good = [f"load_path={pretrained}", f"data.sources.main.local={data}", "max_seq_len=64"]
+    two = [*RUN, *good, "hardware.gpus_per_node=2", "max_duration=2ba", "launch.max_restarts=0"]
+    refused = {
+        "load_path=/nowhere": "load_path=/nowhere: not a Hugging Face MPT directory",
+        "data.sources.main.local=absent": (
+            f"data.sources.main.local: absent does not exist (no absent/index.json) (relative"
+            f" to {tmp_path}): prepare it with `foundry data finetune`, or fix the path"
+        ),
+        "data.sources.main.local=empty": "data.sources.main.local: empty holds no prepared",
+        # 1000 tokens at 4 rows of 64 a batch: 4 steps
+        "scheduler.warmup=1000tok": (
+            "scheduler.warmup 1000tok (4 steps) is longer than the schedule (max_duration 2ba:"
+        ),
+    }
+    for override, message in refused.items():
+        assert main(["finetune", *two, override]) == 1
+        err = capfd.readouterr().err
+        assert message in err and "starting" not in err, override  # no torchrun
 
 
 def test_a_cluster_finetune_without_its_data_gets_a_draft(tmp_path, capsys, monkeypatch):

@@ -10,15 +10,19 @@ batch, precision, checkpoints, `launch.*`, ...) are `foundry train`'s (`schema.R
 order, every check before the weights are read:
 
 0. Where it runs, as `foundry train` (`foundry.launch.choose_launch`, after its times are
-   checked): outside a job, torchrun started here when the hardware is this machine, or the
-   launch for the cluster written (`python -m foundry finetune` with this run's overrides) and
-   exit 1; otherwise on.
+   checked): outside a job, torchrun started here when the hardware is this machine (after the
+   checks of step 1, in this process: a finetune that cannot start starts no ranks), or the
+   launch for the cluster written (`python -m foundry finetune` with this run's overrides; its
+   paths are the cluster's, checked by its ranks) and exit 1; otherwise on. A cluster finetune
+   that lacks only `max_duration` or `data.` keys gets a draft launch and exit 2, as `foundry
+   train` (`foundry.launch_draft`).
 1. `plan_finetune`: the checkpoint's config (`foundry.finetune_model.read_start`: ours or a
    Hugging Face MPT directory), the data (it exists; its rows fit the window), the tokenizer
    (`tokenizer=`, else the one `foundry data finetune` saved beside the data, else the
    checkpoint's), and the model to finetune: the checkpoint's, or `model=` when given (same
    shape, or an error naming every differing field), at `max_seq_len` (ALiBi runs longer
-   windows than it was pretrained at) with the embedding grown when the tokenizer outgrew it.
+   windows than it was pretrained at) with the embedding grown when the tokenizer outgrew it;
+   then the schedule again, its token times counted at that window.
 2. The same checks and Trainer as `foundry train` (`foundry.train.check_run`, `build_run`):
    hardware and ranks, FSDP2 over several ranks, checkpoints every `save_interval`, autoresume
    from `save_folder`, a save folder of another model shape refused.
@@ -129,7 +133,9 @@ def _data_folders(cfg: FinetuneCommand) -> list[tuple[str, str]]:
             folder = source.local
             if cfg.data.root is not None and not os.path.isabs(folder):
                 folder = os.path.join(cfg.data.root, folder)
-            out.append((f"data.sources.{name}", os.path.join(folder, source.split or "")))
+            if source.split is not None:
+                folder = os.path.join(folder, source.split)
+            out.append((f"data.sources.{name}", folder))
     return out
 
 
@@ -153,10 +159,25 @@ def _tokenizer(cfg: FinetuneCommand, start: StartPoint) -> str:
     )
 
 
+def _check_data(cfg: FinetuneCommand) -> None:
+    """Each local source is a prepared dataset (its index.json), or a `FinetuneError` names its
+    key and folder: before a tokenizer is looked for beside it."""
+    for key, folder in _data_folders(cfg):
+        index = Path(folder) / "index.json"
+        if index.is_file():
+            continue
+        found = "holds no prepared dataset" if Path(folder).is_dir() else "does not exist"
+        where = "" if os.path.isabs(folder) else f" (relative to {os.getcwd()})"
+        raise FinetuneError(
+            f"{key}.local: {folder} {found} (no {index}){where}: prepare it with"
+            " `foundry data finetune`, or fix the path"
+        )
+
+
 def _longest_row(folder: str, key: str) -> int | None:
     """The longest row of a local source of finetuning rows (its columns read from index.json):
     from its report (`foundry data finetune`'s), else its first row's length; None when the
-    folder holds no dataset (reported elsewhere)."""
+    folder holds no dataset (`_check_data` refuses it first)."""
     from streaming import StreamingDataset
 
     index = Path(folder) / "index.json"
@@ -211,6 +232,7 @@ def plan_finetune(cfg: FinetuneCommand) -> FinetunePlan:
     from foundry.tokenizer import load_tokenizer
 
     start = read_start(cfg.load_path)
+    _check_data(cfg)
     tokenizer = _tokenizer(cfg, start)
     try:
         vocab_needed = load_tokenizer(tokenizer).vocab_size
@@ -221,6 +243,7 @@ def plan_finetune(cfg: FinetuneCommand) -> FinetunePlan:
     )
     _check_rows(cfg, model.max_seq_len)
     train = _train_form(cfg, model, tokenizer)
+    check_schedule(train, max_seq_len=model.max_seq_len)  # the window known: tokens count too
     streams_from_config(train.data)  # every source exists, before any weights are read
     return FinetunePlan(start=start, train=train, tokenizer=tokenizer, notes=tuple(notes))
 
@@ -308,9 +331,10 @@ def run_command(cfg: FinetuneCommand, config_text: str) -> int:
     # a finetune that cannot start is not launched (tokens wait for the window: the checkpoint's)
     check_schedule(cfg, max_seq_len=cfg.max_seq_len)
     where = choose_launch(cfg.launch, cfg.hardware, env=os.environ, machine=this_machine)
-    if where == "local":
-        return run_local(Job.of("finetune", cfg, config_text))
-    if where == "write":
+    if where == "write":  # its paths are the cluster's: its ranks check them there
         return write_launch(Job.of("finetune", cfg, config_text), plan=None)
+    if where == "local":
+        plan_finetune(cfg)  # checkpoint, data, tokenizer, window: before torchrun starts ranks
+        return run_local(Job.of("finetune", cfg, config_text))
     finetune(cfg, config_text)
     return 0
