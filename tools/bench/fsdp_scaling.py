@@ -4,7 +4,7 @@ against 1 GPU, in one launch each (run under torchrun; `--nproc-per-node` is N).
     torchrun --nproc-per-node=1 tools/bench/fsdp_scaling.py --out $OUT/n1.json
     torchrun --nproc-per-node=2 tools/bench/fsdp_scaling.py --out $OUT/n2.json
     torchrun --nproc-per-node=1 tools/bench/fsdp_scaling.py --fsdp-on-one --out $OUT/n1f.json
-    ... --compile   # each block under torch.compile (not yet run on a GPU)
+    ... --compile   # each block under torch.compile (RESULTS.md, session 24, call 4)
     python tools/bench/fsdp_scaling.py --report $OUT/n1.json $OUT/n2.json
 
 The model (d_model 1024, 24 layers, 16 heads, vocab 50,432, sequence 2,048, causal SDPA attention,
