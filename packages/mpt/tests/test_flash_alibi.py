@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -476,6 +477,64 @@ def test_meta_and_fake_tensors_take_the_custom_ops():
         out.sum().backward()
         assert isinstance(out, FakeTensor) and out.shape == (2, 8, 4, 16)
         assert qkv.grad.shape == qkv.shape
+
+
+def test_inference_calls_run_the_forward_alone():
+    """A call autograd does not record (no_grad, inference_mode, or no input that requires grad)
+    runs the forward launcher without an autograd.Function: the same bits, no graph."""
+    q, k, v, _ = make_inputs(1, 20, 20, 2, 1, 16, torch.float32, seed=8)
+    slopes = alibi_slopes(2)
+    qkv = torch.cat([q.flatten(2), k.flatten(2), v.flatten(2)], dim=-1)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    trained = flash_alibi_attention(*leaves, slopes)
+    packed_trained = flash_alibi_attention_packed(qkv.clone().requires_grad_(), slopes, 2, 1)
+    assert trained.grad_fn is not None and packed_trained.grad_fn is not None
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            out = flash_alibi_attention(*leaves, slopes)
+            packed = flash_alibi_attention_packed(qkv, slopes, 2, 1)
+        assert out.grad_fn is None and packed.grad_fn is None
+        assert torch.equal(out, trained) and torch.equal(packed, packed_trained)
+    assert torch.equal(flash_alibi_attention(q, k, v, slopes), trained)  # nothing requires grad
+
+
+def test_inference_launches_never_start_the_autotuner(monkeypatch):
+    """`tune=False` (inference) launches the autotuner's pick when training tuned the case, else
+    the default config; only `tune=True` (training) starts the autotuner. Here the autotuner and
+    the kernel are stand-ins that record launches (Triton's autotuner does not run on a CPU)."""
+    from mpt.kernels import _configs
+
+    launches = []
+
+    class Kernel:  # fn[grid](*args, **kwargs), as a @triton.jit function launches
+        def __init__(self, name):
+            self.name = name
+            self.best_config = types.SimpleNamespace(
+                all_kwargs=lambda: {"BLOCK_M": 7, "BLOCK_N": 9}
+            )
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.name, kwargs))
+
+    tuned = Kernel("autotuner")
+    monkeypatch.setattr(_configs, "_PICKED", {})
+    monkeypatch.setattr(_configs, "_fixed_config", lambda kernel, block_d: None)  # as on a GPU
+    monkeypatch.setattr(_configs, "_autotuned", lambda kernel, block_d: tuned)
+    fn, grid, consts = Kernel("kernel"), lambda m, n: (1, 1), {"HEAD_DIM": 16}
+    default = _configs._default_config("fwd", 16)
+
+    def launch(tune, key=(32, 32)):
+        launches.clear()
+        _configs._launch("fwd", fn, grid, (), consts, 16, key, tune)
+        ((name, kwargs),) = launches
+        return name, kwargs.get("BLOCK_M"), kwargs.get("BLOCK_N")
+
+    assert launch(tune=False) == ("kernel", default["block_m"], default["block_n"])
+    assert _configs._PICKED == {}
+    assert launch(tune=True) == ("autotuner", None, None)  # the autotuner picks the blocks
+    assert launch(tune=False) == ("kernel", 7, 9)  # training's pick, launched directly
+    assert launch(tune=True) == ("kernel", 7, 9)
+    assert launch(tune=False, key=(64, 64)) == ("kernel", default["block_m"], default["block_n"])
 
 
 def test_compile_survives_dynamic_shapes():

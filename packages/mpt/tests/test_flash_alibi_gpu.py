@@ -31,6 +31,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed (mpt[trit
 
 from mpt.kernels import (  # noqa: E402
     _configs,
+    autotuned_configs,
     flash_alibi_attention,
     flash_alibi_attention_packed,
     flash_alibi_decode,
@@ -251,6 +252,27 @@ def test_autotuned_config_is_correct():
     again = check(q, k, v, do, alibi_slopes(8))
     for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), first, again, strict=True):
         assert torch.equal(a, b), name
+
+
+def test_inference_calls_never_autotune():
+    """With autotuning on, inference calls (no_grad, new lengths as in evaluation) launch the
+    default config and tune nothing; once a training call has tuned a case, inference at that
+    case launches its pick: the training forward's bits."""
+    set_autotune(True)
+    _configs._PICKED.clear()
+    slopes = alibi_slopes(8)
+    for T in (200, 333, 700):
+        q, k, v, _ = make_inputs(2, T, T, 8, 8, 64, seed=T)
+        with torch.no_grad():
+            out = flash_alibi_attention(q, k, v, slopes)
+        ref = chunked_reference(q, k, v, torch.zeros_like(q), slopes)[0]
+        assert rel(out, ref) < OUT_TOL
+    assert _configs._PICKED == {} and autotuned_configs(64, 333) == {}
+    q, k, v, do = make_inputs(2, 700, 700, 8, 8, 64, seed=3)
+    trained = check(q, k, v, do, slopes)
+    assert {case[0] for case in _configs._PICKED} >= {"fwd", "dkdv", "dq"}
+    with torch.no_grad():
+        assert torch.equal(flash_alibi_attention(q, k, v, slopes), trained[0])
 
 
 def test_peak_memory_stays_near_inputs_outputs_and_grads():

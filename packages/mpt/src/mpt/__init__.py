@@ -15,7 +15,7 @@ from mpt.loss import causal_lm_loss, chunked_lm_head_loss
 from mpt.model import MPTForCausalLM, MPTOutput
 from mpt.presets import PRESETS, preset
 
-__version__ = "0.1.2"
+__version__ = "0.1.3"
 __all__ = [
     "ATTENTION",
     "KVCache",

@@ -5,7 +5,11 @@ forced with `set_kernel_config`; under TRITON_INTERPRET=1 one small config; with
 (`set_autotune(False)` or MPT_TRITON_AUTOTUNE=0) or for "decode", the per-head-dim default;
 otherwise the block sizes Triton's autotuner picks per (head dim, bucketed lengths, group, masks).
 `_launch` applies that choice (the autotuner runs once per case; later launches of the case take
-its pick directly); `autotuned_configs` reports what the autotuner picked. Also here:
+its pick directly); `autotuned_configs` reports what the autotuner picked. Inference calls (no
+autograd, in eager mode) never start the autotuner: evaluation and generation meet a new length
+bucket at almost every batch, and tuning each costs a dozen compiles and timings, far more than
+it saves (tools/bench/RESULTS.md, session 25); they take the autotuner's pick where training
+tuned the same case, else the default. Also here:
 the lazy import of the kernel modules (Triton is imported only when a kernel runs) and the small
 size helpers the launchers share.
 
@@ -158,22 +162,32 @@ _PICKED: dict[tuple, dict] = {}
 
 
 def _launch(
-    kernel: str, fn, grid, args: tuple, consts: dict, block_d: int, key: tuple = ()
+    kernel: str,
+    fn,
+    grid,
+    args: tuple,
+    consts: dict,
+    block_d: int,
+    key: tuple = (),
+    tune: bool = True,
 ) -> dict[str, int]:
     """Launch `fn` with a fixed config, or with what its autotuned wrapper picks;
     `grid(block_m, block_n)`. `key`: what, beside `consts`, tells the autotuner's cases apart
-    (the bucketed lengths, the tensors' dtypes)."""
+    (the bucketed lengths, the tensors' dtypes). `tune=False` (inference calls): never start the
+    autotuner; take its pick where this case was tuned already, else the default config."""
     cfg = _fixed_config(kernel, block_d)
     if cfg is None:
         picked = (kernel, block_d, key, *consts.items())
         launch = _PICKED.get(picked)
-        if launch is None:
+        if launch is not None:
+            fn[grid(launch["BLOCK_M"], launch["BLOCK_N"])](*args, **consts, **launch)
+            return {}
+        if tune:
             tuned = _autotuned(kernel, block_d)
             tuned[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **consts)
             _PICKED[picked] = tuned.best_config.all_kwargs()
             return {}
-        fn[grid(launch["BLOCK_M"], launch["BLOCK_N"])](*args, **consts, **launch)
-        return {}
+        cfg = _default_config(kernel, block_d)
     blocks = {"BLOCK_M": cfg["block_m"], "BLOCK_N": cfg["block_n"]}
     launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
     fn[grid(cfg["block_m"], cfg["block_n"])](*args, **consts, **blocks, **launch)

@@ -17,7 +17,7 @@ import triton.language as tl
 from ._common import LOG2E, diagonal_bound, row_tile, skip_start
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Tq", "Tk", "split_len", "n_split", "stride_qsb", "stride_ksb"])
 def split_kernel(
     Q,
     K,
@@ -145,7 +145,7 @@ def split_kernel(
     tl.store(LsePart + part, lse2, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Tq", "n_split"])
 def combine_kernel(
     OPart,
     LsePart,

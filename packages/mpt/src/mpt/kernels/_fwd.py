@@ -39,8 +39,16 @@ from ._common import (
     skip_start,
 )
 
+# Lengths and the strides that follow them (the sequence ids' rows) vary from call to call in
+# evaluation and generation; Triton would compile a variant per value class (1, a multiple of 16,
+# other) of each. Not specialized, one compiled kernel serves every length: the loads along the
+# head dim stay vectorized (its strides are still specialized), and the tile masks along the
+# rows cost the same (tools/bench/RESULTS.md, session 25). The backward kernels (training: one
+# shape) keep Triton's defaults.
+_LENGTHS = ["Tq", "Tk", "stride_qsb", "stride_ksb"]
 
-@triton.jit
+
+@triton.jit(do_not_specialize=["Tk"])
 def key_norm_max_kernel(
     K,
     Out,
@@ -68,7 +76,7 @@ def key_norm_max_kernel(
     tl.store(Out + pid_bh * tl.num_programs(0) + pid_t, tl.max(norm, 0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_LENGTHS)
 def fwd_kernel(
     Q,
     K,

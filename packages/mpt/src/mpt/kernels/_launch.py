@@ -233,8 +233,11 @@ def _key_norm_max(k: Tensor) -> Tensor:
     return part.amax(dim=1).view(B, Hkv)
 
 
-def _forward_impl(q: Tensor, k: Tensor, v: Tensor, args: KernelArgs, debug=None) -> ForwardOutputs:
-    """The forward of `flash_alibi_attention`; the skip's outputs are empty when it is off."""
+def _forward_impl(
+    q: Tensor, k: Tensor, v: Tensor, args: KernelArgs, debug=None, tune: bool = True
+) -> ForwardOutputs:
+    """The forward of `flash_alibi_attention`; the skip's outputs are empty when it is off.
+    `tune=False`: an inference call, which never starts the autotuner (`_configs._launch`)."""
     B, Tq, H, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     dev = q.device
@@ -262,7 +265,8 @@ def _forward_impl(q: Tensor, k: Tensor, v: Tensor, args: KernelArgs, debug=None)
     operands = _operands(tensors, (args.softmax_scale, _skip_nats(args)), strides, sizes)
     consts = {**_flags(q, Hkv, args), "STORE_KV_START": store}
     case = _tuning_case(q, seq, Tq, Tk)
-    _launch("fwd", _fwd.fwd_kernel, _query_grid(Tq, B * H), operands, consts, block_d, case)
+    grid = _query_grid(Tq, B * H)
+    _launch("fwd", _fwd.fwd_kernel, grid, operands, consts, block_d, case, tune)
     if store:
         debug["fwd_kv_start"] = kv_start
     if not args.skip:

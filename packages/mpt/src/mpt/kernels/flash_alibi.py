@@ -21,8 +21,10 @@ The functions check their inputs and gather what every op takes beside the tenso
 `KernelArgs`. Under torch.compile they call the custom ops of `_ops.py` ("mpt::flash_alibi_fwd",
 "_bwd", "_packed_fwd", "_packed_bwd", "_decode"), so that torch.compile sees each as one opaque op
 and does not break the graph; in eager mode they run the same launchers through plain
-autograd.Functions (`_autograd.py`), which cost the host far less per call (`_eager`). Triton is
-imported only when a kernel runs: `import mpt.kernels` works without it.
+autograd.Functions (`_autograd.py`), which cost the host far less per call (`_eager`); an eager
+call that autograd does not record (inference) runs the forward launcher alone and never starts
+the autotuner (`_records_grad`). Triton is imported only when a kernel runs: `import mpt.kernels`
+works without it.
 
 Knobs for timing variants: `set_autotune()`, `set_kernel_config()`, `reset_kernel_configs()`,
 and `autotuned_configs()` to record what the autotuner chose (launch configs live in
@@ -83,6 +85,12 @@ def _triton_importable() -> bool:
 def kernels_available() -> bool:
     """Triton importable and something to run on: CUDA, or the CPU interpreter (TRITON_INTERPRET=1)."""
     return _triton_importable() and (torch.cuda.is_available() or _interpret())
+
+
+def _records_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records this call (training); otherwise it is inference, which runs the
+    forward alone, outside any autograd.Function, and never starts the autotuner."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _eager(t: Tensor) -> bool:
@@ -276,6 +284,8 @@ def flash_alibi_attention(
         doc_bounds=doc_bounds,
     )
     if _eager(q):
+        if not _records_grad(q, k, v):
+            return _forward_impl(q, k, v, args, tune=False).out
         return QKVAttention.apply(q, k, v, args)
     out, _, _, _ = torch.ops.mpt.flash_alibi_fwd(q, k, v, *args.flat())
     return out
@@ -325,6 +335,8 @@ def flash_alibi_attention_packed(
         doc_bounds=doc_bounds,
     )
     if _eager(qkv):
+        if not _records_grad(qkv):
+            return _forward_impl(q, k, v, args, tune=False).out
         return PackedAttention.apply(qkv, (n_heads, n_kv_heads), args)
     out, _, _, _ = torch.ops.mpt.flash_alibi_packed_fwd(qkv, n_heads, n_kv_heads, *args.flat())
     return out
@@ -356,7 +368,7 @@ def flash_alibi_forward(
     )
     with torch.no_grad():
         if _eager(q):
-            out, lse, _, _ = _forward_impl(q, k, v, args)
+            out, lse, _, _ = _forward_impl(q, k, v, args, tune=False)
         else:
             out, lse, _, _ = torch.ops.mpt.flash_alibi_fwd(q, k, v, *args.flat())
     return out, lse
