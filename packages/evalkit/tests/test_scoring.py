@@ -70,6 +70,42 @@ def test_every_path_and_batch_size_matches_one_request_alone(kind, options, batc
             assert score.greedy == greedy and score.n_tokens == len(req.continuation)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_cached_batches_fill_up_to_the_window_and_the_budgets(seed):
+    """KV-cache batches (trunks padded on the left, branches on the right): each stays within
+    the window, batch_size rows and max_batch_tokens rows x padded length, and a batch ends only
+    where the next example would break one of them (not merely by padding past the batch's
+    longest example). Then every request scores as alone."""
+    from evalkit.scoring import _batches, _cached_length, _Tree, _tree
+
+    rng = random.Random(seed)
+    groups = []
+    for _ in range(40):  # long contexts with short choices, short contexts with long ones
+        context = tuple(rng.randrange(1, 512) for _ in range(rng.randint(1, 30)))
+        choices = [
+            tuple(rng.randrange(1, 512) for _ in range(rng.randint(2, 12)))
+            for _ in range(rng.randint(2, 4))
+        ]
+        groups.append([Request(context, c) for c in choices])
+    trees = [_tree(g, 0) for g in groups]
+    opts = ScoringOptions(sharing="kv_cache", batch_size=16, max_batch_tokens=600, max_seq_len=45)
+    batches = _batches(trees, _Tree.length, _Tree.width, opts, _cached_length)
+    assert sorted(id(t) for b in batches for t in b) == sorted(id(t) for t in trees)
+    for batch, following in zip(batches, [*batches[1:], None], strict=True):
+        rows, size = sum(t.width() for t in batch), _cached_length(batch)
+        assert size <= 45 and rows <= 16 and rows * size <= 600
+        if following is not None:  # the next example did not fit
+            more = [*batch, following[0]]
+            rows, size = rows + following[0].width(), _cached_length(more)
+            assert size > 45 or rows > 16 or rows * size > 600
+    assert len(batches) < len(trees) / 2
+    model, plain = tiny_lm("cache"), tiny_lm("plain")
+    scores = score_requests(model, groups, opts)
+    for group, got in zip(groups, scores, strict=True):
+        for req, score in zip(group, got, strict=True):
+            assert abs(score.logprob - reference(plain, req)[0]) < TOL
+
+
 def test_greedy_continuations_are_recognized_with_their_margin():
     model = tiny_lm("packed")
     context = (5, 9, 77, 3)

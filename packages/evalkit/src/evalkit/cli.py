@@ -107,7 +107,11 @@ def parser() -> argparse.ArgumentParser:
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
     )
     p.add_argument(
-        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights (fp32)"
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="weights; auto (default): a factory's model as made, a folder in bf16 on a GPU and "
+        "fp32 on a CPU",
     )
     p.add_argument("--name", help="the model's name in the report (default: the folder or factory)")
     p.add_argument("--out", metavar="DIR", help="write results.json, report.md, gauntlet.png here")

@@ -295,6 +295,7 @@ class _Run:
                 sharing=config.sharing,
                 pad_token_id=pad,
                 lockstep=lockstep,
+                max_seq_len=self.window,
             )
             return score_requests(self.model, items, opts, call=self.call, on_batch=bar.update)
 

@@ -185,16 +185,25 @@ def model_window(model: Any) -> int | None:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve_dtype(dtype: str, device: str | torch.device) -> str:
+    """ "auto" is bf16 on a GPU and fp32 on a CPU; any other name of `DTYPES` is itself."""
+    if dtype == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
 def load_hf(
     path: str | os.PathLike[str], *, device: str | torch.device = "cpu", dtype: str = "fp32"
 ) -> tuple[HFCausalLM, Tokenizer]:
-    """A Hugging Face model folder (config, weights, tokenizer files) as (model, tokenizer)."""
+    """A Hugging Face model folder (config, weights, tokenizer files) as (model, tokenizer);
+    `dtype` "auto": bf16 on a GPU, fp32 on a CPU (`resolve_dtype`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evalkit.tokenizer import as_tokenizer
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    dtype = resolve_dtype(dtype, device)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such model folder (config.json and weights)")
     model = AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=DTYPES[dtype])

@@ -123,7 +123,10 @@ class EvalkitLM(TemplateLM):
             groups.setdefault(tuple(context), []).append(i)
         order = list(groups.values())
         options = ScoringOptions(
-            batch_size=self._batch_size, sharing=self.sharing, pad_token_id=self._pad_id()
+            batch_size=self._batch_size,
+            sharing=self.sharing,
+            pad_token_id=self._pad_id(),
+            max_seq_len=self._window,
         )
         scores = score_requests(
             self.model, [[prepared[i] for i in g] for g in order], options, call=self.call

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from evalkit.hf import DTYPES, load_hf
+from evalkit.hf import DTYPES, load_hf, resolve_dtype
 from evalkit.protocols import Tokenizer
 from evalkit.tokenizer import as_tokenizer
 
@@ -60,22 +60,24 @@ def load_model(
     factory: str | None = None,
     tokenizer: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
-    dtype: str = "fp32",
+    dtype: str = "auto",
 ) -> tuple[Any, Tokenizer | None]:
     """(model, tokenizer) from exactly one of `pretrained` (HF folder) and `factory`; a
     `tokenizer` path overrides the folder's or the factory's tokenizer (None: a factory that
-    returned none and no path)."""
+    returned none and no path). `dtype` "auto": a factory's model keeps the dtype it was made
+    in; a folder loads in bf16 on a GPU, fp32 on a CPU."""
     if (pretrained is None) == (factory is None):
         raise ValueError("give exactly one of a Hugging Face model folder and a model factory")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        resolve_dtype(dtype, device)  # the name checked before any weight is read
     tok: Tokenizer | None = None
     if pretrained is not None:
         model, tok = load_hf(pretrained, device=device, dtype=dtype)
     else:
         made = import_factory(factory)()
         model, tok = made if isinstance(made, tuple) else (made, None)
-        model = model.to(device=device, dtype=DTYPES[dtype])
+        cast = {} if dtype == "auto" else {"dtype": DTYPES[dtype]}
+        model = model.to(device=device, **cast)
         tok = as_tokenizer(tok) if tok is not None else None
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)

@@ -60,7 +60,9 @@ class ScoringOptions:
     """batch_size: rows per forward. max_batch_tokens: rows x length per forward, at most.
     pack_len: tokens per packed row (a longer example gets a row of its own). padding_side:
     "right" or "left" (plain path). sharing: see the module docstring. pad_token_id: the id on
-    padding (never scored). lockstep: see the module docstring."""
+    padding (never scored). lockstep: see the module docstring. max_seq_len: the model's window,
+    the longest input a forward may take (requests already fit it); None: a KV-cache batch
+    never pads past its longest example."""
 
     batch_size: int = 32
     max_batch_tokens: int = 4096
@@ -69,12 +71,17 @@ class ScoringOptions:
     sharing: str = "auto"
     pad_token_id: int = 0
     lockstep: bool = False
+    max_seq_len: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("batch_size", "max_batch_tokens", "pack_len"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.max_seq_len is not None and (
+            not isinstance(self.max_seq_len, int) or self.max_seq_len < 1
+        ):
+            problems.append(f"max_seq_len must be an int >= 1 or None, got {self.max_seq_len!r}")
         if self.padding_side not in ("right", "left"):
             problems.append(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
         if self.sharing not in SHARING:
@@ -143,19 +150,25 @@ def _batches(
     opts: ScoringOptions,
     padded: Callable[[list], int] | None = None,
 ) -> list[list]:
-    """Longest first; at most batch_size rows and max_batch_tokens rows x length per batch.
+    """Longest first; at most batch_size rows and max_batch_tokens rows x padded length per batch.
 
     `padded(batch)`: the length the batch's forward pads to, when that can exceed its longest
-    item's (the KV-cache path pads trunks and branches separately); an item joins a batch only
-    if the batch stays as long as its longest item, so no input outgrows the model's window."""
+    item's (the KV-cache path pads trunks on the left and branches on the right, separately); an
+    item joins a batch only while that stays within the model's window (`opts.max_seq_len`;
+    without one, within the batch's longest item), so no input outgrows the window. A stricter
+    rule (always within the longest item) split the seed table's multiple-choice tasks into
+    forwards of 1-2 examples: a long context with short choices and a shorter one with longer
+    choices pad past either."""
     batches: list[list] = []
     rows = 0
     for item in sorted(items, key=length, reverse=True):
         n = width(item)
         if batches and rows + n <= opts.batch_size:
             longest = length(batches[-1][0])
-            fits = padded is None or padded([*batches[-1], item]) <= longest
-            if fits and (rows + n) * longest <= opts.max_batch_tokens:
+            size = longest if padded is None else padded([*batches[-1], item])
+            if size <= max(opts.max_seq_len or 0, longest) and (
+                (rows + n) * size <= opts.max_batch_tokens
+            ):
                 batches[-1].append(item)
                 rows += n
                 continue
