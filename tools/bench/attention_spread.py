@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 from attention_bench import parse_shapes, shape_name
+from attention_host import queued
 from attention_variants import Ctx, flex_setup
 
 ALL = "8x2048x16x128,4x4096x16x128,2x8192x16x128,16x2048x32x64,4x2048x64x112,1x16384x16x128"
@@ -53,20 +54,11 @@ def median_ms(fn) -> float:
 
 
 def queued_ms(torch, fn, n: int = 20) -> tuple[float, float]:
-    """(GPU ms per call, host ms per call) of `n` calls queued behind a 0.2 s GPU sleep: the
-    host issues them all while the GPU sleeps, so the GPU time has no wait for the host in it."""
+    """(GPU ms per call, host ms per call) of `n` calls queued behind a GPU sleep, after one
+    untimed call (`attention_host.queued`): the GPU time has no wait for the host in it."""
     fn()
     torch.cuda.synchronize()
-    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-    torch.cuda._sleep(400_000_000)  # cycles: ~0.2 s at 1.98 GHz
-    start.record()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    host = (time.perf_counter() - t0) * 1e3 / n
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / n, host
+    return queued(torch, fn, n)
 
 
 def one_round(torch, kernels, shape, slopes, flex_fn) -> dict:
