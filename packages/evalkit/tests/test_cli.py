@@ -182,3 +182,13 @@ def test_the_command_under_torchrun_gives_what_one_process_gives(factory, tasks_
     assert {n: t["metrics"] for n, t in a["tasks"].items()} == {
         n: t["metrics"] for n, t in b["tasks"].items()
     }
+
+
+def test_auto_dtype_is_bf16_on_a_gpu_and_fp32_on_a_cpu():
+    """What `--dtype auto` (and `foundry eval`'s dtype=auto) gives a Hugging Face folder."""
+    from evalkit.hf import resolve_dtype
+
+    assert resolve_dtype("auto", "cuda") == resolve_dtype("auto", "cuda:1") == "bf16"
+    assert resolve_dtype("auto", "cpu") == "fp32" and resolve_dtype("fp16", "cpu") == "fp16"
+    with pytest.raises(ValueError, match="dtype must be auto or one of"):
+        resolve_dtype("float32", "cpu")
