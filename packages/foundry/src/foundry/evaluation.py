@@ -74,7 +74,9 @@ class EvalCommand:
     batch_size: int = opt(32, "sequences per forward")
     max_seq_len: int | None = opt(None, "context window (null: each model's); cut on the left")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: cuda when there is a GPU")
-    dtype: Literal["fp32", "bf16", "fp16"] = opt("fp32", "the weights' dtype while evaluating")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = opt(
+        "auto", "the weights' dtype while evaluating; auto: bf16 on a GPU, fp32 on a CPU"
+    )
     out: str | None = opt(None, "folder for report.md, results_<name>.json, eval.png; null: none")
     overwrite: bool = opt(False, "replace report files that exist in out")
     progress: bool = opt(True, "a progress bar per task on stderr")
@@ -266,7 +268,7 @@ def evaluate_models(plan: EvalPlan, cfg: EvalCommand) -> list[Any]:
     import torch
 
     from evalkit import EvalConfig, Evaluator
-    from evalkit.hf import DTYPES
+    from evalkit.hf import DTYPES, resolve_dtype
     from foundry.checkpoints import load_model
     from foundry.tokenizer import load_tokenizer
 
@@ -285,7 +287,9 @@ def evaluate_models(plan: EvalPlan, cfg: EvalCommand) -> list[Any]:
             evaluators[model.tokenizer] = Evaluator(
                 tokenizer, plan.tasks, data_root=plan.data_root, config=config
             )
-        loaded = load_model(model.path, device=_device(cfg), dtype=DTYPES[cfg.dtype])
+        device = _device(cfg)
+        dtype = DTYPES[resolve_dtype(cfg.dtype, device)]
+        loaded = load_model(model.path, device=device, dtype=dtype)
         with torch.no_grad():
             results.append(evaluators[model.tokenizer].run(loaded.model, name=model.name))
         del loaded
