@@ -186,7 +186,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_dtype(dtype: str, device: str | torch.device) -> str:
-    """ "auto" is bf16 on a GPU and fp32 on a CPU; any other name of `DTYPES` is itself."""
+    """The name of the dtype to load in: auto is bf16 on a GPU and fp32 on a CPU; any name of
+    `DTYPES` is itself."""
     if dtype == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     if dtype not in DTYPES:
