@@ -17,7 +17,7 @@ from streaming.stream import Stream
 from streaming.world import World
 from streaming.writer import MDSWriter
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 __all__ = [
     "CSVWriter",
     "JSONWriter",

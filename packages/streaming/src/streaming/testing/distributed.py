@@ -62,7 +62,8 @@ def _entry(fn, rank, world_size, local_world_size, port, args, queue) -> None:
             # die with this process before the parent reads them.
             queue.put((rank, "ok", pickle.dumps(fn(rank, world_size, *args))))
         finally:
-            dist.destroy_process_group()
+            if dist.is_initialized():  # `fn` may have left the group itself
+                dist.destroy_process_group()
     except BaseException:
         queue.put((rank, "error", traceback.format_exc()))
 
