@@ -304,3 +304,24 @@ def test_evaluate_when_a_rank_has_no_eval_batch():
         eval_dataloader=[random_lm_batch(4, 8, seed=10), random_lm_batch(4, 8, seed=11)],
     ).evaluate()
     assert results[0]["eval/loss"] == pytest.approx(alone["eval/loss"], rel=1e-6)
+
+
+def _leave(rank, world):
+    import time
+
+    import torch.distributed as dist
+
+    from composer_lite.dist import shutdown_distributed
+
+    if rank == 0:
+        time.sleep(0.5)  # rank 0 still writing its report
+    start = time.monotonic()
+    shutdown_distributed()
+    return time.monotonic() - start, dist.is_initialized()
+
+
+def test_shutdown_waits_for_every_rank_then_leaves_the_group():
+    """A rank that exits with its gloo group alive while another still works can abort at exit
+    (SIGABRT, 'terminate called without an active exception'): the command ends by leaving."""
+    (waited0, alive0), (waited1, alive1) = run_distributed(_leave, world_size=2)
+    assert waited1 >= 0.4 and not alive0 and not alive1

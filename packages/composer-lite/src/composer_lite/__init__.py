@@ -28,7 +28,7 @@ from composer_lite.schedulers import Schedule
 from composer_lite.time import Time, Timestamp, TimeUnit
 from composer_lite.trainer import Trainer
 
-__version__ = "0.4.1"
+__version__ = "0.4.2"
 __all__ = [
     "Algorithm",
     "Callback",

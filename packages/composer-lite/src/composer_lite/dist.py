@@ -23,6 +23,7 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "init_distributed",
+    "shutdown_distributed",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,19 @@ def init_distributed(device: torch.device, timeout_s: float) -> tuple[int, int]:
             torch.cuda.set_device(device)
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return get_rank(), get_world_size()
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group at the end of a command: every rank meets at a barrier, so none
+    exits while another still works with it, then the group is destroyed. A rank that exits with
+    its gloo group alive can abort at interpreter exit ("terminate called without an active
+    exception", SIGABRT) and fail the whole torchrun job after the work is done. A no-op without a
+    process group; call it on the success path only (after an error the peers may never arrive)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce(
