@@ -26,7 +26,7 @@ from evalkit.results import EvalResults, TaskResult
 from evalkit.tasks import Issue, TaskConfig, TaskSuite, load_tasks
 from evalkit.tokenizer import as_tokenizer
 
-__version__ = "0.1.2"
+__version__ = "0.1.3"
 __all__ = [
     "CausalLM",
     "EvalConfig",

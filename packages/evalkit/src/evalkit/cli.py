@@ -14,6 +14,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evalkit.gauntlet import Gauntlet
+    from evalkit.results import EvalResults
 
 __all__ = ["main", "parser"]
 
@@ -149,11 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     if (args.model is None) == (args.model_factory is None):
         parser().error("give a model folder or --model-factory (one of them)")
 
-    from composer_lite.dist import get_rank, init_distributed
+    from composer_lite.dist import get_rank, init_distributed, shutdown_distributed
     from evalkit.evaluate import EvalConfig, Evaluator
     from evalkit.gauntlet import load_gauntlet
     from evalkit.loading import load_model
-    from evalkit.report import markdown, plot
 
     device = _device(args.device)
     if (
@@ -188,16 +192,23 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = Evaluator(tokenizer, args.tasks, data_root=args.data_root, config=config)
     name = args.name or Path(args.model or args.model_factory).name
     results = evaluator.run(model, name=name)
-    if get_rank() != 0:
-        return 0
+    status = _report(results, gauntlet, args.out) if get_rank() == 0 else 0
+    shutdown_distributed()  # every rank waits for rank 0's report, then leaves the group
+    return status
+
+
+def _report(results: EvalResults, gauntlet: Gauntlet | None, out_dir: str | None) -> int:
+    """Rank 0's part: print the table, write results.json, report.md and the gauntlet plot."""
+    from evalkit.report import markdown, plot
+
     text = markdown([results], gauntlet=gauntlet)
     print(text)
     print(
         f"{results.n_examples} examples in {results.seconds:.1f} s "
         f"({results.n_examples / max(results.seconds, 1e-9):.1f} examples/s)"
     )
-    if args.out:
-        out = Path(args.out)
+    if out_dir:
+        out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         results.save(out / "results.json")
         (out / "report.md").write_text(text)
