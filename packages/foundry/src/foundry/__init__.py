@@ -5,5 +5,5 @@ Built so far: the CLI and its config groups (`foundry.cli`, `foundry.compose`, `
 (`foundry.data`). See the package README for what each command does.
 """
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
 __all__ = ["__version__"]

@@ -314,7 +314,12 @@ def run(command: Command, overrides: list[str]) -> int:
     text = composed.to_yaml()
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, once
         print(text, flush=True)
-    return command.run(cfg, text)
+    status = command.run(cfg, text)
+    if "torch.distributed" in sys.modules:  # never imported: no process group to leave
+        from composer_lite.dist import shutdown_distributed
+
+        shutdown_distributed()  # a torchrun rank waits for the others, then leaves the group
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

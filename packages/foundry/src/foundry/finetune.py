@@ -55,7 +55,7 @@ from foundry.finetune_model import (
 )
 from foundry.launch import Job, choose_launch, run_local, this_machine, write_launch
 from foundry.schema import DataConfig, RunSettings, SourceConfig, TrainCommand, run_settings
-from foundry.train import Placement, check_schedule, placement
+from foundry.train import Placement, check_schedule, outcome_lines, placement
 from foundry.validate import need, opt
 from mpt.config import MPTConfig
 
@@ -312,16 +312,9 @@ def finetune(cfg: FinetuneCommand, config_text: str = "") -> Any:
 
 def _summary(run: Any, plan: FinetunePlan) -> str:
     state = run.trainer.state
-    lines = [f"finetuned {plan.start.path} to batch {state.timestamp.batch} ({run.attn_impl})"]
-    lines += [f"  {note}" for note in plan.notes]
-    if state.step is not None:
-        lines.append(f"last step loss: {state.step.loss:.4f}")
-    for name, value in sorted(state.eval_metrics.items()):
-        lines.append(f"{name}: {value:.4f}")
-    latest = run.trainer.checkpoints.latest() if run.trainer.checkpoints is not None else None
-    if latest:
-        lines.append(f"checkpoint: {latest}")
-    return "\n".join(lines)
+    headline = f"finetuned {plan.start.path} to batch {state.timestamp.batch} ({run.attn_impl})"
+    notes = [f"  {note}" for note in plan.notes]
+    return "\n".join([headline, *notes, *outcome_lines(run, plan.train)])
 
 
 def run_command(cfg: FinetuneCommand, config_text: str) -> int:

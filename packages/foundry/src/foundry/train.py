@@ -525,19 +525,23 @@ def save_config(cfg: TrainCommand, config_text: str, place: Placement) -> None:
 
 
 def _summary(run: Run, cfg: TrainCommand) -> str:
+    headline = f"trained to batch {run.trainer.state.timestamp.batch} ({run.attn_impl} attention)"
+    return "\n".join([headline, *outcome_lines(run, cfg)])
+
+
+def outcome_lines(run: Run, cfg: TrainCommand) -> list[str]:
+    """What a finished train or finetune prints under its headline: the last step's loss, the
+    eval metrics, the newest checkpoint and where the metrics were logged."""
     state = run.trainer.state
-    lines = [f"trained to batch {state.timestamp.batch} ({run.attn_impl} attention)"]
-    if state.step is not None:
-        lines.append(f"last step loss: {state.step.loss:.4f}")
-    for name, value in sorted(state.eval_metrics.items()):
-        lines.append(f"{name}: {value:.4f}")
+    lines = [f"last step loss: {state.step.loss:.4f}"] if state.step is not None else []
+    lines += [f"{name}: {value:.4f}" for name, value in sorted(state.eval_metrics.items())]
     latest = run.trainer.checkpoints.latest() if run.trainer.checkpoints is not None else None
     if latest:
         lines.append(f"checkpoint: {latest}")
     folder = _log_dir(cfg)
     if folder and cfg.log.jsonl:
         lines.append(f"metrics: {os.path.join(folder, 'metrics.jsonl')}")
-    return "\n".join(lines)
+    return lines
 
 
 def _mesh_line(model: torch.nn.Module) -> str | None:
