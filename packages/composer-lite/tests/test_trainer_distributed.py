@@ -176,6 +176,7 @@ SCRIPT = """
 import os, signal, sys, json
 import torch
 from composer_lite import Callback, Trainer
+from composer_lite.dist import shutdown_distributed
 from composer_lite.testing import TinyLM, lm_loader
 
 data, save, out = sys.argv[1:4]
@@ -196,6 +197,7 @@ trainer.fit()
 if trainer.state.rank == 0:
     torch.save({k: v for k, v in trainer.state.model.state_dict().items()}, out)
     print("RESUMED_FROM", trainer.checkpointer.resumed_from, "RESTART", restart, flush=True)
+shutdown_distributed()  # rank 1 waits for rank 0's save, then both leave the group
 """
 
 
