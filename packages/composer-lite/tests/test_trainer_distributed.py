@@ -316,7 +316,7 @@ def _leave(rank, world):
     from composer_lite.dist import shutdown_distributed
 
     if rank == 0:
-        time.sleep(0.5)  # rank 0 still writing its report
+        time.sleep(1.0)  # rank 0 still writing its report
     start = time.monotonic()
     shutdown_distributed()
     return time.monotonic() - start, dist.is_initialized()
@@ -326,4 +326,4 @@ def test_shutdown_waits_for_every_rank_then_leaves_the_group():
     """A rank that exits with its gloo group alive while another still works can abort at exit
     (SIGABRT, 'terminate called without an active exception'): the command ends by leaving."""
     (waited0, alive0), (waited1, alive1) = run_distributed(_leave, world_size=2)
-    assert waited1 >= 0.4 and not alive0 and not alive1
+    assert waited1 >= 0.5 and not alive0 and not alive1  # margin for a slow rank 1 start
